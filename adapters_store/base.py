@@ -1,0 +1,57 @@
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+MAX_KEY_LENGTH = 255
+
+
+class StoreError(Exception):
+    """Base class for adapter-store failures."""
+
+
+class InvalidKeyError(StoreError):
+    pass
+
+
+class BlobNotFoundError(StoreError):
+    pass
+
+
+class BlobCorruptedError(StoreError):
+    """The stored bytes do not match the checksum recorded when they were written."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    key: str
+    size: int
+    sha256: str
+
+
+class AdapterStore(Protocol):
+    async def put(self, key: str, data: bytes) -> StoredBlob:
+        """Stores `data` atomically (readers see the old blob or the new one, never a mix)."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """Returns the blob, verified against its checksum."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Removes the blob; deleting a missing key is not an error."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+
+def validate_key(key: str) -> str:
+    """Keys are slash-separated names such as `users/<id>/<adapter>.safetensors`."""
+    if len(key) > MAX_KEY_LENGTH or not _KEY_PATTERN.fullmatch(key) or ".." in key.split("/"):
+        raise InvalidKeyError(f"invalid adapter store key {key!r}")
+    return key
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,54 @@
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adapters_store.base import (
+    BlobCorruptedError,
+    BlobNotFoundError,
+    StoredBlob,
+    sha256_hex,
+    validate_key,
+)
+from app.db.models import AdapterBlob
+from app.db.session import transaction
+
+
+class SqlBlobStore:
+    """Blobs in the service database: one backup covers users, metadata and weights alike."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def put(self, key: str, data: bytes) -> StoredBlob:
+        blob = StoredBlob(key=validate_key(key), size=len(data), sha256=sha256_hex(data))
+        async with transaction(self._sessions) as session:
+            await session.merge(
+                AdapterBlob(key=blob.key, data=data, size=blob.size, sha256=blob.sha256)
+            )
+        return blob
+
+    async def get(self, key: str) -> bytes:
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(AdapterBlob.data, AdapterBlob.sha256).where(
+                        AdapterBlob.key == validate_key(key)
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise BlobNotFoundError(key)
+        data, expected = row
+        if sha256_hex(data) != expected:
+            raise BlobCorruptedError(f"checksum mismatch for {key!r}")
+        return bytes(data)
+
+    async def delete(self, key: str) -> None:
+        async with transaction(self._sessions) as session:
+            await session.execute(delete(AdapterBlob).where(AdapterBlob.key == validate_key(key)))
+
+    async def exists(self, key: str) -> bool:
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(AdapterBlob.key).where(AdapterBlob.key == validate_key(key))
+            )
+        return found is not None

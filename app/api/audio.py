@@ -1,0 +1,76 @@
+"""POST /v1/audio/transcriptions, OpenAI-compatible."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from app.api.deps import PrincipalDep, StateDep
+from app.api.disconnect import cancel_on_disconnect
+from app.api.schemas import TranscriptionJson, error_responses
+from app.services import formats
+from app.services.formats import ResponseFormat
+from app.services.transcription import TranscriptionOutcome, TranscriptionRequest
+
+router = APIRouter(prefix="/v1/audio", tags=["audio"])
+
+ADAPTER_HEADER = "X-Adapter-Id"
+
+
+@router.post(
+    "/transcriptions",
+    response_model=TranscriptionJson,
+    responses={
+        **error_responses(400, 401, 404, 413, 422, 503),
+        200: {"content": {"text/plain": {}, "text/vtt": {}, "application/x-subrip": {}}},
+    },
+)
+async def create_transcription(
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    file: Annotated[UploadFile, File(description="Audio: wav, flac, mp3, ogg, webm, m4a, ...")],
+    model: Annotated[str, Form()],
+    language: Annotated[str | None, Form(max_length=16)] = None,
+    prompt: Annotated[str | None, Form(max_length=4000)] = None,
+    response_format: Annotated[ResponseFormat, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    timestamp_granularities: Annotated[
+        list[Literal["word", "segment"]] | None, Form(alias="timestamp_granularities[]")
+    ] = None,
+    stream: Annotated[bool, Form()] = False,
+) -> Response:
+    transcription_request = TranscriptionRequest(
+        audio=await file.read(),
+        model=model,
+        response_format=response_format,
+        language=language,
+        prompt=prompt,
+        temperature=temperature,
+        timestamp_granularities=list(timestamp_granularities or []),
+        stream=stream,
+    )
+    outcome = await cancel_on_disconnect(
+        request, state.transcription.transcribe(principal, transcription_request)
+    )
+    return _render(outcome, response_format)
+
+
+def _render(outcome: TranscriptionOutcome, response_format: ResponseFormat) -> Response:
+    headers = {ADAPTER_HEADER: outcome.adapter_id or "none"}
+    transcription = outcome.transcription
+    match response_format:
+        case "json":
+            return JSONResponse(formats.to_json(transcription), headers=headers)
+        case "verbose_json":
+            return JSONResponse(formats.to_verbose_json(transcription), headers=headers)
+        case "text":
+            return PlainTextResponse(formats.to_text(transcription), headers=headers)
+        case "srt":
+            return PlainTextResponse(
+                formats.to_srt(transcription), media_type="application/x-subrip", headers=headers
+            )
+        case "vtt":
+            return PlainTextResponse(
+                formats.to_vtt(transcription), media_type="text/vtt", headers=headers
+            )

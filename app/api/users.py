@@ -1,0 +1,41 @@
+"""Users: created by the admin; readable and deletable by the admin or the user itself."""
+
+from fastapi import APIRouter, status
+
+from app.api.deps import PrincipalDep, SessionDep
+from app.api.schemas import UserCreate, UserCreated, UserPublic, error_responses
+from app.db.models import User
+from app.services import users
+
+router = APIRouter(prefix="/v1/users", tags=["users"])
+
+
+def _public(user: User) -> UserPublic:
+    return UserPublic(
+        id=user.id, name=user.name, api_key_prefix=user.api_key_prefix, created_at=user.created_at
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserCreated,
+    responses=error_responses(401, 403, 422),
+)
+async def create_user(
+    body: UserCreate, session: SessionDep, principal: PrincipalDep
+) -> UserCreated:
+    created = await users.create_user(session, principal, body.name)
+    return UserCreated(**_public(created.user).model_dump(), api_key=created.api_key)
+
+
+@router.get("/{user_id}", response_model=UserPublic, responses=error_responses(401, 404))
+async def get_user(user_id: str, session: SessionDep, principal: PrincipalDep) -> UserPublic:
+    return _public(await users.get_user(session, principal, user_id))
+
+
+@router.delete(
+    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404)
+)
+async def delete_user(user_id: str, session: SessionDep, principal: PrincipalDep) -> None:
+    await users.delete_user(session, principal, user_id)

@@ -1,0 +1,80 @@
+"""Service configuration, read from the environment (prefix `PQM_`, nested groups with `__`)."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.engine.types import Precision
+
+MIB = 1024 * 1024
+WEAK_ADMIN_KEY_LENGTH = 24
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "pqm"
+
+
+class ModelSettings(BaseModel):
+    path: Path | None = None
+    """A local transformers Whisper directory; unset: import the bundled model on start."""
+    bundled: Literal["tiny.en", "base"] = "tiny.en"
+    """Which bundled model to import when `path` is unset (`base` needs the `[base]` extra)."""
+    id: str | None = None
+    """The id clients pass as `model`; defaults to the model's own id (e.g. `whisper-tiny.en`)."""
+    precision: Precision = "nf4"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads for inference; unset keeps torch's default."""
+
+
+class QueueSettings(BaseModel):
+    max_pending: int = Field(default=32, ge=1)
+    """Transcriptions waiting or running at once; beyond it the API answers 503 + Retry-After."""
+    retry_after_s: int = Field(default=2, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PQM_", env_nested_delimiter="__", env_file=None, extra="ignore"
+    )
+
+    environment: Literal["local", "production"] = "local"
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None
+    """SQLAlchemy URL; unset means a SQLite file in the data directory."""
+    admin_key: SecretStr | None = None
+    """Unset: one is generated on first start, stored (mode 0600) in the data directory."""
+    max_upload_bytes: int = Field(default=25 * MIB, ge=1)
+    max_audio_seconds: float = Field(default=4 * 3600, gt=0)
+    adapter_store: Literal["sql", "filesystem"] = "sql"
+    """Where adapter weights live: blobs in the database, or files under `<data_dir>/adapters`."""
+    log_level: str = "INFO"
+    log_json: bool = True
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+
+    @model_validator(mode="after")
+    def _refuse_weak_admin_key_in_production(self) -> "Settings":
+        if self.environment != "production":
+            return self
+        key = self.admin_key.get_secret_value() if self.admin_key else ""
+        if len(key) < WEAK_ADMIN_KEY_LENGTH:
+            raise ValueError(
+                f"PQM_ADMIN_KEY must be set to a random string of at least "
+                f"{WEAK_ADMIN_KEY_LENGTH} characters in production"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'pqm.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin_key"

@@ -1,0 +1,77 @@
+"""Database engines and sessions. URLs are accepted in their plain form and mapped to drivers."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
+_SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+
+
+def _backend(url: URL) -> str:
+    backend = url.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql")
+    return backend
+
+
+def _normalise(raw_url: str) -> str:
+    # `postgres://` is what many hosting providers hand out; SQLAlchemy only knows `postgresql`.
+    return (
+        "postgresql://" + raw_url.removeprefix("postgres://")
+        if raw_url.startswith("postgres://")
+        else raw_url
+    )
+
+
+def async_url(raw_url: str) -> URL:
+    url = make_url(_normalise(raw_url))
+    return url.set(drivername=_ASYNC_DRIVERS[_backend(url)])
+
+
+def sync_url(raw_url: str) -> URL:
+    url = make_url(_normalise(raw_url))
+    return url.set(drivername=_SYNC_DRIVERS[_backend(url)])
+
+
+def ensure_sqlite_parent(url: URL) -> None:
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_engine(raw_url: str) -> AsyncEngine:
+    url = async_url(raw_url)
+    ensure_sqlite_parent(url)
+    engine = create_async_engine(url, pool_pre_ping=url.get_backend_name() != "sqlite")
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commits on success, rolls back on any error."""
+    async with sessions() as session, session.begin():
+        yield session

@@ -1,0 +1,53 @@
+"""Plain data the engine takes and returns (no torch types leak out of the engine)."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Precision = Literal["nf4", "int8", "fp32"]
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionOptions:
+    language: str | None = None
+    """ISO-639-1 code; None lets a multilingual model detect it (English-only models force `en`)."""
+    prompt: str | None = None
+    """Previous-context text fed to the decoder as `<|startofprev|>` tokens."""
+    temperature: float = 0.0
+    """0 = greedy with temperature fallback on failure; > 0 samples at that temperature first."""
+    with_timestamps: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    id: int
+    seek: int
+    """Start of the 30 s window the segment was decoded in, in mel frames (10 ms each)."""
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transcription:
+    text: str
+    language: str
+    duration: float
+    """Seconds of audio that were transcribed (all of it)."""
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_id: str
+    multilingual: bool
+    precision: Precision
+    device: str
+    fingerprint: str
+    """sha256 of the full-precision base checkpoint (independent of the serving precision)."""
+    weight_bytes: int
+    """Bytes held by parameters and buffers as loaded (4-bit weights count as packed bytes)."""

@@ -1,0 +1,287 @@
+"""The speech recogniser: one shared Whisper, long audio transcribed window by window.
+
+Long-form follows Whisper's own algorithm: decode a 30 s window with timestamps, keep the
+complete segments, move the window to the end of the last complete segment; a window judged to
+hold no speech (high no-speech probability *and* low confidence) is skipped, which is what keeps
+silence from turning into hallucinated text without gating on loudness.
+"""
+
+import logging
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from app.engine.decoding import MAX_TEXT_TOKENS, DecodeResult, WindowDecoder
+from app.engine.loading import LoadedModel, load_model, weight_bytes
+from app.engine.model_import import describe_model_dir
+from app.engine.tokens import SpecialTokens
+from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
+
+__all__ = ["DecodingPolicy", "WhisperEngine"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+HOP_LENGTH = 160
+WINDOW_FRAMES = 3000
+"""Mel frames in one 30 s window."""
+FRAMES_PER_TIMESTAMP = 2
+"""A timestamp token step is 20 ms: two 10 ms mel frames."""
+SECONDS_PER_FRAME = HOP_LENGTH / SAMPLE_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class DecodingPolicy:
+    """Whisper's published fallback thresholds."""
+
+    fallback_temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    digital_silence_dbfs: float = -70.0
+    """Windows whose peak is below this hold no recorded sound at all (zeros, dither) and are
+    skipped undecoded. Quiet speech sits 30-40 dB higher; anything above this floor is left to the
+    model's own no-speech judgement."""
+    seed: int = 0
+
+
+class WhisperEngine:
+    def __init__(
+        self, loaded: LoadedModel, info: ModelInfo, policy: DecodingPolicy | None = None
+    ) -> None:
+        self._loaded = loaded
+        self._info = info
+        self._policy = policy or DecodingPolicy()
+        self._tokens = SpecialTokens.from_tokenizer(
+            loaded.tokenizer, loaded.model.generation_config
+        )
+        self._decoder = WindowDecoder(loaded.model, self._tokens)
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        precision: Precision = "nf4",
+        device: str = "auto",
+        threads: int | None = None,
+    ) -> "WhisperEngine":
+        if threads is not None:
+            torch.set_num_threads(threads)
+        manifest = describe_model_dir(model_dir)
+        loaded = load_model(model_dir, precision=precision, device=device)
+        info = ModelInfo(
+            model_id=manifest.model_id,
+            multilingual=manifest.multilingual,
+            precision=precision,
+            device=str(loaded.device),
+            fingerprint=manifest.fingerprint,
+            weight_bytes=weight_bytes(loaded.model),
+        )
+        return cls(loaded, info)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._loaded.model
+
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        mel = self._log_mel(audio)  # [n_mels, frames + one window of padding]
+        content_frames = len(audio) // HOP_LENGTH
+        language = self._language(mel, options)
+        # Long audio needs timestamps to place the next window, whatever the caller asked for.
+        with_timestamps = options.with_timestamps or content_frames > WINDOW_FRAMES
+        prefix = self._prefix(language, options.prompt, with_timestamps)
+        segments: list[Segment] = []
+        seek = 0
+        while seek < content_frames:
+            window_frames = min(WINDOW_FRAMES, content_frames - seek)
+            if self._is_digital_silence(audio, seek, window_frames):
+                seek += window_frames
+                continue
+            window = _pad_or_trim(mel[:, seek : seek + window_frames])
+            result = self._decode_with_fallback(window, prefix, options, with_timestamps)
+            if self._is_silence(result):
+                seek += window_frames
+                continue
+            new_segments, advance = self._split(result, seek, window_frames, with_timestamps)
+            segments.extend(_renumber(new_segments, start_id=len(segments)))
+            seek += advance
+        text = "".join(segment.text for segment in segments).strip()
+        return Transcription(
+            text=text, language=language, duration=len(audio) / SAMPLE_RATE, segments=segments
+        )
+
+    def _log_mel(self, audio: np.ndarray) -> Tensor:
+        # Pad with a full window of silence, as Whisper does, so the last window sees the same
+        # normalisation as every other one.
+        padded = np.concatenate([audio, np.zeros(WINDOW_FRAMES * HOP_LENGTH, dtype=np.float32)])
+        features = self._loaded.feature_extractor(
+            padded,
+            sampling_rate=SAMPLE_RATE,
+            padding=False,
+            truncation=False,
+            return_tensors="pt",
+        ).input_features
+        mel: Tensor = features[0].to(self._loaded.device)
+        return mel
+
+    def _language(self, mel: Tensor, options: TranscriptionOptions) -> str:
+        if not self._tokens.multilingual:
+            return "en"
+        if options.language:
+            return options.language
+        encoded = self._decoder.encode(_pad_or_trim(mel[:, :WINDOW_FRAMES])[None])
+        return self._decoder.detect_language(encoded)[0]
+
+    def _prefix(self, language: str, prompt: str | None, with_timestamps: bool) -> list[int]:
+        tokens = self._tokens
+        prefix: list[int] = []
+        if prompt:
+            prompt_ids = self._loaded.tokenizer.encode(
+                " " + prompt.strip(), add_special_tokens=False
+            )
+            prefix = [tokens.sot_prev, *prompt_ids[-(MAX_TEXT_TOKENS - 1) :]]
+        prefix.append(tokens.sot)
+        if tokens.multilingual:
+            prefix.append(tokens.language_ids.get(language, tokens.language_ids["en"]))
+            if tokens.transcribe is not None:
+                prefix.append(tokens.transcribe)
+        if not with_timestamps:
+            prefix.append(tokens.no_timestamps)
+        return prefix
+
+    def _decode_with_fallback(
+        self,
+        window: Tensor,
+        prefix: list[int],
+        options: TranscriptionOptions,
+        with_timestamps: bool,
+    ) -> DecodeResult:
+        """Decodes greedily (or at the requested temperature), re-sampling hotter on failure."""
+        encoded = self._decoder.encode(window[None])
+        policy = self._policy
+        generator = torch.Generator(device=encoded.device).manual_seed(policy.seed)
+        temperatures = [options.temperature] + [
+            t for t in policy.fallback_temperatures if t > options.temperature
+        ]
+        result: DecodeResult | None = None
+        for temperature in temperatures:
+            result = self._decoder.decode(
+                encoded,
+                prefix,
+                temperature=temperature,
+                with_timestamps=with_timestamps,
+                generator=generator,
+            )[0]
+            if not self._needs_fallback(result):
+                break
+        assert result is not None
+        return result
+
+    def _needs_fallback(self, result: DecodeResult) -> bool:
+        policy = self._policy
+        if result.no_speech_prob > policy.no_speech_threshold:
+            return False  # silence: a hotter sample would only invent words
+        too_repetitive = self._compression_ratio(result) > policy.compression_ratio_threshold
+        return too_repetitive or result.avg_logprob < policy.logprob_threshold
+
+    def _is_digital_silence(self, audio: np.ndarray, seek: int, frames: int) -> bool:
+        window = audio[seek * HOP_LENGTH : (seek + frames) * HOP_LENGTH]
+        floor = 10 ** (self._policy.digital_silence_dbfs / 20)
+        return window.size == 0 or float(np.abs(window).max()) < floor
+
+    def _is_silence(self, result: DecodeResult) -> bool:
+        """Whisper's rule (likely no speech and an unsure decode), plus: likely no speech and
+        nothing but punctuation decoded (the model's habit on noise is "...")."""
+        policy = self._policy
+        text = self._loaded.tokenizer.decode(self._text_tokens(result.tokens))
+        if not any(char.isalnum() for char in text):
+            return True
+        if result.no_speech_prob <= policy.no_speech_threshold:
+            return False
+        return result.avg_logprob < policy.logprob_threshold
+
+    def _split(
+        self, result: DecodeResult, seek: int, window_frames: int, with_timestamps: bool
+    ) -> tuple[list[Segment], int]:
+        """Cuts a window's tokens into segments; returns them and how far to move the window."""
+        tokens = result.tokens
+        begin = self._tokens.timestamp_begin
+        offset = seek * SECONDS_PER_FRAME
+        is_ts = [token >= begin for token in tokens]
+        boundaries = [i for i in range(1, len(tokens)) if is_ts[i] and is_ts[i - 1]]
+        if not with_timestamps or not boundaries:
+            stamps = [t for t in tokens if t >= begin]
+            start, end = 0.0, window_frames * SECONDS_PER_FRAME
+            if stamps and is_ts[0]:
+                start = (stamps[0] - begin) * FRAMES_PER_TIMESTAMP * SECONDS_PER_FRAME
+            if len(stamps) >= 2 and is_ts[-1]:
+                end = (stamps[-1] - begin) * FRAMES_PER_TIMESTAMP * SECONDS_PER_FRAME
+            segment = self._segment(result, seek, tokens, offset + start, offset + max(end, start))
+            return [segment], window_frames
+        single_timestamp_ending = len(tokens) >= 2 and is_ts[-1] and not is_ts[-2]
+        cuts = [*boundaries, len(tokens)] if single_timestamp_ending else boundaries
+        segments: list[Segment] = []
+        last = 0
+        for cut in cuts:
+            piece = tokens[last:cut]
+            stamps = [t for t in piece if t >= begin]
+            if len(stamps) >= 1 and self._text_tokens(piece):
+                start = offset + (stamps[0] - begin) * FRAMES_PER_TIMESTAMP * SECONDS_PER_FRAME
+                end = offset + (stamps[-1] - begin) * FRAMES_PER_TIMESTAMP * SECONDS_PER_FRAME
+                segments.append(self._segment(result, seek, piece, start, max(end, start)))
+            last = cut
+        if single_timestamp_ending:
+            return segments, window_frames
+        last_timestamp = tokens[boundaries[-1] - 1] - begin
+        return segments, max(1, last_timestamp * FRAMES_PER_TIMESTAMP)
+
+    def _segment(
+        self, result: DecodeResult, seek: int, tokens: list[int], start: float, end: float
+    ) -> Segment:
+        text_tokens = self._text_tokens(tokens)
+        text = self._loaded.tokenizer.decode(text_tokens, skip_special_tokens=True)
+        return Segment(
+            id=0,
+            seek=seek,
+            start=round(start, 3),
+            end=round(end, 3),
+            text=text,
+            tokens=tokens,
+            temperature=result.temperature,
+            avg_logprob=result.avg_logprob,
+            compression_ratio=_compression_ratio(text),
+            no_speech_prob=result.no_speech_prob,
+        )
+
+    def _text_tokens(self, tokens: list[int]) -> list[int]:
+        return [token for token in tokens if token < self._tokens.eot]
+
+    def _compression_ratio(self, result: DecodeResult) -> float:
+        text = self._loaded.tokenizer.decode(self._text_tokens(result.tokens))
+        return _compression_ratio(text)
+
+
+def _compression_ratio(text: str) -> float:
+    """High for repetitive text: Whisper's signal that decoding got stuck in a loop."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _pad_or_trim(mel: Tensor) -> Tensor:
+    frames = mel.shape[-1]
+    if frames >= WINDOW_FRAMES:
+        return mel[:, :WINDOW_FRAMES]
+    return torch.nn.functional.pad(mel, (0, WINDOW_FRAMES - frames))
+
+
+def _renumber(segments: list[Segment], start_id: int) -> list[Segment]:
+    return [replace(segment, id=start_id + index) for index, segment in enumerate(segments)]

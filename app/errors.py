@@ -1,0 +1,157 @@
+"""One error hierarchy for the service, rendered in the OpenAI error shape.
+
+`{"error": {"message": str, "type": str, "param": str | None, "code": str | None}}`
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.headers = headers
+
+
+class BadRequestError(AppError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidAudioError(BadRequestError):
+    default_code = "invalid_audio"
+
+
+class UnauthorizedError(AppError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class ForbiddenError(AppError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "insufficient_permissions"
+
+
+class NotFoundError(AppError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+
+class ConflictError(AppError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class PayloadTooLargeError(AppError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "file_too_large"
+
+
+class UnprocessableError(AppError):
+    status_code = 422
+    error_type = "invalid_request_error"
+    default_code = "invalid_value"
+
+
+class ServiceUnavailableError(AppError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "overloaded"
+
+
+class ClientDisconnectedError(AppError):
+    """The client went away before its result was computed; nothing is sent back."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    default_code = "client_disconnected"
+
+
+class UploadTooLarge(StarletteHTTPException):
+    """Raised from inside the body stream, where FastAPI only lets HTTP exceptions through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"Request body exceeds the {limit} byte limit.")
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+}
+_CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type = _TYPE_BY_STATUS.get(exc.status_code, "server_error")
+    body = error_body(str(exc.detail), error_type, code=_CODE_BY_STATUS.get(exc.status_code))
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "Invalid request."}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    body = error_body(message, "invalid_request_error", param=param, code="invalid_value")
+    return JSONResponse(body, status_code=422)
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("Internal server error.", "server_error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

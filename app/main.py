@@ -1,0 +1,106 @@
+"""Application factory: the lifespan wires settings, database, model and queue into `app.state`."""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+import app as app_package
+from adapters_store import AdapterStore, FilesystemStore, SqlBlobStore
+from app.api import audio, health, models, users
+from app.api.middleware import AccessLogMiddleware, BodySizeLimitMiddleware
+from app.config import Settings
+from app.db.migrate import upgrade_to_head
+from app.db.session import create_engine, create_sessionmaker
+from app.engine.recognizer import SpeechRecognizer
+from app.engine.scheduler import InferenceQueue
+from app.errors import install_error_handlers
+from app.services.auth import load_or_create_admin_key
+from app.services.model_loading import load_recognizer
+from app.services.transcription import TranscriptionService
+from app.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None, recognizer: SpeechRecognizer | None = None
+) -> FastAPI:
+    """Builds the service. `recognizer` lets a caller share an already loaded model (tests)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await _start(settings, recognizer)
+        app.state.pqm = state
+        try:
+            yield
+        finally:
+            state.queue.shutdown()
+            await state.db_engine.dispose()
+
+    app = FastAPI(
+        title="PQM Server",
+        version=app_package.__version__,
+        summary="Personalised speech recognition over one shared NF4-quantised Whisper.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (audio.router, models.router, users.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(AccessLogMiddleware)
+    return app
+
+
+async def _start(settings: Settings, recognizer: SpeechRecognizer | None) -> ServiceState:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database_url = settings.resolved_database_url
+    await asyncio.to_thread(upgrade_to_head, database_url)
+    db_engine = create_engine(database_url)
+    sessions = create_sessionmaker(db_engine)
+    admin_key = load_or_create_admin_key(
+        settings.admin_key.get_secret_value() if settings.admin_key else None,
+        settings.admin_key_file,
+    )
+    if recognizer is None:
+        recognizer = await asyncio.to_thread(load_recognizer, settings)
+    queue = InferenceQueue(settings.queue.max_pending)
+    transcription = TranscriptionService(
+        recognizer,
+        queue,
+        max_audio_seconds=settings.max_audio_seconds,
+        retry_after_s=settings.queue.retry_after_s,
+        model_id=settings.model.id,
+    )
+    info = recognizer.info
+    logger.info(
+        "service ready",
+        extra={
+            "model": transcription.model_id,
+            "precision": info.precision,
+            "device": info.device,
+            "weight_mb": round(info.weight_bytes / 2**20, 1),
+        },
+    )
+    return ServiceState(
+        settings=settings,
+        db_engine=db_engine,
+        sessions=sessions,
+        admin_key=admin_key,
+        recognizer=recognizer,
+        queue=queue,
+        transcription=transcription,
+        adapter_store=_adapter_store(settings, sessions),
+        started_at=int(time.time()),
+    )
+
+
+def _adapter_store(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> AdapterStore:
+    if settings.adapter_store == "filesystem":
+        return FilesystemStore(settings.data_dir / "adapters")
+    return SqlBlobStore(sessions)

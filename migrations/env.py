@@ -1,0 +1,37 @@
+"""Alembic environment: the URL comes from the caller (`app.db.migrate`) or PQM_DATABASE_URL."""
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from app.config import Settings
+from app.db import models  # noqa: F401  (registers the tables on Base.metadata)
+from app.db.base import Base
+from app.db.session import sync_url
+
+config = context.config
+url = config.attributes.get("sqlalchemy_url") or sync_url(Settings().resolved_database_url)
+
+
+def run_offline() -> None:
+    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()
