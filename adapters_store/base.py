@@ -5,6 +5,9 @@ from typing import Protocol
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 MAX_KEY_LENGTH = 255
+MAX_SEGMENT_LENGTH = 200
+"""Per path segment: the filesystem store adds a `.sha256` sidecar and temp-file affixes to a
+segment, and file names are limited to 255 bytes."""
 
 
 class StoreError(Exception):
@@ -48,7 +51,13 @@ class AdapterStore(Protocol):
 
 def validate_key(key: str) -> str:
     """Keys are slash-separated names such as `users/<id>/<adapter>.safetensors`."""
-    if len(key) > MAX_KEY_LENGTH or not _KEY_PATTERN.fullmatch(key) or ".." in key.split("/"):
+    segments = key.split("/")
+    if (
+        len(key) > MAX_KEY_LENGTH
+        or not _KEY_PATTERN.fullmatch(key)
+        or ".." in segments
+        or any(len(segment) > MAX_SEGMENT_LENGTH for segment in segments)
+    ):
         raise InvalidKeyError(f"invalid adapter store key {key!r}")
     return key
 

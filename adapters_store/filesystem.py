@@ -11,11 +11,16 @@ from adapters_store.base import (
     validate_key,
 )
 
-_CHECKSUM_SUFFIX = ".sha256"
+_HEADER_LENGTH = 65
+"""Each file starts with the hex sha256 of its payload and a newline."""
 
 
 class FilesystemStore:
-    """Blobs as files under `root`, each with a `.sha256` sidecar written after the data."""
+    """Blobs as files under `root`, each one file holding its checksum and its bytes.
+
+    One file per blob means one atomic rename per write: a reader sees the old blob or the new
+    one, never new bytes with an old checksum.
+    """
 
     def __init__(self, root: Path) -> None:
         self._root = root
@@ -26,45 +31,36 @@ class FilesystemStore:
     async def put(self, key: str, data: bytes) -> StoredBlob:
         path = self._path(key)
         digest = sha256_hex(data)
-        await asyncio.to_thread(self._write, path, data, digest)
+        await asyncio.to_thread(_atomic_write, path, digest.encode() + b"\n" + data)
         return StoredBlob(key=key, size=len(data), sha256=digest)
 
     async def get(self, key: str) -> bytes:
-        return await asyncio.to_thread(self._read, key, self._path(key))
+        return await asyncio.to_thread(_read, key, self._path(key))
 
     async def delete(self, key: str) -> None:
-        path = self._path(key)
-        for target in (Path(f"{path}{_CHECKSUM_SUFFIX}"), path):
-            await asyncio.to_thread(target.unlink, missing_ok=True)
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
     async def exists(self, key: str) -> bool:
-        checksum_path = Path(f"{self._path(key)}{_CHECKSUM_SUFFIX}")
-        return await asyncio.to_thread(checksum_path.exists)
-
-    @staticmethod
-    def _write(path: Path, data: bytes, digest: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
-        _atomic_write(Path(f"{path}{_CHECKSUM_SUFFIX}"), digest.encode())
-
-    @staticmethod
-    def _read(key: str, path: Path) -> bytes:
-        checksum_path = Path(f"{path}{_CHECKSUM_SUFFIX}")
-        try:
-            expected = checksum_path.read_text().strip()
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise BlobNotFoundError(key) from exc
-        if sha256_hex(data) != expected:
-            raise BlobCorruptedError(f"checksum mismatch for {key!r}")
-        return data
+        return await asyncio.to_thread(self._path(key).is_file)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _read(key: str, path: Path) -> bytes:
+    try:
+        content = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise BlobNotFoundError(key) from exc
+    expected, data = content[: _HEADER_LENGTH - 1], content[_HEADER_LENGTH:]
+    if len(content) < _HEADER_LENGTH or sha256_hex(data).encode() != expected:
+        raise BlobCorruptedError(f"checksum mismatch for {key!r}")
+    return data
+
+
+def _atomic_write(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

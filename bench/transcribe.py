@@ -204,13 +204,18 @@ def load_variant(variant: str, model_dir: Path | None, threads: int) -> Loaded:
 
 
 def time_clips(
-    transcribe: Transcriber, clips: Sequence[npt.NDArray[np.float32]]
-) -> tuple[list[Output], list[float]]:
-    outputs, seconds = [], []
-    for clip in clips:
-        start = time.perf_counter()
-        outputs.append(transcribe(clip))
-        seconds.append(time.perf_counter() - start)
+    transcribe: Transcriber, clips: Sequence[npt.NDArray[np.float32]], repeats: int
+) -> tuple[list[Output], list[list[float]]]:
+    """Each clip's first output and its `repeats` timings (the clips in order, `repeats` times)."""
+    outputs: list[Output] = []
+    seconds: list[list[float]] = [[] for _ in clips]
+    for repeat in range(repeats):
+        for index, clip in enumerate(clips):
+            start = time.perf_counter()
+            output = transcribe(clip)
+            seconds[index].append(time.perf_counter() - start)
+            if repeat == 0:
+                outputs.append(output)
     return outputs, seconds
 
 
@@ -218,10 +223,10 @@ def utterance_rows(
     utterances: Sequence[Utterance],
     clips: Sequence[npt.NDArray[np.float32]],
     outputs: Sequence[Output],
-    seconds: Sequence[float],
+    seconds: Sequence[Sequence[float]],
 ) -> list[dict[str, Any]]:
     rows = []
-    for index, (utterance, clip, output, elapsed) in enumerate(
+    for index, (utterance, clip, output, timings) in enumerate(
         zip(utterances, clips, outputs, seconds, strict=True)
     ):
         text = output.text
@@ -232,7 +237,8 @@ def utterance_rows(
                 "voice": utterance.voice,
                 "speed": utterance.speed,
                 "audio_s": round(len(clip) / SAMPLE_RATE, 3),
-                "latency_ms": round(elapsed * 1000, 2),
+                "latency_ms": round(min(timings) * 1000, 2),
+                "latency_ms_runs": [round(value * 1000, 2) for value in timings],
                 "reference": utterance.text,
                 "hypothesis": text,
                 "reference_normalised": normalise_text(utterance.text),
@@ -245,7 +251,8 @@ def utterance_rows(
     return rows
 
 
-def measure(variant: str, model_dir: Path | None, threads: int) -> dict[str, Any]:
+def measure(variant: str, model_dir: Path | None, threads: int, repeats: int = 1) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     clips = load_clips(UTTERANCES)
     import_runtimes(variant)
     rss_before = rss_bytes()
@@ -257,7 +264,8 @@ def measure(variant: str, model_dir: Path | None, threads: int) -> dict[str, Any
     start = time.perf_counter()
     loaded.transcribe(clips[0])  # warm-up, not counted
     warmup_s = time.perf_counter() - start
-    outputs, seconds = time_clips(loaded.transcribe, clips)
+    outputs, timings = time_clips(loaded.transcribe, clips, repeats)
+    seconds = [min(values) for values in timings]  # the least disturbed of the repeats
 
     audio_s = sum(len(clip) for clip in clips) / SAMPLE_RATE
     compute_s = sum(seconds)
@@ -267,6 +275,9 @@ def measure(variant: str, model_dir: Path | None, threads: int) -> dict[str, Any
         **loaded.details,
         "threads": threads,
         "torch_threads": _torch_threads(),
+        "repeats": repeats,
+        "loadavg_1m_before": round(load_before, 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "load_s": round(load_s, 3),
         "warmup_s": round(warmup_s, 3),
         "rss_before_load_bytes": rss_before,
@@ -281,7 +292,7 @@ def measure(variant: str, model_dir: Path | None, threads: int) -> dict[str, Any
         "rtf": compute_s / audio_s,
         "wer": wer([u.text for u in UTTERANCES], [output.text for output in outputs]),
         "fallbacks": sum(output.temperature > 0 for output in outputs),
-        "utterances": utterance_rows(UTTERANCES, clips, outputs, seconds),
+        "utterances": utterance_rows(UTTERANCES, clips, outputs, timings),
     }
 
 
@@ -290,9 +301,9 @@ def _torch_threads() -> int | None:
     return None if torch is None else int(torch.get_num_threads())
 
 
-def run_child(variant: str, model_dir: Path | None, threads: int) -> int:
+def run_child(variant: str, model_dir: Path | None, threads: int, repeats: int) -> int:
     try:
-        result = measure(variant, model_dir, threads)
+        result = measure(variant, model_dir, threads, repeats)
     except Exception as exc:  # reported to the parent, which carries on with the other variants
         result = {
             "variant": variant,
@@ -322,21 +333,37 @@ def run_prepare() -> int:
 # Parent process
 
 
-def spawn(args: Sequence[str], threads: int, timeout_s: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunConfig:
+    threads: int
+    repeats: int
+    timeout_s: float
+
+
+def spawn(args: Sequence[str], config: RunConfig) -> dict[str, Any]:
     """Runs this module with `args` in a fresh interpreter; returns its BENCH_RESULT object."""
-    command = [sys.executable, "-m", "bench.transcribe", *args, "--threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.transcribe",
+        *args,
+        "--threads",
+        str(config.threads),
+        "--repeats",
+        str(config.repeats),
+    ]
     try:
         done = subprocess.run(
             command,
             cwd=REPO_ROOT,
-            env=thread_capped_env(threads),
+            env=thread_capped_env(config.threads),
             capture_output=True,
             text=True,
-            timeout=timeout_s,
+            timeout=config.timeout_s,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+        return {"ok": False, "error": f"timed out after {config.timeout_s:.0f} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
             result: dict[str, Any] = json.loads(line.removeprefix(RESULT_MARKER))
@@ -345,15 +372,15 @@ def spawn(args: Sequence[str], threads: int, timeout_s: float) -> dict[str, Any]
     return {"ok": False, "error": f"child exited with {done.returncode}: {tail.strip()}"}
 
 
-def prepare_model(threads: int, timeout_s: float) -> tuple[Path | None, str | None]:
-    result = spawn(["--prepare"], threads, timeout_s)
+def prepare_model(config: RunConfig) -> tuple[Path | None, str | None]:
+    result = spawn(["--prepare"], config)
     if not result.get("ok"):
         return None, f"model import failed: {result.get('error')}"
     return Path(result["model_dir"]), None
 
 
 def run_variant(
-    variant: str, model_dir: Path | None, model_error: str | None, threads: int, timeout_s: float
+    variant: str, model_dir: Path | None, model_error: str | None, config: RunConfig
 ) -> dict[str, Any]:
     is_engine = not variant.startswith(FASTER_WHISPER_PREFIX)
     if is_engine and model_error is not None:
@@ -363,7 +390,7 @@ def run_variant(
         args += ["--model-dir", str(model_dir)]
     print(f"[bench] {variant}: running ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result = spawn(args, threads, timeout_s)
+    result = spawn(args, config)
     result.setdefault("variant", variant)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     status = "ok" if result.get("ok") else f"FAILED: {result.get('error', '')[:200]}"
@@ -371,12 +398,14 @@ def run_variant(
     return result
 
 
-def environment(threads: int) -> dict[str, Any]:
+def environment(config: RunConfig) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "threads": threads,
+        "threads": config.threads,
+        "repeats": config.repeats,
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
         "espeak_ng": espeak_version(),
         "packages": _package_versions(
             ["torch", "transformers", "bitsandbytes", "ctranslate2", "faster-whisper", "numpy"]
@@ -418,6 +447,7 @@ def summary_row(result: dict[str, Any]) -> list[object]:
         _mib(result["rss_load_delta_bytes"]),
         _mib(result["rss_after_run_bytes"]),
         _mib(result["rss_peak_bytes"]),
+        f"{result['loadavg_1m_after']:.1f}",
     ]
 
 
@@ -435,15 +465,21 @@ SUMMARY_HEADERS = (
     "RSS +load MiB",
     "RSS end MiB",
     "peak RSS MiB",
+    "loadavg",
 )
 
 
-def print_summary(results: Sequence[dict[str, Any]], threads: int, audio_s: float) -> None:
+def print_summary(results: Sequence[dict[str, Any]], config: RunConfig, audio_s: float) -> None:
+    timing = "after 1 warm-up" + (
+        f", fastest of {config.repeats} runs" if config.repeats > 1 else ""
+    )
     print(
-        f"\n{len(UTTERANCES)} utterances, {audio_s:.1f} s of audio, {threads} thread(s); "
-        "latency per utterance incl. feature extraction, after 1 warm-up; "
+        f"\n{len(UTTERANCES)} utterances, {audio_s:.1f} s of audio, {config.threads} thread(s); "
+        f"latency per utterance incl. feature extraction, {timing}; "
         "speed = audio seconds / compute seconds; "
-        "fallbacks = utterances whose greedy pass was rejected and re-decoded at T > 0\n"
+        "fallbacks = utterances whose greedy pass was rejected and re-decoded at T > 0; "
+        f"loadavg = 1-minute load after the run (the child itself adds ~{config.threads}; "
+        f"{os.cpu_count()} CPUs)\n"
     )
     print_table(SUMMARY_HEADERS, [summary_row(result) for result in results])
     for result in results:
@@ -471,21 +507,20 @@ def print_differences(results: Sequence[dict[str, Any]]) -> None:
             print(f"    {result['variant'].ljust(width)}  {row['hypothesis_normalised']}  {marker}")
 
 
-def run_parent(variants: Sequence[str], threads: int, out: Path, timeout_s: float) -> int:
+def run_parent(variants: Sequence[str], config: RunConfig, out: Path) -> int:
+    started = environment(config)
     clips = load_clips(UTTERANCES)
     audio_s = sum(len(clip) for clip in clips) / SAMPLE_RATE
     model_dir, model_error = None, None
     if any(not variant.startswith(FASTER_WHISPER_PREFIX) for variant in variants):
-        model_dir, model_error = prepare_model(threads, timeout_s)
-    results = [
-        run_variant(variant, model_dir, model_error, threads, timeout_s) for variant in variants
-    ]
+        model_dir, model_error = prepare_model(config)
+    results = [run_variant(variant, model_dir, model_error, config) for variant in variants]
     report = {
         "benchmark": "transcribe",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": BUNDLED_MODEL,
         "model_dir": None if model_dir is None else str(model_dir),
-        "environment": environment(threads),
+        "environment": started,
         "audio_s": round(audio_s, 3),
         "utterances": [
             asdict(u) | {"file": str(audio_path(i, u))} for i, u in enumerate(UTTERANCES)
@@ -493,7 +528,7 @@ def run_parent(variants: Sequence[str], threads: int, out: Path, timeout_s: floa
         "results": results,
     }
     write_json(out, report)
-    print_summary(results, threads, audio_s)
+    print_summary(results, config, audio_s)
     print_differences(results)
     print(f"\nwrote {out}")
     return 0 if all(result.get("ok") for result in results) else 1
@@ -515,6 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_VARIANTS),
         help="comma-separated: fp32, nf4, int8, faster-whisper-<compute_type>",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time every utterance this many times and keep the fastest (resists CPU contention)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     parser.add_argument(
         "--timeout", type=float, default=CHILD_TIMEOUT_S, help="seconds allowed per variant"
@@ -527,17 +568,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads < 1:
-        raise SystemExit("--threads must be at least 1")
+    if args.threads < 1 or args.repeats < 1:
+        build_parser().error("--threads and --repeats must be at least 1")
     if args.prepare:
         return run_prepare()
     if args.child:
-        return run_child(args.child, args.model_dir, args.threads)
+        return run_child(args.child, args.model_dir, args.threads, args.repeats)
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = [name for name in variants if not _is_known_variant(name)]
     if unknown or not variants:
         build_parser().error(f"unknown variant(s) {unknown}; known: {', '.join(DEFAULT_VARIANTS)}")
-    return run_parent(variants, args.threads, args.out, args.timeout)
+    config = RunConfig(threads=args.threads, repeats=args.repeats, timeout_s=args.timeout)
+    return run_parent(variants, config, args.out)
 
 
 def _is_known_variant(name: str) -> bool:

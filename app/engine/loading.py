@@ -61,7 +61,9 @@ def load_model(model_dir: Path, *, precision: Precision, device: str = "auto") -
             model_dir,
             dtype=torch.float32,
             quantization_config=_quantization_config(precision),
-            device_map={"": target.type if target.index is None else f"{target.type}:{target.index}"},
+            device_map={
+                "": target.type if target.index is None else f"{target.type}:{target.index}"
+            },
         )
         feature_extractor = WhisperFeatureExtractor.from_pretrained(model_dir)
         tokenizer = WhisperTokenizerFast.from_pretrained(model_dir)

@@ -7,7 +7,7 @@ overload into an immediate, explicit refusal instead of unbounded memory and lat
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from app.engine.errors import EngineError
@@ -39,15 +39,19 @@ class InferenceQueue:
         """Runs `work` on the inference thread.
 
         Cancelling the awaiting task (e.g. because the client disconnected) withdraws work that
-        has not started yet, so abandoned requests cost nothing.
+        has not started yet, so abandoned requests cost nothing. Work counts as pending until it
+        has really finished or been withdrawn, not merely until its caller stopped waiting.
         """
         if self._pending >= self._max_pending:
             raise QueueFullError(f"{self._pending} transcriptions are already pending")
+        loop = asyncio.get_running_loop()
         self._pending += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
-        finally:
-            self._pending -= 1
+        future: Future[T] = self._executor.submit(work)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(future)
+
+    def _release(self) -> None:
+        self._pending -= 1
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -64,9 +64,7 @@ class SpecialTokens:
             # Older vocabularies lack the timestamp tokens by name; they follow <|notimestamps|>.
             timestamp_begin=token_id("<|0.00|>") or required("<|notimestamps|>") + 1,
             transcribe=token_id("<|transcribe|>"),
-            language_ids={
-                name.strip("<|>"): token for name, token in languages.items()
-            },
+            language_ids={name.strip("<|>"): token for name, token in languages.items()},
             suppress=tuple(sorted(suppress)),
             begin_suppress=begin_suppress,
             max_initial_timestamp_index=int(

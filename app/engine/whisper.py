@@ -42,6 +42,9 @@ class DecodingPolicy:
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
+    stationary_range_db: float = 12.0
+    """Loud-to-quiet spread of 25 ms frame levels below which a window is stationary noise;
+    speech, with its syllables and pauses, spreads well over 20 dB."""
     digital_silence_dbfs: float = -70.0
     """Windows whose peak is below this hold no recorded sound at all (zeros, dither) and are
     skipped undecoded. Quiet speech sits 30-40 dB higher; anything above this floor is left to the
@@ -90,7 +93,8 @@ class WhisperEngine:
 
     @property
     def model(self) -> torch.nn.Module:
-        return self._loaded.model
+        model: torch.nn.Module = self._loaded.model
+        return model
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
         mel = self._log_mel(audio)  # [n_mels, frames + one window of padding]
@@ -108,8 +112,8 @@ class WhisperEngine:
                 continue
             window = _pad_or_trim(mel[:, seek : seek + window_frames])
             result = self._decode_with_fallback(window, prefix, options, with_timestamps)
-            if self._is_silence(result):
-                seek += window_frames
+            if self._is_silence(result, audio, seek, window_frames):
+                seek += self._advance_past_silence(result, window_frames)
                 continue
             new_segments, advance = self._split(result, seek, window_frames, with_timestamps)
             segments.extend(_renumber(new_segments, start_id=len(segments)))
@@ -198,16 +202,38 @@ class WhisperEngine:
         floor = 10 ** (self._policy.digital_silence_dbfs / 20)
         return window.size == 0 or float(np.abs(window).max()) < floor
 
-    def _is_silence(self, result: DecodeResult) -> bool:
-        """Whisper's rule (likely no speech and an unsure decode), plus: likely no speech and
-        nothing but punctuation decoded (the model's habit on noise is "...")."""
+    def _is_silence(self, result: DecodeResult, audio: np.ndarray, seek: int, frames: int) -> bool:
+        """A window holds no speech when nothing but punctuation was decoded, or when the model
+        rates speech unlikely and either (Whisper's rule) it was unsure of its decode, or the
+        signal is stationary: room tone, hum or hiss with no rise and fall of syllables. Loudness
+        itself is never the test, so quiet speech is transcribed like loud speech."""
         policy = self._policy
         text = self._loaded.tokenizer.decode(self._text_tokens(result.tokens))
         if not any(char.isalnum() for char in text):
             return True
         if result.no_speech_prob <= policy.no_speech_threshold:
             return False
-        return result.avg_logprob < policy.logprob_threshold
+        window = audio[seek * HOP_LENGTH : (seek + frames) * HOP_LENGTH]
+        return result.avg_logprob < policy.logprob_threshold or _is_stationary(
+            window, policy.stationary_range_db
+        )
+
+    def _advance_past_silence(self, result: DecodeResult, window_frames: int) -> int:
+        """Skips a window judged silent, but not past the last segment boundary the model placed
+        in its second half: speech that starts near a window's end is then decoded whole in the
+        next window instead of losing its first words."""
+        begin = self._tokens.timestamp_begin
+        tokens = result.tokens
+        closed = [
+            tokens[i] - begin
+            for i in range(1, len(tokens))
+            if tokens[i] >= begin and tokens[i - 1] >= begin
+        ]
+        if closed:
+            boundary = closed[-1] * FRAMES_PER_TIMESTAMP
+            if window_frames // 2 <= boundary < window_frames:
+                return boundary
+        return window_frames
 
     def _split(
         self, result: DecodeResult, seek: int, window_frames: int, with_timestamps: bool
@@ -268,6 +294,17 @@ class WhisperEngine:
     def _compression_ratio(self, result: DecodeResult) -> float:
         text = self._loaded.tokenizer.decode(self._text_tokens(result.tokens))
         return _compression_ratio(text)
+
+
+def _is_stationary(window: np.ndarray, range_db: float) -> bool:
+    frame = SAMPLE_RATE // 40
+    count = len(window) // frame
+    if count < 8:
+        return False
+    frames = window[: count * frame].reshape(count, frame).astype(np.float64)
+    levels = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    loud, quiet = np.percentile(levels, [95, 10])
+    return bool(loud - quiet < range_db)
 
 
 def _compression_ratio(text: str) -> float:

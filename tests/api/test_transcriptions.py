@@ -4,17 +4,18 @@ import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from fastapi import FastAPI
+from openai import BadRequestError, NotFoundError
 
 from bench.common import wer
-from tests.api.test_users import assert_openai_error
-from tests.conftest import ADMIN, bearer, create_user
+from tests.conftest import ADMIN, ADMIN_KEY, bearer, create_user
+from tests.support.api import assert_openai_error, openai_client
 from tests.support.audio import (
     convert_with_sox,
     encode_with_pyav,
@@ -46,45 +47,43 @@ async def transcribe(
     audio: bytes,
     *,
     filename: str = "audio.wav",
-    key_headers: dict[str, str] = ADMIN,
+    key_headers: Mapping[str, str] = ADMIN,
+    form: Mapping[str, str] | None = None,
     **fields: str,
 ) -> httpx.Response:
-    data = {"model": "whisper-tiny.en", **fields}
+    """Posts a transcription; `form` carries fields whose names are not identifiers."""
+    data = {"model": "whisper-tiny.en", **(form or {}), **fields}
     return await client.post(
         "/v1/audio/transcriptions",
         files={"file": (filename, audio)},
         data=data,
-        headers=key_headers,
+        headers=dict(key_headers),
     )
 
 
 async def test_openai_client_transcribes_the_fox(
-    app: object, client: httpx.AsyncClient, fox_wav: bytes
+    app: FastAPI, client: httpx.AsyncClient, fox_wav: bytes
 ) -> None:
     alice = await create_user(client)
-    openai_client = AsyncOpenAI(
-        base_url="http://testserver/v1", api_key=alice["api_key"], http_client=client
-    )
-    result = await openai_client.audio.transcriptions.create(
+    openai = openai_client(app, alice["api_key"])
+    result = await openai.audio.transcriptions.create(
         model="whisper-tiny.en", file=("fox.wav", fox_wav)
     )
     assert wer([FOX], [result.text]) <= 0.3, result.text
 
-    raw = await openai_client.audio.transcriptions.with_raw_response.create(
+    raw = await openai.audio.transcriptions.with_raw_response.create(
         model="whisper-1", file=("fox.wav", fox_wav)
     )
     assert raw.headers["x-adapter-id"] == "none"
 
 
-async def test_openai_client_sees_openai_errors(client: httpx.AsyncClient, fox_wav: bytes) -> None:
-    openai_client = AsyncOpenAI(
-        base_url="http://testserver/v1", api_key="test-admin-key-0123456789abcdef", http_client=client
-    )
+async def test_openai_client_sees_openai_errors(app: FastAPI, fox_wav: bytes) -> None:
+    openai = openai_client(app, ADMIN_KEY)
     with pytest.raises(NotFoundError) as not_found:
-        await openai_client.audio.transcriptions.create(model="whisper-large", file=("a.wav", fox_wav))
+        await openai.audio.transcriptions.create(model="whisper-large", file=("a.wav", fox_wav))
     assert not_found.value.code == "model_not_found"
     with pytest.raises(BadRequestError) as bad:
-        await openai_client.audio.transcriptions.create(
+        await openai.audio.transcriptions.create(
             model="whisper-1", file=("a.wav", b"not audio at all")
         )
     assert bad.value.param == "file"
@@ -107,7 +106,9 @@ def _assert_monotonic(spans: list[tuple[float, float]]) -> None:
 
 async def test_every_response_format(client: httpx.AsyncClient, fox_16k: np.ndarray) -> None:
     # Two sentences with a pause: several segments make the timestamp checks meaningful.
-    audio = np.concatenate([fox_16k, silence(1.5), speech_16k("Please call me back tomorrow.", speed=120)])
+    audio = np.concatenate(
+        [fox_16k, silence(1.5), speech_16k("Please call me back tomorrow.", speed=120)]
+    )
     wav = to_bytes(audio, RATE)
 
     plain = await transcribe(client, wav, response_format="json")
@@ -126,7 +127,7 @@ async def test_every_response_format(client: httpx.AsyncClient, fox_16k: np.ndar
     _assert_monotonic(_times(vtt.text))
 
     verbose = await transcribe(
-        client, wav, response_format="verbose_json", **{"timestamp_granularities[]": "segment"}
+        client, wav, response_format="verbose_json", form={"timestamp_granularities[]": "segment"}
     )
     body = verbose.json()
     assert body["language"] == "english"
@@ -136,7 +137,14 @@ async def test_every_response_format(client: httpx.AsyncClient, fox_16k: np.ndar
     _assert_monotonic([(s["start"], s["end"]) for s in segments])
     assert segments[-1]["end"] <= body["duration"] + 0.5
     for segment in segments:
-        assert {"seek", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"} <= set(segment)
+        assert {
+            "seek",
+            "tokens",
+            "temperature",
+            "avg_logprob",
+            "compression_ratio",
+            "no_speech_prob",
+        } <= set(segment)
         assert 0.0 <= segment["no_speech_prob"] <= 1.0
     assert wer([FOX + " Please call me back tomorrow."], [body["text"]]) <= 0.4
 
@@ -155,14 +163,16 @@ async def test_audio_longer_than_30s_is_transcribed_completely(
     assert starts[-1] > 57, starts  # third sentence at 58.6 s
 
 
-async def test_unsupported_options_are_clear_400s(client: httpx.AsyncClient, fox_wav: bytes) -> None:
+async def test_unsupported_options_are_clear_400s(
+    client: httpx.AsyncClient, fox_wav: bytes
+) -> None:
     stream = assert_openai_error(await transcribe(client, fox_wav, stream="true"), 400)
     assert stream["param"] == "stream"
     german = assert_openai_error(await transcribe(client, fox_wav, language="de"), 400)
     assert german["param"] == "language"
     assert (await transcribe(client, fox_wav, language="en")).status_code == 200
     words = await transcribe(
-        client, fox_wav, response_format="verbose_json", **{"timestamp_granularities[]": "word"}
+        client, fox_wav, response_format="verbose_json", form={"timestamp_granularities[]": "word"}
     )
     assert_openai_error(words, 400)
 
@@ -188,7 +198,7 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient, fox_wav: bytes) -
 async def test_bad_fields_are_422(
     client: httpx.AsyncClient, fox_wav: bytes, fields: dict[str, str], param: str
 ) -> None:
-    error = assert_openai_error(await transcribe(client, fox_wav, **fields), 422)
+    error = assert_openai_error(await transcribe(client, fox_wav, form=fields), 422)
     assert error["param"] == param
 
 

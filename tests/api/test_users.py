@@ -7,15 +7,7 @@ from fastapi import FastAPI
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
 from tests.conftest import ADMIN, bearer, create_user, make_settings
-
-
-def assert_openai_error(response: httpx.Response, status: int) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    detail: dict[str, object] = error
-    return detail
+from tests.support.api import assert_openai_error
 
 
 async def test_admin_creates_user_and_key_is_shown_once(client: httpx.AsyncClient) -> None:
@@ -80,11 +72,11 @@ async def test_user_deletes_itself_and_its_key_stops_working(client: httpx.Async
 
 
 async def test_bad_fields_are_422(client: httpx.AsyncClient) -> None:
-    error = assert_openai_error(await client.post("/v1/users", json={"name": ""}, headers=ADMIN), 422)
-    assert error["param"] == "name"
-    assert_openai_error(
-        await client.post("/v1/users", content=b"{not json", headers=ADMIN), 422
+    error = assert_openai_error(
+        await client.post("/v1/users", json={"name": ""}, headers=ADMIN), 422
     )
+    assert error["param"] == "name"
+    assert_openai_error(await client.post("/v1/users", content=b"{not json", headers=ADMIN), 422)
 
 
 async def test_unknown_route_is_openai_shaped_404(client: httpx.AsyncClient) -> None:

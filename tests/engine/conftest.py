@@ -11,15 +11,13 @@ import pytest
 import soundfile as sf
 import soxr
 
-from app.engine.model_import import import_bundled_model
-
 QUICK_BROWN_FOX = "The quick brown fox jumps over the lazy dog."
 
 
 @pytest.fixture(scope="session")
-def converted_tiny_en_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def converted_tiny_en_dir(tiny_en_dir: Path) -> Path:
     """The bundled tiny.en imported (converted to a transformers checkpoint) into a temp dir."""
-    return import_bundled_model("tiny.en", tmp_path_factory.mktemp("models"))
+    return tiny_en_dir
 
 
 @pytest.fixture(scope="session")

