@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from transformers import Cache, WhisperForConditionalGeneration
 
+from app.engine.encoder import encode
 from app.engine.tokens import SpecialTokens
 
 __all__ = ["DecodeResult", "WindowDecoder"]
@@ -36,10 +37,9 @@ class WindowDecoder:
 
     @torch.inference_mode()
     def encode(self, mel: Tensor) -> Tensor:
-        """[batch, n_mels, 3000] -> [batch, 1500, d_model]"""
+        """[batch, n_mels, frames] -> [batch, frames // 2, d_model]"""
         encoder = self._model.model.encoder
-        hidden: Tensor = encoder(mel.to(encoder.conv1.weight.device)).last_hidden_state
-        return hidden
+        return encode(encoder, mel.to(encoder.conv1.weight.device))
 
     @torch.inference_mode()
     def detect_language(self, encoded: Tensor) -> list[str]:

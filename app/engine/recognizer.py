@@ -4,6 +4,7 @@ from typing import Protocol
 
 import numpy as np
 
+from app.engine.adapter_file import AdapterWeights
 from app.engine.types import ModelInfo, Transcription, TranscriptionOptions
 
 __all__ = ["SpeechRecognizer"]
@@ -13,6 +14,15 @@ class SpeechRecognizer(Protocol):
     @property
     def info(self) -> ModelInfo: ...
 
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: TranscriptionOptions,
+        adapter: AdapterWeights | None = None,
+    ) -> Transcription:
         """Transcribes 16 kHz mono float32 audio of any length. Blocks: call off the loop."""
+        ...
+
+    def check_adapter(self, adapter: AdapterWeights) -> None:
+        """Raises `AdapterFileError` unless the adapter fits the served base model."""
         ...

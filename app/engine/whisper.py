@@ -15,8 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from app.engine.adapter_file import AdapterWeights, check_compatible
 from app.engine.decoding import MAX_TEXT_TOKENS, DecodeResult, WindowDecoder
+from app.engine.encoder import EncoderWindow, window_frames
 from app.engine.loading import LoadedModel, load_model, weight_bytes
+from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, attached, inject_lora
 from app.engine.model_import import describe_model_dir
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
@@ -63,6 +66,8 @@ class WhisperEngine:
             loaded.tokenizer, loaded.model.generation_config
         )
         self._decoder = WindowDecoder(loaded.model, self._tokens)
+        # Every projection an adapter may target gets an (empty) LoRA slot, once.
+        self._lora_layers = inject_lora(loaded.model, ATTENTION_TARGETS + FFN_TARGETS)
 
     @classmethod
     def load(
@@ -96,7 +101,30 @@ class WhisperEngine:
         model: torch.nn.Module = self._loaded.model
         return model
 
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
+    @property
+    def loaded(self) -> LoadedModel:
+        return self._loaded
+
+    def check_adapter(self, adapter: AdapterWeights) -> None:
+        """Raises `AdapterFileError` unless the adapter fits this base model."""
+        check_compatible(adapter, self._info.fingerprint, self._lora_layers)
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: TranscriptionOptions,
+        adapter: AdapterWeights | None = None,
+    ) -> Transcription:
+        """Transcribes with `adapter` applied (checked by the caller with `check_adapter`)."""
+        tensors = adapter.tensors if adapter else None
+        scale = adapter.scale if adapter else 0.0
+        window: EncoderWindow = adapter.encoder_window if adapter else "full"
+        with attached(self._lora_layers, tensors, scale):
+            return self._transcribe(audio, options, window)
+
+    def _transcribe(
+        self, audio: np.ndarray, options: TranscriptionOptions, encoder_window: EncoderWindow
+    ) -> Transcription:
         mel = self._log_mel(audio)  # [n_mels, frames + one window of padding]
         content_frames = len(audio) // HOP_LENGTH
         language = self._language(mel, options)
@@ -106,16 +134,16 @@ class WhisperEngine:
         segments: list[Segment] = []
         seek = 0
         while seek < content_frames:
-            window_frames = min(WINDOW_FRAMES, content_frames - seek)
-            if self._is_digital_silence(audio, seek, window_frames):
-                seek += window_frames
+            chunk = min(WINDOW_FRAMES, content_frames - seek)  # mel frames of audio in view
+            if self._is_digital_silence(audio, seek, chunk):
+                seek += chunk
                 continue
-            window = _pad_or_trim(mel[:, seek : seek + window_frames])
+            window = _pad_or_trim(mel[:, seek : seek + chunk], window_frames(chunk, encoder_window))
             result = self._decode_with_fallback(window, prefix, options, with_timestamps)
-            if self._is_silence(result, audio, seek, window_frames):
-                seek += self._advance_past_silence(result, window_frames)
+            if self._is_silence(result, audio, seek, chunk):
+                seek += self._advance_past_silence(result, chunk)
                 continue
-            new_segments, advance = self._split(result, seek, window_frames, with_timestamps)
+            new_segments, advance = self._split(result, seek, chunk, with_timestamps)
             segments.extend(_renumber(new_segments, start_id=len(segments)))
             seek += advance
         text = "".join(segment.text for segment in segments).strip()
@@ -313,11 +341,11 @@ def _compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def _pad_or_trim(mel: Tensor) -> Tensor:
-    frames = mel.shape[-1]
-    if frames >= WINDOW_FRAMES:
-        return mel[:, :WINDOW_FRAMES]
-    return torch.nn.functional.pad(mel, (0, WINDOW_FRAMES - frames))
+def _pad_or_trim(mel: Tensor, frames: int = WINDOW_FRAMES) -> Tensor:
+    have = mel.shape[-1]
+    if have >= frames:
+        return mel[:, :frames]
+    return torch.nn.functional.pad(mel, (0, frames - have))
 
 
 def _renumber(segments: list[Segment], start_id: int) -> list[Segment]:

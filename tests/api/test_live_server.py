@@ -13,10 +13,11 @@ import pytest
 import uvicorn
 from openai import OpenAI
 
+from app.engine.adapter_file import AdapterWeights
 from app.engine.types import ModelInfo, Transcription, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
-from bench.common import wer
+from app.engine.text import wer
 from tests.conftest import ADMIN, ADMIN_KEY, make_settings
 from tests.support.audio import speech_16k, to_bytes
 
@@ -36,11 +37,19 @@ class GatedRecognizer:
     def info(self) -> ModelInfo:
         return self._engine.info
 
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: TranscriptionOptions,
+        adapter: AdapterWeights | None = None,
+    ) -> Transcription:
         self.calls += 1
         self.started.set()
         assert self.gate.wait(timeout=60)
-        return self._engine.transcribe(audio, options)
+        return self._engine.transcribe(audio, options, adapter)
+
+    def check_adapter(self, adapter: AdapterWeights) -> None:
+        self._engine.check_adapter(adapter)
 
 
 def _free_port() -> int:

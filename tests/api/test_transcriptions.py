@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from openai import BadRequestError, NotFoundError
 
-from bench.common import wer
+from app.engine.text import wer
 from tests.conftest import ADMIN, ADMIN_KEY, bearer, create_user
 from tests.support.api import assert_openai_error, openai_client
 from tests.support.audio import (

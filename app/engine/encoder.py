@@ -1,0 +1,47 @@
+"""Whisper's encoder on windows shorter than 30 s.
+
+Whisper always encodes 30 s (3000 mel frames), most of it padding for short utterances. Its
+positional embeddings are absolute, so a shorter window simply uses the first positions; the
+model was not trained that way, which is why a shortened window is only used together with an
+adapter trained on the same window (training and serving share `window_frames`).
+"""
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FULL_WINDOW_FRAMES", "EncoderWindow", "encode", "window_frames"]
+
+FULL_WINDOW_FRAMES = 3000
+FRAMES_PER_SECOND = 100
+EncoderWindow = Literal["full", "fit"]
+"""`full`: always 30 s. `fit`: the speech rounded up to whole seconds, plus a second of margin."""
+
+_MIN_FIT_FRAMES = 200
+
+
+def window_frames(content_frames: int, window: EncoderWindow) -> int:
+    """How many mel frames the encoder sees for a window holding `content_frames` of audio."""
+    if window == "full":
+        return FULL_WINDOW_FRAMES
+    seconds = math.ceil(content_frames / FRAMES_PER_SECOND) + 1
+    return min(FULL_WINDOW_FRAMES, max(_MIN_FIT_FRAMES, seconds * FRAMES_PER_SECOND))
+
+
+def encode(encoder: Any, mel: Tensor) -> Tensor:
+    """[batch, n_mels, frames <= 3000] -> [batch, frames // 2, d_model]
+
+    `encoder` is a transformers `WhisperEncoder`. The same computation as its `forward`, without
+    the insistence on exactly 3000 frames.
+    """
+    hidden = nn.functional.gelu(encoder.conv1(mel))
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    hidden = hidden + encoder.embed_positions(positions)
+    hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+    output: Tensor = encoder.layer_norm(hidden)
+    return output
