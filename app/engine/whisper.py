@@ -18,6 +18,7 @@ from torch import Tensor
 from app.engine.adapter_file import AdapterWeights, check_compatible
 from app.engine.decoding import MAX_TEXT_TOKENS, DecodeResult, WindowDecoder
 from app.engine.encoder import EncoderWindow, window_frames
+from app.engine.features import HOP_LENGTH, SAMPLE_RATE, WINDOW_FRAMES, log_mel, pad_or_trim
 from app.engine.loading import LoadedModel, load_model, weight_bytes
 from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, attached, inject_lora
 from app.engine.model_import import describe_model_dir
@@ -28,10 +29,6 @@ __all__ = ["DecodingPolicy", "WhisperEngine"]
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-HOP_LENGTH = 160
-WINDOW_FRAMES = 3000
-"""Mel frames in one 30 s window."""
 FRAMES_PER_TIMESTAMP = 2
 """A timestamp token step is 20 ms: two 10 ms mel frames."""
 SECONDS_PER_FRAME = HOP_LENGTH / SAMPLE_RATE
@@ -125,7 +122,9 @@ class WhisperEngine:
     def _transcribe(
         self, audio: np.ndarray, options: TranscriptionOptions, encoder_window: EncoderWindow
     ) -> Transcription:
-        mel = self._log_mel(audio)  # [n_mels, frames + one window of padding]
+        mel = log_mel(
+            self._loaded.feature_extractor, audio, self._loaded.device
+        )  # [n_mels, frames + one window of padding]
         content_frames = len(audio) // HOP_LENGTH
         language = self._language(mel, options)
         # Long audio needs timestamps to place the next window, whatever the caller asked for.
@@ -138,7 +137,7 @@ class WhisperEngine:
             if self._is_digital_silence(audio, seek, chunk):
                 seek += chunk
                 continue
-            window = _pad_or_trim(mel[:, seek : seek + chunk], window_frames(chunk, encoder_window))
+            window = pad_or_trim(mel[:, seek : seek + chunk], window_frames(chunk, encoder_window))
             result = self._decode_with_fallback(window, prefix, options, with_timestamps)
             if self._is_silence(result, audio, seek, chunk):
                 seek += self._advance_past_silence(result, chunk)
@@ -151,26 +150,12 @@ class WhisperEngine:
             text=text, language=language, duration=len(audio) / SAMPLE_RATE, segments=segments
         )
 
-    def _log_mel(self, audio: np.ndarray) -> Tensor:
-        # Pad with a full window of silence, as Whisper does, so the last window sees the same
-        # normalisation as every other one.
-        padded = np.concatenate([audio, np.zeros(WINDOW_FRAMES * HOP_LENGTH, dtype=np.float32)])
-        features = self._loaded.feature_extractor(
-            padded,
-            sampling_rate=SAMPLE_RATE,
-            padding=False,
-            truncation=False,
-            return_tensors="pt",
-        ).input_features
-        mel: Tensor = features[0].to(self._loaded.device)
-        return mel
-
     def _language(self, mel: Tensor, options: TranscriptionOptions) -> str:
         if not self._tokens.multilingual:
             return "en"
         if options.language:
             return options.language
-        encoded = self._decoder.encode(_pad_or_trim(mel[:, :WINDOW_FRAMES])[None])
+        encoded = self._decoder.encode(pad_or_trim(mel[:, :WINDOW_FRAMES])[None])
         return self._decoder.detect_language(encoded)[0]
 
     def _prefix(self, language: str, prompt: str | None, with_timestamps: bool) -> list[int]:
@@ -339,13 +324,6 @@ def _compression_ratio(text: str) -> float:
     """High for repetitive text: Whisper's signal that decoding got stuck in a loop."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-def _pad_or_trim(mel: Tensor, frames: int = WINDOW_FRAMES) -> Tensor:
-    have = mel.shape[-1]
-    if have >= frames:
-        return mel[:, :frames]
-    return torch.nn.functional.pad(mel, (0, frames - have))
 
 
 def _renumber(segments: list[Segment], start_id: int) -> list[Segment]:

@@ -14,10 +14,10 @@ import uvicorn
 from openai import OpenAI
 
 from app.engine.adapter_file import AdapterWeights
+from app.engine.text import wer
 from app.engine.types import ModelInfo, Transcription, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
-from app.engine.text import wer
 from tests.conftest import ADMIN, ADMIN_KEY, make_settings
 from tests.support.audio import speech_16k, to_bytes
 
