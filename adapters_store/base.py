@@ -48,6 +48,10 @@ class AdapterStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Removes every blob whose key starts with `prefix` + "/"; returns how many."""
+        ...
+
 
 def validate_key(key: str) -> str:
     """Keys are slash-separated names such as `users/<id>/<adapter>.safetensors`."""

@@ -1,5 +1,6 @@
 import asyncio
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,17 @@ class FilesystemStore:
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        return await asyncio.to_thread(_remove_tree, self._path(prefix))
+
+
+def _remove_tree(root: Path) -> int:
+    if not root.is_dir():
+        return 0
+    count = sum(1 for path in root.rglob("*") if path.is_file() and not path.name.startswith("."))
+    shutil.rmtree(root)
+    return count
 
 
 def _read(key: str, path: Path) -> bytes:

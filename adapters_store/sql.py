@@ -52,3 +52,12 @@ class SqlBlobStore:
                 select(AdapterBlob.key).where(AdapterBlob.key == validate_key(key))
             )
         return found is not None
+
+    async def delete_prefix(self, prefix: str) -> int:
+        pattern = validate_key(prefix).replace("\\", "\\\\").replace("%", "\\%")
+        pattern = pattern.replace("_", "\\_") + "/%"
+        async with transaction(self._sessions) as session:
+            result = await session.execute(
+                delete(AdapterBlob).where(AdapterBlob.key.like(pattern, escape="\\"))
+            )
+        return int(getattr(result, "rowcount", 0) or 0)

@@ -1,4 +1,4 @@
-"""`pqm serve | model import` — the service's command line."""
+"""`pqm serve | worker | model import` — the service's command line."""
 
 import argparse
 import sys
@@ -39,6 +39,18 @@ def _import_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(_: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.logging import configure_logging
+    from app.worker import run_worker
+
+    settings = Settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    asyncio.run(run_worker(settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pqm", description="PQM Server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run the enrolment job worker on its own, against the same database"
+    )
+    worker.set_defaults(handler=_worker)
 
     model = commands.add_parser("model", help="manage the base model")
     model_commands = model.add_subparsers(dest="model_command", required=True)

@@ -35,6 +35,31 @@ class QueueSettings(BaseModel):
     retry_after_s: int = Field(default=2, ge=1)
 
 
+class EnrolmentSettings(BaseModel):
+    """Limits on what an enrolment upload may hold, and how its training job runs."""
+
+    max_upload_bytes: int = Field(default=200 * MIB, ge=1)
+    min_utterances: int = Field(default=10, ge=2)
+    max_utterances: int = Field(default=200, ge=2)
+    max_file_bytes: int = Field(default=10 * MIB, ge=1)
+    min_file_seconds: float = Field(default=0.3, gt=0)
+    max_file_seconds: float = Field(default=30.0, gt=0, le=30.0)
+    """Training sees one 30 s window per utterance, so longer recordings are refused."""
+    max_total_seconds: float = Field(default=1800.0, gt=0)
+    max_transcript_chars: int = Field(default=400, ge=1)
+    dev_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    min_dev_utterances: int = Field(default=3, ge=1)
+    training_threads: int = Field(default=1, ge=1)
+    """torch threads of the training process; the rest of the cores keep serving."""
+    worker: bool = True
+    """Run the job worker inside the API process (`pqm worker` runs it separately)."""
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    stale_after_s: float = Field(default=60.0, gt=0)
+    """A running job whose heartbeat is older than this lost its worker and is recovered."""
+    max_attempts: int = Field(default=2, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PQM_", env_nested_delimiter="__", env_file=None, extra="ignore"
@@ -54,6 +79,7 @@ class Settings(BaseSettings):
     log_json: bool = True
     model: ModelSettings = Field(default_factory=ModelSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    enrolment: EnrolmentSettings = Field(default_factory=EnrolmentSettings)
 
     @model_validator(mode="after")
     def _refuse_weak_admin_key_in_production(self) -> "Settings":

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import app as app_package
 from adapters_store import AdapterStore, FilesystemStore, SqlBlobStore
-from app.api import audio, health, models, users
+from app.api import adapters, audio, enrolments, health, models, prompts, users
 from app.api.middleware import AccessLogMiddleware, BodySizeLimitMiddleware
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
@@ -19,12 +19,16 @@ from app.db.session import create_engine, create_sessionmaker
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.scheduler import InferenceQueue
 from app.errors import install_error_handlers
+from app.services.adapters import ActiveAdapters
 from app.services.auth import load_or_create_admin_key
+from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
 from app.services.model_loading import load_recognizer
 from app.services.transcription import TranscriptionService
 from app.state import ServiceState
 
 logger = logging.getLogger(__name__)
+
+ENROLMENT_PATH = r"/v1/users/[^/]+/enrolments"
 
 
 def create_app(
@@ -37,9 +41,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _start(settings, recognizer)
         app.state.pqm = state
+        stop = asyncio.Event()
+        worker = None
+        if settings.enrolment.worker:
+            worker = asyncio.create_task(EnrolmentWorker(_worker_context(state)).run(stop))
         try:
             yield
         finally:
+            stop.set()
+            if worker is not None:
+                await worker
             state.queue.shutdown()
             await state.db_engine.dispose()
 
@@ -50,9 +61,22 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (audio.router, models.router, users.router, health.router):
+    routers = (
+        audio.router,
+        models.router,
+        users.router,
+        prompts.router,
+        enrolments.router,
+        adapters.router,
+        health.router,
+    )
+    for router in routers:
         app.include_router(router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        overrides=[(ENROLMENT_PATH, settings.enrolment.max_upload_bytes)],
+    )
     app.add_middleware(AccessLogMiddleware)
     return app
 
@@ -70,9 +94,11 @@ async def _start(settings: Settings, recognizer: SpeechRecognizer | None) -> Ser
     if recognizer is None:
         recognizer = await asyncio.to_thread(load_recognizer, settings)
     queue = InferenceQueue(settings.queue.max_pending)
+    adapter_store = adapter_store_for(settings, sessions)
     transcription = TranscriptionService(
         recognizer,
         queue,
+        ActiveAdapters(adapter_store, recognizer),
         max_audio_seconds=settings.max_audio_seconds,
         retry_after_s=settings.queue.retry_after_s,
         model_id=settings.model.id,
@@ -95,12 +121,20 @@ async def _start(settings: Settings, recognizer: SpeechRecognizer | None) -> Ser
         recognizer=recognizer,
         queue=queue,
         transcription=transcription,
-        adapter_store=_adapter_store(settings, sessions),
+        adapter_store=adapter_store,
         started_at=int(time.time()),
     )
 
 
-def _adapter_store(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> AdapterStore:
+def _worker_context(state: ServiceState) -> WorkerContext:
+    return WorkerContext.create(
+        state.settings, state.sessions, state.adapter_store, state.recognizer, state.queue
+    )
+
+
+def adapter_store_for(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> AdapterStore:
     if settings.adapter_store == "filesystem":
         return FilesystemStore(settings.data_dir / "adapters")
     return SqlBlobStore(sessions)

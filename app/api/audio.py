@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from app.api.deps import PrincipalDep, StateDep
+from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.disconnect import cancel_on_disconnect
 from app.api.schemas import TranscriptionJson, error_responses
 from app.services import formats
@@ -21,13 +21,14 @@ ADAPTER_HEADER = "X-Adapter-Id"
     "/transcriptions",
     response_model=TranscriptionJson,
     responses={
-        **error_responses(400, 401, 404, 413, 422, 503),
+        **error_responses(400, 401, 403, 404, 413, 422, 503),
         200: {"content": {"text/plain": {}, "text/vtt": {}, "application/x-subrip": {}}},
     },
 )
 async def create_transcription(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     principal: PrincipalDep,
     file: Annotated[UploadFile, File(description="Audio: wav, flac, mp3, ogg, webm, m4a, ...")],
     model: Annotated[str, Form()],
@@ -39,6 +40,12 @@ async def create_transcription(
         list[Literal["word", "segment"]] | None, Form(alias="timestamp_granularities[]")
     ] = None,
     stream: Annotated[bool, Form()] = False,
+    user: Annotated[
+        str | None, Form(description="Admin only: transcribe as this user, with their adapter.")
+    ] = None,
+    personalise: Annotated[
+        bool, Form(description="false: use the base model even if an adapter is active.")
+    ] = True,
 ) -> Response:
     transcription_request = TranscriptionRequest(
         audio=await file.read(),
@@ -49,9 +56,11 @@ async def create_transcription(
         temperature=temperature,
         timestamp_granularities=list(timestamp_granularities or []),
         stream=stream,
+        user=user,
+        personalise=personalise,
     )
     outcome = await cancel_on_disconnect(
-        request, state.transcription.transcribe(principal, transcription_request)
+        request, state.transcription.transcribe(session, principal, transcription_request)
     )
     return _render(outcome, response_format)
 

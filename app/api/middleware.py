@@ -2,8 +2,10 @@
 
 import json
 import logging
+import re
 import time
 import uuid
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,17 +21,31 @@ class BodySizeLimitMiddleware:
     bytes are counted as they arrive (this covers chunked uploads with no Content-Length).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        overrides: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """`overrides`: (path regex, limit) pairs for routes that take larger bodies."""
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = [(re.compile(pattern), limit) for pattern, limit in overrides]
+
+    def _limit(self, path: str) -> int:
+        for pattern, limit in self.overrides:
+            if pattern.fullmatch(path):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope["path"])
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await _send_too_large(send, self.max_bytes)
+        if declared is not None and declared > limit:
+            await _send_too_large(send, limit)
             return
         received = 0
 
@@ -38,10 +54,10 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # FastAPI lets only HTTP exceptions out of body parsing; the error handler
                     # renders it in the OpenAI shape.
-                    raise UploadTooLarge(self.max_bytes)
+                    raise UploadTooLarge(limit)
             return message
 
         await self.app(scope, limited_receive, send)

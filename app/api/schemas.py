@@ -1,9 +1,9 @@
 """Response and request bodies of the HTTP API (OpenAI field names where OpenAI defines them)."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
@@ -45,6 +45,10 @@ class UserCreated(UserPublic):
     """Shown once: only its hash is stored."""
 
 
+class OrmModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready", "unavailable"]
     model: str | None = None
@@ -57,3 +61,57 @@ class TranscriptionJson(BaseModel):
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     return {status: {"model": ErrorResponse} for status in statuses}
+
+
+class PromptList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[str]
+
+
+class EnrolmentJobPublic(OrmModel):
+    id: str
+    object: Literal["enrolment"] = "enrolment"
+    user_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    method: str
+    params: dict[str, Any]
+    utterance_count: int
+    audio_seconds: float
+    progress: float
+    eta_seconds: float | None
+    message: str | None
+    error: str | None
+    metrics: dict[str, Any] | None
+    adapter_id: str | None
+    activated: bool | None
+    activation_reason: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AdapterPublic(OrmModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    user_id: str
+    version: int
+    method: str
+    rank: int
+    target_modules: list[str]
+    base_fingerprint: str
+    encoder_window: str
+    size_bytes: int
+    sha256: str
+    parameter_count: int
+    metrics: dict[str, Any]
+    source: str
+    enrolment_id: str | None
+    active: bool
+    note: str | None
+    created_at: datetime
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterPublic]

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, status
 
-from app.api.deps import PrincipalDep, SessionDep
+from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.schemas import UserCreate, UserCreated, UserPublic, error_responses
 from app.db.models import User
 from app.services import users
@@ -37,5 +37,7 @@ async def get_user(user_id: str, session: SessionDep, principal: PrincipalDep) -
 @router.delete(
     "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404)
 )
-async def delete_user(user_id: str, session: SessionDep, principal: PrincipalDep) -> None:
-    await users.delete_user(session, principal, user_id)
+async def delete_user(
+    user_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> None:
+    await users.delete_user(session, state.adapter_store, principal, user_id)

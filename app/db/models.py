@@ -1,8 +1,23 @@
 """Typed SQLAlchemy 2 models. All SQL lives in `app.db`."""
 
 import uuid
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Integer, LargeBinary, String
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
@@ -32,3 +47,87 @@ class AdapterBlob(TimestampMixin, Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Adapter(TimestampMixin, Base):
+    """A speaker's LoRA adapter: metadata here, weights in the adapter store under `blob_key`."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (
+        UniqueConstraint("user_id", "version"),
+        # At most one active adapter per user, enforced by the database itself.
+        Index(
+            "uq_adapters_one_active_per_user",
+            "user_id",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(32))
+    rank: Mapped[int] = mapped_column(Integer)
+    target_modules: Mapped[list[str]] = mapped_column(JSON)
+    base_fingerprint: Mapped[str] = mapped_column(String(64))
+    encoder_window: Mapped[str] = mapped_column(String(8))
+    blob_key: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    parameter_count: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source: Mapped[str] = mapped_column(String(16))
+    """`enrolment` (trained here) or `import` (uploaded)."""
+    enrolment_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    note: Mapped[str | None] = mapped_column(String(500), default=None)
+    """Why the adapter is inactive, when the acceptance gate kept it so."""
+
+
+class EnrolmentJob(TimestampMixin, Base):
+    __tablename__ = "enrolment_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    """queued | running | succeeded | failed | cancelled"""
+    method: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Training overrides the user asked for (rank, epochs, seed)."""
+    utterance_count: Mapped[int] = mapped_column(Integer)
+    audio_seconds: Mapped[float] = mapped_column(Float)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    message: Mapped[str | None] = mapped_column(String(500), default=None)
+    error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    adapter_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    activated: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    activation_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Recording(TimestampMixin, Base):
+    """One enrolment utterance: 16 kHz FLAC in the blob store, kept so adapters can be retrained."""
+
+    __tablename__ = "recordings"
+    __table_args__ = (UniqueConstraint("enrolment_id", "position"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    enrolment_id: Mapped[str] = mapped_column(
+        ForeignKey("enrolment_jobs.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    transcript: Mapped[str] = mapped_column(Text)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    split: Mapped[str] = mapped_column(String(8))
+    """`train` or `dev` (the held-out part that decides whether the adapter is activated)."""

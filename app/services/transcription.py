@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.audio import decode_audio
 from app.engine.errors import AudioDecodeError
@@ -17,8 +18,10 @@ from app.errors import (
     ModelNotFoundError,
     ServiceUnavailableError,
 )
+from app.services.adapters import ActiveAdapters
 from app.services.auth import Principal
 from app.services.formats import ResponseFormat
+from app.services.users import get_user
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,10 @@ class TranscriptionRequest:
     temperature: float = 0.0
     timestamp_granularities: list[str] = field(default_factory=list)
     stream: bool = False
+    user: str | None = None
+    """Admin only: transcribe as this user (with their adapter)."""
+    personalise: bool = True
+    """False forces the base model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,7 @@ class TranscriptionService:
         self,
         recognizer: SpeechRecognizer,
         queue: InferenceQueue,
+        adapters: ActiveAdapters,
         *,
         max_audio_seconds: float,
         retry_after_s: int,
@@ -56,6 +64,7 @@ class TranscriptionService:
     ) -> None:
         self._recognizer = recognizer
         self._queue = queue
+        self._adapters = adapters
         self._max_audio_seconds = max_audio_seconds
         self._retry_after_s = retry_after_s
         self.model_id = model_id or recognizer.info.model_id
@@ -69,25 +78,44 @@ class TranscriptionService:
             )
 
     async def transcribe(
-        self, principal: Principal, request: TranscriptionRequest
+        self, session: AsyncSession, principal: Principal, request: TranscriptionRequest
     ) -> TranscriptionOutcome:
         self.check_model(request.model)
         options = self._options(request)
+        user_id = await self._speaker(session, principal, request)
+        adapter = await self._adapters.resolve(session, user_id) if user_id else None
         audio = await self._decode(request.audio)
+        weights = adapter.weights if adapter else None
         try:
             transcription = await self._queue.run(
-                lambda: self._recognizer.transcribe(audio, options)
+                lambda: self._recognizer.transcribe(audio, options, weights)
             )
         except QueueFullError as exc:
             raise ServiceUnavailableError(
                 "The server is busy; retry shortly.",
                 headers={"Retry-After": str(self._retry_after_s)},
             ) from exc
+        adapter_id = adapter.id if adapter else None
         logger.info(
             "transcribed",
-            extra={"user_id": principal.user_id, "audio_s": round(transcription.duration, 2)},
+            extra={
+                "user_id": user_id,
+                "adapter_id": adapter_id,
+                "audio_s": round(transcription.duration, 2),
+            },
         )
-        return TranscriptionOutcome(transcription=transcription, adapter_id=None)
+        return TranscriptionOutcome(transcription=transcription, adapter_id=adapter_id)
+
+    async def _speaker(
+        self, session: AsyncSession, principal: Principal, request: TranscriptionRequest
+    ) -> str | None:
+        """Whose adapter applies: the `user` named (the admin may name anyone, a user only
+        itself), else the caller's own; None for the base model."""
+        speaker = principal.user_id
+        if request.user is not None:
+            await get_user(session, principal, request.user)  # 404 for anyone else's id
+            speaker = request.user
+        return speaker if request.personalise else None
 
     def _options(self, request: TranscriptionRequest) -> TranscriptionOptions:
         if request.stream:

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters_store import AdapterStore
 from app.db.models import User
 from app.db.repositories.users import UserRepository
 from app.errors import NotFoundError
@@ -13,6 +14,7 @@ from app.services.auth import (
     generate_user_key,
     hash_api_key,
 )
+from app.services.blob_keys import user_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,12 @@ async def get_user(session: AsyncSession, principal: Principal, user_id: str) ->
     return user
 
 
-async def delete_user(session: AsyncSession, principal: Principal, user_id: str) -> None:
+async def delete_user(
+    session: AsyncSession, store: AdapterStore, principal: Principal, user_id: str
+) -> None:
+    """Erases the user with everything kept for them: adapters, recordings, jobs (rows cascade;
+    a job still training notices at its next heartbeat and stops)."""
     principal.require_access_to(user_id)
     if not await UserRepository(session).delete(user_id):
         raise NotFoundError(f"No user with id {user_id!r}.", param="user_id")
+    await store.delete_prefix(user_prefix(user_id))

@@ -1,0 +1,135 @@
+"""Use cases for a user's adapters, and resolving which adapter serves a request."""
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adapters_store import AdapterStore, StoreError
+from adapters_store.base import sha256_hex
+from app.db.models import Adapter
+from app.db.repositories.adapters import AdapterRepository
+from app.engine.adapter_file import AdapterFileError, AdapterWeights, load_adapter
+from app.engine.recognizer import SpeechRecognizer
+from app.errors import ConflictError, NotFoundError
+from app.services.auth import Principal
+
+logger = logging.getLogger(__name__)
+
+
+async def list_adapters(session: AsyncSession, principal: Principal, user_id: str) -> list[Adapter]:
+    principal.require_access_to(user_id)
+    return await AdapterRepository(session).list_for_user(user_id)
+
+
+async def _owned(
+    session: AsyncSession, principal: Principal, user_id: str, adapter_id: str
+) -> Adapter:
+    principal.require_access_to(user_id)
+    adapter = await AdapterRepository(session).get_for_user(user_id, adapter_id)
+    if adapter is None:
+        raise NotFoundError(f"No adapter with id {adapter_id!r}.", param="adapter_id")
+    return adapter
+
+
+async def delete_adapter(
+    session: AsyncSession,
+    store: AdapterStore,
+    principal: Principal,
+    user_id: str,
+    adapter_id: str,
+) -> None:
+    """Deletes the row first: from the next request on nobody is served by it, whatever happens
+    to the blob afterwards."""
+    adapter = await _owned(session, principal, user_id, adapter_id)
+    await AdapterRepository(session).delete(adapter)
+    await store.delete(adapter.blob_key)
+
+
+async def activate_adapter(
+    session: AsyncSession,
+    principal: Principal,
+    user_id: str,
+    adapter_id: str,
+    served_fingerprint: str,
+) -> Adapter:
+    adapter = await _owned(session, principal, user_id, adapter_id)
+    if adapter.base_fingerprint != served_fingerprint:
+        raise ConflictError(
+            "This adapter was trained for a different base model than the one served.",
+            param="adapter_id",
+            code="base_model_mismatch",
+        )
+    await AdapterRepository(session).activate(adapter)
+    return adapter
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAdapter:
+    id: str
+    weights: AdapterWeights
+
+
+class ActiveAdapters:
+    """Finds the adapter to apply for a user: the database says which one is active (checked on
+    every request, so a deletion or activation anywhere takes effect at once); deserialised
+    weights are kept in a small LRU cache keyed by adapter id and checksum."""
+
+    def __init__(
+        self, store: AdapterStore, recognizer: SpeechRecognizer, capacity: int = 64
+    ) -> None:
+        self._store = store
+        self._recognizer = recognizer
+        self._capacity = capacity
+        self._cache: OrderedDict[tuple[str, str], AdapterWeights] = OrderedDict()
+        self._loading: dict[tuple[str, str], asyncio.Future[AdapterWeights | None]] = {}
+
+    async def resolve(self, session: AsyncSession, user_id: str) -> ResolvedAdapter | None:
+        row = await AdapterRepository(session).active_for_user(user_id)
+        if row is None:
+            return None
+        weights = await self._weights(row)
+        return ResolvedAdapter(row.id, weights) if weights is not None else None
+
+    async def _weights(self, row: Adapter) -> AdapterWeights | None:
+        key = (row.id, row.sha256)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        pending = self._loading.get(key)
+        if pending is not None:  # another request is loading it: share that load
+            return await asyncio.shield(pending)
+        future: asyncio.Future[AdapterWeights | None] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            weights = await self._load(row)
+            future.set_result(weights)
+        finally:
+            del self._loading[key]
+        if weights is not None:
+            self._cache[key] = weights
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return weights
+
+    async def _load(self, row: Adapter) -> AdapterWeights | None:
+        """The adapter's weights, or None (logged) when they are missing, corrupt or do not fit
+        the served model: the user is then served by the base model, never by broken weights."""
+        try:
+            data = await self._store.get(row.blob_key)
+            if len(data) != row.size_bytes or sha256_hex(data) != row.sha256:
+                raise AdapterFileError("stored weights differ from the recorded checksum")
+            weights = await asyncio.to_thread(load_adapter, data)
+            if weights.base_fingerprint != row.base_fingerprint:
+                raise AdapterFileError("file and database disagree on the base model")
+            self._recognizer.check_adapter(weights)
+        except (StoreError, AdapterFileError) as exc:
+            logger.error(
+                "adapter refused; serving the base model",
+                extra={"adapter_id": row.id, "user_id": row.user_id, "reason": str(exc)},
+            )
+            return None
+        return weights

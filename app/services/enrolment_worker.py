@@ -1,0 +1,341 @@
+"""The enrolment job worker: claims queued jobs from the database and trains them, one at a time.
+
+Runs inside the API process by default and as `pqm worker` on its own; any number of workers
+may share one database (claims are conditional updates). Training itself runs in a child process
+with bounded threads so that serving keeps its cores. A job's heartbeat is written every few
+seconds; a job whose heartbeat stops (its worker died) is re-queued or failed by the next sweep.
+"""
+
+import asyncio
+import io
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adapters_store import AdapterStore
+from adapters_store.base import sha256_hex
+from app.config import EnrolmentSettings, Settings
+from app.db.base import utcnow
+from app.db.models import Adapter, EnrolmentJob, Recording, new_id
+from app.db.repositories.adapters import AdapterRepository
+from app.db.repositories.enrolments import EnrolmentRepository
+from app.db.session import transaction
+from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+from app.engine.recognizer import SpeechRecognizer
+from app.engine.scheduler import InferenceQueue
+from app.engine.text import wer
+from app.engine.training import (
+    TrainingCancelled,
+    TrainingConfig,
+    TrainingProgress,
+    TrainingRequest,
+    TrainingResult,
+    Utterance,
+    run_in_subprocess,
+)
+from app.engine.types import TranscriptionOptions
+from app.services.adapters import ActiveAdapters
+from app.services.blob_keys import adapter_key
+from app.services.model_loading import resolve_model_dir
+
+logger = logging.getLogger(__name__)
+
+EVALUATION = TranscriptionOptions(language="en", with_timestamps=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    sessions: async_sessionmaker[AsyncSession]
+    store: AdapterStore
+    recognizer: SpeechRecognizer
+    queue: InferenceQueue
+    """Dev-set evaluation of the currently active adapter runs through the serving queue."""
+    model_dir: Path
+    precision: str
+    settings: EnrolmentSettings
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        store: AdapterStore,
+        recognizer: SpeechRecognizer,
+        queue: InferenceQueue,
+    ) -> "WorkerContext":
+        return cls(
+            sessions=sessions,
+            store=store,
+            recognizer=recognizer,
+            queue=queue,
+            model_dir=resolve_model_dir(settings),
+            precision=settings.model.precision,
+            settings=settings.enrolment,
+        )
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class EnrolmentWorker:
+    def __init__(self, context: WorkerContext, worker_id: str | None = None) -> None:
+        self._ctx = context
+        self.worker_id = worker_id or default_worker_id()
+        self._active_adapters = ActiveAdapters(context.store, context.recognizer, capacity=4)
+        self._stopping = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Works until `stop` is set; a job in training then is stopped and re-queued."""
+        self._stopping = stop
+        logger.info("enrolment worker started", extra={"worker_id": self.worker_id})
+        while not stop.is_set():
+            try:
+                await self.recover_stale_jobs()
+                job = await self._claim()
+                if job is not None:
+                    await self.process(job)
+                    continue
+            except Exception:  # the worker must outlive any single failure
+                logger.exception("enrolment worker iteration failed")
+            await _wait(stop, self._ctx.settings.poll_interval_s)
+
+    async def run_once(self) -> bool:
+        """Processes one queued job if there is one (tests and tooling)."""
+        await self.recover_stale_jobs()
+        job = await self._claim()
+        if job is None:
+            return False
+        await self.process(job)
+        return True
+
+    async def _claim(self) -> EnrolmentJob | None:
+        async with transaction(self._ctx.sessions) as session:
+            return await EnrolmentRepository(session).claim_next(self.worker_id)
+
+    async def recover_stale_jobs(self) -> None:
+        settings = self._ctx.settings
+        cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
+        async with transaction(self._ctx.sessions) as session:
+            for job in await EnrolmentRepository(session).stale_running(cutoff):
+                if job.attempts < settings.max_attempts and not job.cancel_requested:
+                    job.status, job.progress, job.eta_seconds = "queued", 0.0, None
+                    job.message = f"re-queued: its worker stopped (attempt {job.attempts})"
+                else:
+                    _finish(job, "failed", error="the worker stopped while training this job")
+                logger.warning(
+                    "recovered a job whose worker stopped",
+                    extra={"job_id": job.id, "status": job.status},
+                )
+
+    async def process(self, job: EnrolmentJob) -> None:
+        log = {"job_id": job.id, "user_id": job.user_id}
+        logger.info("enrolment started", extra=log)
+        try:
+            request = await self._training_request(job)
+            result = await self._train(job.id, request)
+            await self._complete(job.id, request, result)
+        except TrainingCancelled:
+            if self._stopping.is_set():
+                await self._requeue(job.id)
+                logger.info("enrolment interrupted by shutdown; re-queued", extra=log)
+            else:
+                await self._set_outcome(job.id, "cancelled", error=None)
+                logger.info("enrolment cancelled", extra=log)
+        except Exception as exc:
+            await self._set_outcome(job.id, "failed", error=_describe(exc))
+            logger.exception("enrolment failed", extra=log)
+
+    async def _training_request(self, job: EnrolmentJob) -> TrainingRequest:
+        async with self._ctx.sessions() as session:
+            recordings = await EnrolmentRepository(session).recordings(job.id)
+        utterances = [await self._utterance(recording) for recording in recordings]
+        train = [u for u, r in zip(utterances, recordings, strict=True) if r.split == "train"]
+        dev = [u for u, r in zip(utterances, recordings, strict=True) if r.split == "dev"]
+        params = {k: v for k, v in job.params.items() if v is not None}
+        config = TrainingConfig(
+            threads=self._ctx.settings.training_threads,
+            seed=int(params.get("seed", 0)),
+            **{k: int(v) for k, v in params.items() if k in ("rank", "epochs")},
+        )
+        return TrainingRequest(
+            model_dir=self._ctx.model_dir,
+            train=train,
+            dev=dev,
+            config=config,
+            precision=self._ctx.precision,
+        )
+
+    async def _utterance(self, recording: Recording) -> Utterance:
+        data = await self._ctx.store.get(recording.blob_key)
+        audio, _ = sf.read(io.BytesIO(data), dtype="float32")
+        return Utterance(audio=np.ascontiguousarray(audio), text=recording.transcript)
+
+    async def _train(self, job_id: str, request: TrainingRequest) -> TrainingResult:
+        latest: list[TrainingProgress] = []
+        stop = threading.Event()
+        training = asyncio.ensure_future(
+            asyncio.to_thread(run_in_subprocess, request, latest.append, stop.is_set)
+        )
+        while not training.done():
+            await asyncio.wait({training}, timeout=self._ctx.settings.heartbeat_interval_s)
+            alive = await self._heartbeat(job_id, latest[-1] if latest else None)
+            if not alive or self._stopping.is_set():
+                stop.set()
+        return training.result()
+
+    async def _heartbeat(self, job_id: str, progress: TrainingProgress | None) -> bool:
+        """Records progress; False when the job was cancelled or deleted meanwhile."""
+        async with transaction(self._ctx.sessions) as session:
+            job = await session.get(EnrolmentJob, job_id)
+            if job is None or job.status != "running" or job.cancel_requested:
+                return False
+            job.heartbeat_at = utcnow()
+            if progress is not None:
+                job.progress = round(min(progress.fraction, 0.99), 4)
+                job.eta_seconds = progress.eta_seconds
+                job.message = progress.message
+        return True
+
+    async def _complete(
+        self, job_id: str, request: TrainingRequest, result: TrainingResult
+    ) -> None:
+        data = dump_adapter(result.adapter)
+        weights = load_adapter(data)  # what is stored is exactly what will be served
+        self._ctx.recognizer.check_adapter(weights)
+        metrics: dict[str, Any] = dict(result.metrics)
+        async with self._ctx.sessions() as session:
+            job = await session.get(EnrolmentJob, job_id)
+            assert job is not None
+            user_id = job.user_id
+            active = await self._active_adapters.resolve(session, user_id)
+        if active is not None:
+            metrics["wer_active"] = await self._dev_wer(request.dev, active.weights)
+        activate, reason = _acceptance(metrics, active.id if active else None)
+        adapter_id = new_id()
+        key = adapter_key(user_id, adapter_id)
+        stored = await self._ctx.store.put(key, data)
+        if sha256_hex(await self._ctx.store.get(key)) != stored.sha256:
+            raise RuntimeError("adapter blob failed verification after writing")
+        try:
+            await self._commit_adapter(
+                job_id, user_id, adapter_id, key, data, weights, metrics, activate, reason
+            )
+        except Exception:
+            await self._ctx.store.delete(key)
+            raise
+        logger.info(
+            "enrolment succeeded",
+            extra={"job_id": job_id, "adapter_id": adapter_id, "activated": activate},
+        )
+
+    async def _commit_adapter(
+        self,
+        job_id: str,
+        user_id: str,
+        adapter_id: str,
+        key: str,
+        data: bytes,
+        weights: AdapterWeights,
+        metrics: dict[str, Any],
+        activate: bool,
+        reason: str,
+    ) -> None:
+        """One transaction: the adapter row, its activation and the job's success, or none."""
+        async with transaction(self._ctx.sessions) as session:
+            job = await session.get(EnrolmentJob, job_id, with_for_update=True)
+            if job is None or job.cancel_requested or job.status != "running":
+                raise TrainingCancelled("the job was cancelled or deleted while finishing")
+            repository = AdapterRepository(session)
+            adapter = await repository.add(
+                Adapter(
+                    id=adapter_id,
+                    user_id=user_id,
+                    version=await repository.next_version(user_id),
+                    method=weights.method,
+                    rank=weights.rank,
+                    target_modules=weights.target_modules,
+                    base_fingerprint=weights.base_fingerprint,
+                    encoder_window=weights.encoder_window,
+                    blob_key=key,
+                    size_bytes=len(data),
+                    sha256=sha256_hex(data),
+                    parameter_count=weights.parameter_count,
+                    metrics=metrics,
+                    source="enrolment",
+                    enrolment_id=job_id,
+                    active=False,
+                    note=None if activate else reason,
+                )
+            )
+            if activate:
+                await repository.activate(adapter)
+            job.adapter_id, job.activated, job.activation_reason = adapter_id, activate, reason
+            job.metrics = metrics
+            _finish(job, "succeeded")
+
+    async def _dev_wer(self, dev: list[Utterance], adapter: AdapterWeights) -> float:
+        hypotheses = []
+        for utterance in dev:
+            transcription = await self._ctx.queue.run(
+                lambda u=utterance: self._ctx.recognizer.transcribe(u.audio, EVALUATION, adapter)
+            )
+            hypotheses.append(transcription.text)
+        return wer([u.text for u in dev], hypotheses)
+
+    async def _requeue(self, job_id: str) -> None:
+        async with transaction(self._ctx.sessions) as session:
+            job = await session.get(EnrolmentJob, job_id)
+            if job is not None and job.status == "running":
+                job.status, job.progress, job.eta_seconds = "queued", 0.0, None
+                job.attempts = max(0, job.attempts - 1)
+                job.message = "re-queued: the worker shut down"
+
+    async def _set_outcome(self, job_id: str, status: str, error: str | None) -> None:
+        async with transaction(self._ctx.sessions) as session:
+            job = await session.get(EnrolmentJob, job_id)
+            if job is not None and job.status == "running":
+                _finish(job, status, error=error)
+
+
+def _acceptance(metrics: dict[str, Any], active_id: str | None) -> tuple[bool, str]:
+    """The new adapter is activated only if it beats what the user is served today on the
+    held-out dev recordings: the active adapter, or else the base model."""
+    new = float(metrics["wer_after"])
+    if active_id is not None:
+        current, label = float(metrics["wer_active"]), f"the active adapter {active_id}"
+    else:
+        current, label = float(metrics["wer_before"]), "the base model"
+    if new < current:
+        return True, f"dev WER {new:.3f} beats {label} ({current:.3f})"
+    return False, f"dev WER {new:.3f} does not beat {label} ({current:.3f})"
+
+
+def _finish(job: EnrolmentJob, status: str, error: str | None = None) -> None:
+    job.status = status
+    job.error = error[:2000] if error else None
+    job.finished_at = utcnow()
+    job.eta_seconds = None
+    if status == "succeeded":
+        job.progress = 1.0
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

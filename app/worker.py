@@ -1,0 +1,35 @@
+"""`pqm worker`: the enrolment worker as a process of its own (same database, same store)."""
+
+import asyncio
+import logging
+import signal
+
+from app.config import Settings
+from app.db.migrate import upgrade_to_head
+from app.db.session import create_engine, create_sessionmaker
+from app.engine.scheduler import InferenceQueue
+from app.main import adapter_store_for
+from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
+from app.services.model_loading import load_recognizer
+
+logger = logging.getLogger(__name__)
+
+
+async def run_worker(settings: Settings) -> None:
+    database_url = settings.resolved_database_url
+    await asyncio.to_thread(upgrade_to_head, database_url)
+    db_engine = create_engine(database_url)
+    sessions = create_sessionmaker(db_engine)
+    recognizer = await asyncio.to_thread(load_recognizer, settings)
+    queue = InferenceQueue(settings.queue.max_pending)
+    store = adapter_store_for(settings, sessions)
+    context = WorkerContext.create(settings, sessions, store, recognizer, queue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await EnrolmentWorker(context).run(stop)
+    finally:
+        queue.shutdown()
+        await db_engine.dispose()
