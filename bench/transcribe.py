@@ -1,7 +1,7 @@
 """Accuracy, latency and memory of the service's engine against faster-whisper, on tiny.en.
 
     python -m bench.transcribe [--threads 2] [--variants fp32,nf4,int8,faster-whisper-int8]
-                               [--out bench/results/transcribe.json]
+                               [--repeats 1] [--out bench/results/transcribe.json]
 
 The same 20 espeak-ng utterances go through every variant. Each variant runs in its own child
 process (this module again, with the hidden `--child VARIANT`), so its memory figures hold only

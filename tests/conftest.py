@@ -14,6 +14,7 @@ from app.config import Settings
 from app.engine.model_import import import_bundled_model
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
+from app.state import ServiceState
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -80,8 +81,12 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path / "data")
+def settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
+    """The service on the session's converted tiny.en; no background enrolment worker (tests
+    that need one drive it themselves or ask for it)."""
+    return make_settings(
+        tmp_path / "data", model={"path": tiny_en_dir}, enrolment={"worker": False}
+    )
 
 
 @pytest.fixture
@@ -89,6 +94,12 @@ async def app(settings: Settings, nf4_engine: WhisperEngine) -> AsyncIterator[Fa
     application = create_app(settings, recognizer=nf4_engine)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@pytest.fixture
+def state(app: FastAPI) -> ServiceState:
+    service_state: ServiceState = app.state.pqm
+    return service_state
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ seconds; a job whose heartbeat stops (its worker died) is re-queued or failed by
 """
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -335,7 +336,5 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass

@@ -1,0 +1,68 @@
+"""Makes adapters without training: random LoRA factors of the right shapes for a base model."""
+
+import torch
+
+from adapters_store import AdapterStore
+from app.db.models import Adapter, new_id
+from app.db.repositories.adapters import AdapterRepository
+from app.db.session import transaction
+from app.engine.adapter_file import AdapterWeights, dump_adapter
+from app.engine.lora import ATTENTION_TARGETS, target_module_names
+from app.engine.whisper import WhisperEngine
+from app.services.blob_keys import adapter_key
+from app.state import ServiceState
+
+
+def random_adapter(
+    engine: WhisperEngine, seed: int, *, rank: int = 4, strength: float = 0.05
+) -> AdapterWeights:
+    """An adapter that changes the model's output (B is not zero), reproducibly per seed."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in target_module_names(engine.model, ATTENTION_TARGETS):
+        layer = engine.model.get_submodule(name)
+        tensors[f"{name}.lora_A"] = torch.randn(rank, layer.in_features, generator=generator)
+        tensors[f"{name}.lora_B"] = (
+            torch.randn(layer.out_features, rank, generator=generator) * strength
+        )
+    return AdapterWeights(
+        tensors=tensors, rank=rank, alpha=float(rank), base_fingerprint=engine.info.fingerprint
+    )
+
+
+async def install_adapter(
+    state: ServiceState,
+    user_id: str,
+    weights: AdapterWeights,
+    *,
+    active: bool = True,
+    store: AdapterStore | None = None,
+) -> str:
+    """Stores the adapter and its row as an enrolment would; returns the adapter id."""
+    adapter_id = new_id()
+    key = adapter_key(user_id, adapter_id)
+    stored = await (store or state.adapter_store).put(key, dump_adapter(weights))
+    async with transaction(state.sessions) as session:
+        repository = AdapterRepository(session)
+        row = await repository.add(
+            Adapter(
+                id=adapter_id,
+                user_id=user_id,
+                version=await repository.next_version(user_id),
+                method="lora",
+                rank=weights.rank,
+                target_modules=weights.target_modules,
+                base_fingerprint=weights.base_fingerprint,
+                encoder_window=weights.encoder_window,
+                blob_key=key,
+                size_bytes=stored.size,
+                sha256=stored.sha256,
+                parameter_count=weights.parameter_count,
+                metrics={},
+                source="import",
+                active=False,
+            )
+        )
+        if active:
+            await repository.activate(row)
+    return adapter_id
