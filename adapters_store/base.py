@@ -3,6 +3,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 MAX_KEY_LENGTH = 255
 MAX_SEGMENT_LENGTH = 200
@@ -50,6 +52,11 @@ class AdapterStore(Protocol):
 
     async def delete_prefix(self, prefix: str) -> int:
         """Removes every blob whose key starts with `prefix` + "/"; returns how many."""
+        ...
+
+    def bind(self, session: AsyncSession) -> "AdapterStore":
+        """The store as seen from inside `session`'s transaction (for backends that live in
+        the database, writes then commit or roll back with it)."""
         ...
 
 

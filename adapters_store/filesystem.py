@@ -4,6 +4,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from adapters_store.base import (
     BlobCorruptedError,
     BlobNotFoundError,
@@ -25,6 +27,10 @@ class FilesystemStore:
 
     def __init__(self, root: Path) -> None:
         self._root = root
+
+    def bind(self, session: AsyncSession) -> "FilesystemStore":
+        """Files live outside the database: the same store, whatever the transaction."""
+        return self
 
     def _path(self, key: str) -> Path:
         return self._root / validate_key(key)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 import app as app_package
 from adapters_store import AdapterStore, FilesystemStore, SqlBlobStore
 from app.api import adapters, audio, enrolments, health, models, prompts, users
+from app.api import metrics as metrics_api
 from app.api.middleware import AccessLogMiddleware, BodySizeLimitMiddleware
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
@@ -19,6 +20,7 @@ from app.db.session import create_engine, create_sessionmaker
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.scheduler import InferenceQueue
 from app.errors import install_error_handlers
+from app.metrics import Metrics
 from app.services.adapters import ActiveAdapters
 from app.services.auth import load_or_create_admin_key
 from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
@@ -36,10 +38,11 @@ def create_app(
 ) -> FastAPI:
     """Builds the service. `recognizer` lets a caller share an already loaded model (tests)."""
     settings = settings or Settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await _start(settings, recognizer)
+        state = await _start(settings, recognizer, metrics)
         app.state.pqm = state
         stop = asyncio.Event()
         worker = None
@@ -66,6 +69,7 @@ def create_app(
         models.router,
         users.router,
         prompts.router,
+        metrics_api.router,
         enrolments.router,
         adapters.router,
         health.router,
@@ -77,11 +81,13 @@ def create_app(
         max_bytes=settings.max_upload_bytes,
         overrides=[(ENROLMENT_PATH, settings.enrolment.max_upload_bytes)],
     )
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app
 
 
-async def _start(settings: Settings, recognizer: SpeechRecognizer | None) -> ServiceState:
+async def _start(
+    settings: Settings, recognizer: SpeechRecognizer | None, metrics: Metrics
+) -> ServiceState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database_url = settings.resolved_database_url
     await asyncio.to_thread(upgrade_to_head, database_url)
@@ -98,7 +104,8 @@ async def _start(settings: Settings, recognizer: SpeechRecognizer | None) -> Ser
     transcription = TranscriptionService(
         recognizer,
         queue,
-        ActiveAdapters(adapter_store, recognizer),
+        ActiveAdapters(adapter_store, recognizer, metrics=metrics),
+        metrics,
         max_audio_seconds=settings.max_audio_seconds,
         retry_after_s=settings.queue.retry_after_s,
         model_id=settings.model.id,
@@ -123,6 +130,7 @@ async def _start(settings: Settings, recognizer: SpeechRecognizer | None) -> Ser
         transcription=transcription,
         adapter_store=adapter_store,
         started_at=int(time.time()),
+        metrics=metrics,
     )
 
 

@@ -8,6 +8,7 @@ from adapters_store import AdapterStore
 from app.config import Settings
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.scheduler import InferenceQueue
+from app.metrics import Metrics
 from app.services.transcription import TranscriptionService
 
 
@@ -21,5 +22,6 @@ class ServiceState:
     queue: InferenceQueue
     transcription: TranscriptionService
     adapter_store: AdapterStore
+    metrics: Metrics
     started_at: int
     """Unix time the service started (reported as the model's `created`)."""

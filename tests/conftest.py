@@ -85,7 +85,9 @@ def settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
     """The service on the session's converted tiny.en; no background enrolment worker (tests
     that need one drive it themselves or ask for it)."""
     return make_settings(
-        tmp_path / "data", model={"path": tiny_en_dir}, enrolment={"worker": False}
+        tmp_path / "data",
+        model={"path": tiny_en_dir},
+        enrolment={"worker": False, "min_utterances": 4, "min_dev_utterances": 2},
     )
 
 

@@ -14,6 +14,7 @@ from app.db.repositories.adapters import AdapterRepository
 from app.engine.adapter_file import AdapterFileError, AdapterWeights, load_adapter
 from app.engine.recognizer import SpeechRecognizer
 from app.errors import ConflictError, NotFoundError
+from app.metrics import Metrics
 from app.services.auth import Principal
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ async def delete_adapter(
     to the blob afterwards."""
     adapter = await _owned(session, principal, user_id, adapter_id)
     await AdapterRepository(session).delete(adapter)
-    await store.delete(adapter.blob_key)
+    await store.bind(session).delete(adapter.blob_key)
 
 
 async def activate_adapter(
@@ -78,11 +79,16 @@ class ActiveAdapters:
     weights are kept in a small LRU cache keyed by adapter id and checksum."""
 
     def __init__(
-        self, store: AdapterStore, recognizer: SpeechRecognizer, capacity: int = 64
+        self,
+        store: AdapterStore,
+        recognizer: SpeechRecognizer,
+        capacity: int = 64,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._recognizer = recognizer
         self._capacity = capacity
+        self._metrics = metrics
         self._cache: OrderedDict[tuple[str, str], AdapterWeights] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Future[AdapterWeights | None]] = {}
 
@@ -98,7 +104,9 @@ class ActiveAdapters:
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
+            self._count("hit")
             return cached
+        self._count("miss")
         pending = self._loading.get(key)
         if pending is not None:  # another request is loading it: share that load
             return await asyncio.shield(pending)
@@ -109,11 +117,20 @@ class ActiveAdapters:
             future.set_result(weights)
         finally:
             del self._loading[key]
-        if weights is not None:
-            self._cache[key] = weights
-            while len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
+        if weights is None:
+            self._count("refused")
+            return None
+        self._cache[key] = weights
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+            self._count("eviction")
+        if self._metrics is not None:
+            self._metrics.adapters_resident.set(len(self._cache))
         return weights
+
+    def _count(self, event: str) -> None:
+        if self._metrics is not None:
+            self._metrics.adapter_cache.labels(event).inc()
 
     async def _load(self, row: Adapter) -> AdapterWeights | None:
         """The adapter's weights, or None (logged) when they are missing, corrupt or do not fit

@@ -66,6 +66,7 @@ async def create_enrolment(
         )
     job_id = new_id()
     dev = _dev_positions(len(utterances), limits, request.seed)
+    store = store.bind(session)
     recordings = await _store_recordings(store, user_id, job_id, utterances, dev)
     job = EnrolmentJob(
         id=job_id,
@@ -81,7 +82,7 @@ async def create_enrolment(
     )
     try:
         return await repository.add(job, recordings)
-    except Exception:
+    except Exception:  # files outside the database do not roll back with it
         await store.delete_prefix(recordings_prefix(user_id, job_id))
         raise
 

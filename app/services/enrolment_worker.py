@@ -14,8 +14,10 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,17 +165,11 @@ class EnrolmentWorker:
         utterances = [await self._utterance(recording) for recording in recordings]
         train = [u for u, r in zip(utterances, recordings, strict=True) if r.split == "train"]
         dev = [u for u, r in zip(utterances, recordings, strict=True) if r.split == "dev"]
-        params = {k: v for k, v in job.params.items() if v is not None}
-        config = TrainingConfig(
-            threads=self._ctx.settings.training_threads,
-            seed=int(params.get("seed", 0)),
-            **{k: int(v) for k, v in params.items() if k in ("rank", "epochs")},
-        )
         return TrainingRequest(
             model_dir=self._ctx.model_dir,
             train=train,
             dev=dev,
-            config=config,
+            config=_training_config(job.params, self._ctx.settings.training_threads),
             precision=self._ctx.precision,
         )
 
@@ -217,79 +213,61 @@ class EnrolmentWorker:
         metrics: dict[str, Any] = dict(result.metrics)
         async with self._ctx.sessions() as session:
             job = await session.get(EnrolmentJob, job_id)
-            assert job is not None
+            if job is None:
+                raise TrainingCancelled("the job was deleted while training")
             user_id = job.user_id
             active = await self._active_adapters.resolve(session, user_id)
         if active is not None:
             metrics["wer_active"] = await self._dev_wer(request.dev, active.weights)
         activate, reason = _acceptance(metrics, active.id if active else None)
         adapter_id = new_id()
-        key = adapter_key(user_id, adapter_id)
-        stored = await self._ctx.store.put(key, data)
-        if sha256_hex(await self._ctx.store.get(key)) != stored.sha256:
-            raise RuntimeError("adapter blob failed verification after writing")
+        new = _NewAdapter(
+            id=adapter_id,
+            user_id=user_id,
+            key=adapter_key(user_id, adapter_id),
+            data=data,
+            weights=weights,
+            metrics=metrics,
+            activate=activate,
+            reason=reason,
+        )
         try:
-            await self._commit_adapter(
-                job_id, user_id, adapter_id, key, data, weights, metrics, activate, reason
-            )
-        except Exception:
-            await self._ctx.store.delete(key)
+            await self._commit_adapter(job_id, new)
+        except Exception:  # a file-system blob does not roll back with the transaction
+            await self._ctx.store.delete(new.key)
             raise
         logger.info(
             "enrolment succeeded",
             extra={"job_id": job_id, "adapter_id": adapter_id, "activated": activate},
         )
 
-    async def _commit_adapter(
-        self,
-        job_id: str,
-        user_id: str,
-        adapter_id: str,
-        key: str,
-        data: bytes,
-        weights: AdapterWeights,
-        metrics: dict[str, Any],
-        activate: bool,
-        reason: str,
-    ) -> None:
-        """One transaction: the adapter row, its activation and the job's success, or none."""
+    async def _commit_adapter(self, job_id: str, new: "_NewAdapter") -> None:
+        """One transaction: the weights written and read back intact, then the adapter row, its
+        activation and the job's success, or none of it."""
         async with transaction(self._ctx.sessions) as session:
             job = await session.get(EnrolmentJob, job_id, with_for_update=True)
             if job is None or job.cancel_requested or job.status != "running":
                 raise TrainingCancelled("the job was cancelled or deleted while finishing")
+            store = self._ctx.store.bind(session)
+            stored = await store.put(new.key, new.data)
+            if sha256_hex(await store.get(new.key)) != stored.sha256:
+                raise RuntimeError("adapter weights failed verification after writing")
             repository = AdapterRepository(session)
             adapter = await repository.add(
-                Adapter(
-                    id=adapter_id,
-                    user_id=user_id,
-                    version=await repository.next_version(user_id),
-                    method=weights.method,
-                    rank=weights.rank,
-                    target_modules=weights.target_modules,
-                    base_fingerprint=weights.base_fingerprint,
-                    encoder_window=weights.encoder_window,
-                    blob_key=key,
-                    size_bytes=len(data),
-                    sha256=sha256_hex(data),
-                    parameter_count=weights.parameter_count,
-                    metrics=metrics,
-                    source="enrolment",
-                    enrolment_id=job_id,
-                    active=False,
-                    note=None if activate else reason,
-                )
+                new.row(await repository.next_version(new.user_id), job_id)
             )
-            if activate:
+            if new.activate:
                 await repository.activate(adapter)
-            job.adapter_id, job.activated, job.activation_reason = adapter_id, activate, reason
-            job.metrics = metrics
+            job.adapter_id, job.activated = new.id, new.activate
+            job.activation_reason, job.metrics = new.reason, new.metrics
             _finish(job, "succeeded")
 
-    async def _dev_wer(self, dev: list[Utterance], adapter: AdapterWeights) -> float:
+    async def _dev_wer(self, dev: Sequence[Utterance], adapter: AdapterWeights) -> float:
+        recognizer = self._ctx.recognizer
         hypotheses = []
         for utterance in dev:
             transcription = await self._ctx.queue.run(
-                lambda u=utterance: self._ctx.recognizer.transcribe(u.audio, EVALUATION, adapter)
+                partial(recognizer.transcribe, utterance.audio, EVALUATION, adapter)
             )
             hypotheses.append(transcription.text)
         return wer([u.text for u in dev], hypotheses)
@@ -307,6 +285,53 @@ class EnrolmentWorker:
             job = await session.get(EnrolmentJob, job_id)
             if job is not None and job.status == "running":
                 _finish(job, status, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class _NewAdapter:
+    id: str
+    user_id: str
+    key: str
+    data: bytes
+    weights: AdapterWeights
+    metrics: dict[str, Any]
+    activate: bool
+    reason: str
+
+    def row(self, version: int, job_id: str) -> Adapter:
+        weights = self.weights
+        return Adapter(
+            id=self.id,
+            user_id=self.user_id,
+            version=version,
+            method=weights.method,
+            rank=weights.rank,
+            target_modules=weights.target_modules,
+            base_fingerprint=weights.base_fingerprint,
+            encoder_window=weights.encoder_window,
+            blob_key=self.key,
+            size_bytes=len(self.data),
+            sha256=sha256_hex(self.data),
+            parameter_count=weights.parameter_count,
+            metrics=self.metrics,
+            source="enrolment",
+            enrolment_id=job_id,
+            active=False,
+            note=None if self.activate else self.reason,
+        )
+
+
+def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:
+    """The tuned defaults, with what the user asked for; a custom rank keeps alpha / rank (the
+    update's scale) as tuned."""
+    default = TrainingConfig()
+    config = replace(default, threads=threads, seed=int(params.get("seed") or 0))
+    if params.get("epochs"):
+        config = replace(config, epochs=int(params["epochs"]))
+    if params.get("rank"):
+        rank = int(params["rank"])
+        config = replace(config, rank=rank, alpha=default.alpha * rank / default.rank)
+    return config
 
 
 def _acceptance(metrics: dict[str, Any], active_id: str | None) -> tuple[bool, str]:

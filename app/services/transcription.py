@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,7 @@ from app.errors import (
     ModelNotFoundError,
     ServiceUnavailableError,
 )
+from app.metrics import Metrics
 from app.services.adapters import ActiveAdapters
 from app.services.auth import Principal
 from app.services.formats import ResponseFormat
@@ -57,6 +59,7 @@ class TranscriptionService:
         recognizer: SpeechRecognizer,
         queue: InferenceQueue,
         adapters: ActiveAdapters,
+        metrics: Metrics,
         *,
         max_audio_seconds: float,
         retry_after_s: int,
@@ -65,6 +68,7 @@ class TranscriptionService:
         self._recognizer = recognizer
         self._queue = queue
         self._adapters = adapters
+        self._metrics = metrics
         self._max_audio_seconds = max_audio_seconds
         self._retry_after_s = retry_after_s
         self.model_id = model_id or recognizer.info.model_id
@@ -86,15 +90,28 @@ class TranscriptionService:
         adapter = await self._adapters.resolve(session, user_id) if user_id else None
         audio = await self._decode(request.audio)
         weights = adapter.weights if adapter else None
+        submitted = time.perf_counter()
+        timing: dict[str, float] = {}
+
+        def work() -> Transcription:
+            timing["start"] = time.perf_counter()
+            return self._recognizer.transcribe(audio, options, weights)
+
         try:
-            transcription = await self._queue.run(
-                lambda: self._recognizer.transcribe(audio, options, weights)
-            )
+            transcription = await self._queue.run(work)
         except QueueFullError as exc:
+            self._metrics.transcriptions.labels("overloaded", str(adapter is not None)).inc()
             raise ServiceUnavailableError(
                 "The server is busy; retry shortly.",
                 headers={"Retry-After": str(self._retry_after_s)},
             ) from exc
+        finished = time.perf_counter()
+        self._observe(
+            adapter is not None,
+            transcription,
+            timing["start"] - submitted,
+            finished - timing["start"],
+        )
         adapter_id = adapter.id if adapter else None
         logger.info(
             "transcribed",
@@ -116,6 +133,14 @@ class TranscriptionService:
             await get_user(session, principal, request.user)  # 404 for anyone else's id
             speaker = request.user
         return speaker if request.personalise else None
+
+    def _observe(
+        self, personalised: bool, transcription: Transcription, waited: float, ran: float
+    ) -> None:
+        self._metrics.transcriptions.labels("ok", str(personalised)).inc()
+        self._metrics.queue_wait.observe(waited)
+        self._metrics.inference.observe(ran)
+        self._metrics.audio_seconds.inc(transcription.duration)
 
     def _options(self, request: TranscriptionRequest) -> TranscriptionOptions:
         if request.stream:

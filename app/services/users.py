@@ -52,4 +52,4 @@ async def delete_user(
     principal.require_access_to(user_id)
     if not await UserRepository(session).delete(user_id):
         raise NotFoundError(f"No user with id {user_id!r}.", param="user_id")
-    await store.delete_prefix(user_prefix(user_id))
+    await store.bind(session).delete_prefix(user_prefix(user_id))

@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
@@ -75,3 +75,9 @@ class EnrolmentRepository:
             )
         )
         return list(result.scalars())
+
+    async def count_by_status(self) -> dict[str, int]:
+        result = await self._session.execute(
+            select(EnrolmentJob.status, func.count()).group_by(EnrolmentJob.status)
+        )
+        return {status: count for status, count in result.tuples()}

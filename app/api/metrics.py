@@ -1,0 +1,26 @@
+"""GET /metrics in the Prometheus text format (admin key: counts reveal usage)."""
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.api.deps import PrincipalDep, SessionDep, StateDep
+from app.api.schemas import error_responses
+from app.db.repositories.enrolments import EnrolmentRepository
+
+router = APIRouter(tags=["observability"])
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={**error_responses(401, 403), 200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+async def metrics(state: StateDep, session: SessionDep, principal: PrincipalDep) -> Response:
+    principal.require_admin()
+    counts = await EnrolmentRepository(session).count_by_status()
+    for status in JOB_STATUSES:
+        state.metrics.enrolment_jobs.labels(status).set(counts.get(status, 0))
+    state.metrics.queue_pending.set(state.queue.pending)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,73 @@
+"""How a speaker's LoRA adapter is trained. The defaults were chosen by measurement.
+
+TUNING PLACEHOLDER
+"""
+
+from dataclasses import dataclass
+from typing import get_args
+
+from app.engine.encoder import EncoderWindow
+from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, LoraConfig
+
+__all__ = ["TrainingConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    """LoRA scale is `alpha / rank`."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch's input (the frozen base sees the input unchanged)."""
+    targets: tuple[str, ...] = ATTENTION_TARGETS + FFN_TARGETS
+    """Projection names adapted in every encoder and decoder layer."""
+    learning_rate: float = 1e-3
+    epochs: int = 8
+    """At most this many passes over the training utterances."""
+    batch_size: int = 8
+    patience: int = 2
+    """Stop after this many epochs in a row without a better dev result."""
+    seed: int = 0
+    encoder_window: EncoderWindow = "fit"
+    """The encoder input the adapter is trained on and served with (see `window_frames`)."""
+    threads: int = 1
+    """torch threads of the training process (one leaves the other cores to serving)."""
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    """Fraction of the planned optimiser steps with a linearly rising learning rate."""
+    max_grad_norm: float = 1.0
+    language: str = "en"
+    """Language token of the decoder prefix (multilingual models only)."""
+
+    def __post_init__(self) -> None:
+        problems = [
+            message
+            for failed, message in (
+                (self.rank < 1, "rank must be >= 1"),
+                (self.alpha <= 0, "alpha must be > 0"),
+                (not 0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+                (not self.targets, "targets must name at least one projection"),
+                (
+                    not set(self.targets) <= set(ATTENTION_TARGETS + FFN_TARGETS),
+                    f"targets must be among {ATTENTION_TARGETS + FFN_TARGETS}",
+                ),
+                (self.learning_rate <= 0, "learning_rate must be > 0"),
+                (self.epochs < 1, "epochs must be >= 1"),
+                (self.batch_size < 1, "batch_size must be >= 1"),
+                (self.patience < 1, "patience must be >= 1"),
+                (self.encoder_window not in get_args(EncoderWindow), "unknown encoder_window"),
+                (self.threads < 1, "threads must be >= 1"),
+                (self.weight_decay < 0, "weight_decay must be >= 0"),
+                (not 0.0 <= self.warmup < 1.0, "warmup must be in [0, 1)"),
+                (self.max_grad_norm <= 0, "max_grad_norm must be > 0"),
+            )
+            if failed
+        ]
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def lora(self) -> LoraConfig:
+        return LoraConfig(
+            rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets
+        )

@@ -1,0 +1,165 @@
+"""Runs `train_lora` in a child OS process (multiprocessing "spawn": a fresh interpreter, so no
+torch threads, allocator or model state is shared with the serving process).
+
+The request (our own in-memory arrays and dataclasses) is pickled to the child; progress comes
+back over a pipe; the adapter comes back as safetensors bytes (`dump_adapter`), never as pickled
+tensors. Cancellation terminates the child (SIGTERM, then SIGKILL after a grace period).
+"""
+
+import logging
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, cast, get_args
+
+from app.engine.adapter_file import dump_adapter, load_adapter
+from app.engine.training.config import TrainingConfig
+from app.engine.training.data import Utterance, check_utterance
+from app.engine.training.errors import TrainingCancelled, TrainingFailed
+from app.engine.training.trainer import TrainingProgress, TrainingResult, train_lora
+from app.engine.types import Precision
+
+__all__ = ["TrainingRequest", "run_in_subprocess"]
+
+logger = logging.getLogger(__name__)
+
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRequest:
+    model_dir: Path
+    train: Sequence[Utterance]
+    dev: Sequence[Utterance]
+    config: TrainingConfig = field(default_factory=TrainingConfig)
+    precision: str = "nf4"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"unknown precision {self.precision!r}")
+
+
+def run_in_subprocess(
+    request: TrainingRequest,
+    progress: Callable[[TrainingProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    *,
+    grace_seconds: float = 3.0,
+    poll_seconds: float = 0.1,
+) -> TrainingResult:
+    """Blocks until the child finishes (call it from a worker thread). Raises
+    `TrainingCancelled` once `should_stop()` is true (the child is gone by then) and
+    `TrainingFailed` when the child reports an error or dies; unusable utterances raise
+    `TrainingDataError` before any process is started."""
+    for index, utterance in enumerate([*request.train, *request.dev]):
+        check_utterance(utterance, index)
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_child_main, args=(request, sender), name="pqm-training", daemon=True
+    )
+    child.start()
+    sender.close()  # the child holds the only writer: its exit ends the pipe
+    try:
+        return _supervise(child, receiver, progress, should_stop, poll_seconds)
+    finally:
+        _stop(child, grace_seconds)
+        receiver.close()
+
+
+def _supervise(
+    child: BaseProcess,
+    receiver: Connection,
+    progress: Callable[[TrainingProgress], None] | None,
+    should_stop: Callable[[], bool] | None,
+    poll_seconds: float,
+) -> TrainingResult:
+    while True:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("training was cancelled")
+        if not receiver.poll(poll_seconds):
+            continue
+        try:
+            message = receiver.recv()
+        except EOFError:
+            child.join(5.0)
+            raise TrainingFailed(
+                f"the training process exited without a result (exit code {child.exitcode})"
+            ) from None
+        result = _handle(message, progress)
+        if result is not None:
+            return result
+
+
+def _handle(
+    message: tuple[Any, ...], progress: Callable[[TrainingProgress], None] | None
+) -> TrainingResult | None:
+    kind = message[0]
+    if kind == "progress":
+        if progress is not None:
+            progress(cast(TrainingProgress, message[1]))
+        return None
+    if kind == "result":
+        adapter_bytes, metrics = cast(bytes, message[1]), cast(dict[str, Any], message[2])
+        return TrainingResult(adapter=load_adapter(adapter_bytes), metrics=metrics)
+    if kind == "error":
+        name, text = cast(str, message[1]), cast(str, message[2])
+        logger.warning("the training process failed:\n%s", message[3])
+        raise TrainingFailed(f"{name}: {text}" if text else name)
+    raise TrainingFailed(f"unexpected message from the training process: {kind!r}")
+
+
+def _stop(child: BaseProcess, grace_seconds: float) -> None:
+    """Ends the child if it still runs: SIGTERM, then SIGKILL after `grace_seconds`."""
+    if child.is_alive():
+        child.terminate()
+        child.join(grace_seconds)
+    if child.is_alive():
+        child.kill()
+    child.join(grace_seconds)
+
+
+def _child_main(request: TrainingRequest, sender: Connection) -> None:
+    """Entry point of the training process."""
+    _limit_threads(request.config.threads)
+    try:
+        result = train_lora(
+            request.model_dir,
+            request.train,
+            request.dev,
+            request.config,
+            precision=cast(Precision, request.precision),
+            device=request.device,
+            progress=lambda update: sender.send(("progress", update)),
+        )
+        sender.send(("result", dump_adapter(result.adapter), result.metrics))
+    except BaseException as exc:
+        with suppress(OSError):
+            sender.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+        raise SystemExit(1) from exc
+    finally:
+        sender.close()
+
+
+def _limit_threads(threads: int) -> None:
+    """Bounds every thread pool of the child before any torch work runs in it."""
+    for variable in _THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    with suppress(RuntimeError):  # only possible before the first inter-op parallel work
+        torch.set_num_interop_threads(1)

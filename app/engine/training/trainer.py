@@ -1,0 +1,476 @@
+"""Trains one speaker's LoRA adapter on the shared base model (blocking; see `process` for the
+child-process wrapper the service uses).
+
+Two model instances are loaded, never the serving one:
+
+* the *trainer*, kept in `train()` mode for its whole life, whose LoRA factors are the only
+  parameters with gradients;
+* the *evaluator*, used only through `WhisperEngine.transcribe` with the candidate adapter
+  attached, i.e. exactly the inference path (and numerics) serving uses.
+
+They must be separate: bitsandbytes' `Linear4bit`, on a CPU with AVX512-BF16, repacks its
+weights into an inference-only layout the first time it runs in eval mode on an input without
+gradient. A repacked layer computes in bf16 and has no backward (an input that needs gradient
+fails with "a view of a leaf Variable that requires grad is being used in an in-place
+operation"), so one eval-mode dev pass would break, or silently change, the training instance.
+"""
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from app.engine.adapter_file import AdapterWeights
+from app.engine.encoder import encode
+from app.engine.lora import LoraLinear
+from app.engine.text import wer
+from app.engine.tokens import SpecialTokens
+from app.engine.training.config import TrainingConfig
+from app.engine.training.data import (
+    IGNORE_INDEX,
+    Batch,
+    Example,
+    Utterance,
+    build_example,
+    check_utterance,
+    collate,
+    step_batches,
+)
+from app.engine.training.errors import TrainingCancelled, TrainingDataError
+from app.engine.types import Precision, TranscriptionOptions
+from app.engine.whisper import WhisperEngine
+
+__all__ = [
+    "EVALUATION_OPTIONS",
+    "TrainingProgress",
+    "TrainingResult",
+    "base_parameter_count",
+    "train_lora",
+]
+
+EVALUATION_OPTIONS = TranscriptionOptions(language="en", with_timestamps=False)
+"""Dev-set transcription: greedy (with serving's fallback), no timestamps, no prompt."""
+
+_DECODE_COST = 1.5
+"""Progress weight of transcribing one dev utterance, relative to one training example."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingProgress:
+    fraction: float
+    """0..1 of the planned work (the maximum number of epochs); 1.0 when done."""
+    epoch: int
+    """1-based epoch in progress (0 while measuring the base model)."""
+    step: int
+    """Optimiser steps taken so far."""
+    eta_seconds: float | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingResult:
+    adapter: AdapterWeights
+    """The factors of the best epoch on the dev set (the last one when there is no dev set)."""
+    metrics: dict[str, Any]
+    """JSON-serialisable: wer_before, wer_after, per-epoch history, sizes and timings."""
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+StopCheck = Callable[[], bool]
+
+
+def train_lora(
+    model_dir: Path,
+    train: Sequence[Utterance],
+    dev: Sequence[Utterance],
+    config: TrainingConfig,
+    *,
+    precision: Precision = "nf4",
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> TrainingResult:
+    """Trains LoRA factors on `train`, picks the epoch with the lowest dev WER (ties: lowest dev
+    loss), stops early after `config.patience` epochs without improvement. Raises
+    `TrainingCancelled` when `should_stop()` turns true, `TrainingDataError` for unusable input.
+    """
+    if not train:
+        raise TrainingDataError("no training utterances")
+    for index, utterance in enumerate([*train, *dev]):
+        check_utterance(utterance, index)
+    started = time.monotonic()
+    run = _Run(config, len(train), len(dev), progress, should_stop)
+    _seed_everything(config.seed)
+    trainer, evaluator = (
+        WhisperEngine.load(model_dir, precision=precision, device=device, threads=config.threads)
+        for _ in range(2)
+    )
+    base_parameters = base_parameter_count(trainer.model)
+    wer_before = _dev_wer(evaluator, dev, None, run) if dev else None
+    examples = _examples(trainer, train, config)
+    dev_examples = _examples(trainer, dev, config)
+    layers = _init_lora(trainer, config)
+    history, best = _fit(trainer, evaluator, layers, examples, dev_examples, dev, config, run)
+    adapter = _adapter(best.tensors, config, evaluator.info.fingerprint, best, len(train), len(dev))
+    evaluator.check_adapter(adapter)
+    run.finish()
+    metrics = {
+        "wer_before": wer_before,
+        "wer_after": best.dev_wer,
+        "best_epoch": best.epoch,
+        "epochs_run": len(history),
+        "stopped_early": len(history) < config.epochs,
+        "epoch_train_loss": [h.train_loss for h in history],
+        "epoch_dev_loss": [h.dev_loss for h in history],
+        "epoch_dev_wer": [h.dev_wer for h in history],
+        "train_seconds": round(time.monotonic() - started, 3),
+        "train_utterances": len(train),
+        "dev_utterances": len(dev),
+        "adapter_parameters": adapter.parameter_count,
+        "base_parameters": base_parameters,
+        "parameter_ratio": adapter.parameter_count / base_parameters,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {**asdict(config), "targets": list(config.targets)},
+        "precision": precision,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return TrainingResult(adapter=adapter, metrics=metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class _Epoch:
+    epoch: int
+    train_loss: float
+    dev_loss: float | None
+    dev_wer: float | None
+    tensors: dict[str, Tensor]
+
+    @property
+    def key(self) -> tuple[float, float]:
+        """Lower is better: dev WER, then dev loss (epochs without a dev set rank by order)."""
+        if self.dev_wer is None or self.dev_loss is None:
+            return (0.0, -float(self.epoch))
+        return (self.dev_wer, self.dev_loss)
+
+
+class _Run:
+    """Progress in work units (one per training example, `_DECODE_COST` per dev transcription),
+    the ETA from the rate so far, and the cancellation check."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        train_count: int,
+        dev_count: int,
+        progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> None:
+        self._epoch_units = train_count + dev_count * (_DECODE_COST + 0.2)
+        self._total = dev_count * _DECODE_COST + config.epochs * self._epoch_units
+        self._done = 0.0
+        self._started = time.monotonic()
+        self._progress = progress
+        self._should_stop = should_stop
+        self.epoch = 0
+        self.step = 0
+
+    def check(self) -> None:
+        if self._should_stop is not None and self._should_stop():
+            raise TrainingCancelled("training was cancelled")
+
+    def advance(self, units: float, message: str) -> None:
+        self._done = min(self._total, self._done + units)
+        self._report(self._done / self._total, message)
+
+    def skip_remaining_epochs(self) -> None:
+        """Early stop: the epochs not run are no longer part of the plan."""
+        self._total = self._done
+
+    def finish(self) -> None:
+        self._report(1.0, "done")
+
+    def _report(self, fraction: float, message: str) -> None:
+        if self._progress is None:
+            return
+        elapsed = time.monotonic() - self._started
+        eta = elapsed / fraction * (1.0 - fraction) if fraction > 0 else None
+        self._progress(
+            TrainingProgress(
+                fraction=fraction,
+                epoch=self.epoch,
+                step=self.step,
+                eta_seconds=None if eta is None else round(eta, 1),
+                message=message,
+            )
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    """LoRA dropout draws from torch's global generator; nothing else here is random."""
+    torch.manual_seed(seed)
+
+
+def base_parameter_count(model: nn.Module) -> int:
+    """Weights of the base model as trained (a 4-bit weight counts as its full matrix; tied
+    weights once; LoRA factors excluded)."""
+    total = 0
+    for name, parameter in model.named_parameters():
+        if name.endswith(("lora_a", "lora_b")):
+            continue
+        state = getattr(parameter, "quant_state", None)
+        total += math.prod(state.shape) if state is not None else parameter.numel()
+    return total
+
+
+def _examples(
+    engine: WhisperEngine, utterances: Sequence[Utterance], config: TrainingConfig
+) -> list[Example]:
+    loaded = engine.loaded
+    tokens = _special_tokens(engine)
+    return [
+        build_example(
+            utterance,
+            feature_extractor=loaded.feature_extractor,
+            tokenizer=loaded.tokenizer,
+            tokens=tokens,
+            device=loaded.device,
+            window=config.encoder_window,
+            language=config.language,
+            index=index,
+        )
+        for index, utterance in enumerate(utterances)
+    ]
+
+
+def _special_tokens(engine: WhisperEngine) -> SpecialTokens:
+    loaded = engine.loaded
+    return SpecialTokens.from_tokenizer(loaded.tokenizer, loaded.model.generation_config)
+
+
+def _init_lora(engine: WhisperEngine, config: TrainingConfig) -> dict[str, LoraLinear]:
+    """Fresh trainable factors on the targeted projections (seeded); all else stays frozen."""
+    generator = torch.Generator().manual_seed(config.seed)
+    model = engine.model
+    model.requires_grad_(False)
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLinear) and name.rsplit(".", 1)[-1] in config.targets
+    }
+    for layer in layers.values():
+        layer.init_trainable(config.lora, generator)
+    model.train()  # and never eval(): see the module docstring
+    return layers
+
+
+def _trainable(layers: dict[str, LoraLinear]) -> list[Tensor]:
+    return [factor for layer in layers.values() for factor in _factors(layer)]
+
+
+def _factors(layer: LoraLinear) -> tuple[Tensor, Tensor]:
+    if layer.lora_a is None or layer.lora_b is None:
+        raise RuntimeError("a targeted layer has no trainable LoRA factors")
+    return layer.lora_a, layer.lora_b
+
+
+def _snapshot(layers: dict[str, LoraLinear]) -> dict[str, Tensor]:
+    """Detached fp32 copies of the current factors (clones: the optimiser updates in place)."""
+    tensors: dict[str, Tensor] = {}
+    for name, layer in layers.items():
+        a, b = _factors(layer)
+        tensors[f"{name}.lora_A"] = a.detach().float().cpu().clone()
+        tensors[f"{name}.lora_B"] = b.detach().float().cpu().clone()
+    return tensors
+
+
+def _set_lora_dropout(layers: dict[str, LoraLinear], active: bool) -> None:
+    """Switches only the LoRA dropout: the quantised base layers must stay in training mode."""
+    for layer in layers.values():
+        layer.dropout.train(active)
+
+
+def _fit(
+    trainer: WhisperEngine,
+    evaluator: WhisperEngine,
+    layers: dict[str, LoraLinear],
+    examples: list[Example],
+    dev_examples: list[Example],
+    dev: Sequence[Utterance],
+    config: TrainingConfig,
+    run: _Run,
+) -> tuple[list[_Epoch], _Epoch]:
+    parameters = _trainable(layers)
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_then_linear(steps_per_epoch * config.epochs, config.warmup)
+    )
+    pad = _special_tokens(trainer).eot
+    rng = random.Random(config.seed)
+    history: list[_Epoch] = []
+    best: _Epoch | None = None
+    stale = 0
+    for epoch in range(1, config.epochs + 1):
+        run.epoch = epoch
+        _set_lora_dropout(layers, True)
+        train_loss = _train_epoch(
+            trainer, examples, config, rng, pad, optimizer, schedule, parameters, run
+        )
+        _set_lora_dropout(layers, False)
+        tensors = _snapshot(layers)
+        result = _evaluate(trainer, evaluator, dev_examples, dev, tensors, config, pad, run)
+        current = _Epoch(epoch, train_loss, *result, tensors=tensors)
+        history.append(current)
+        if best is None or current.key < best.key:
+            best, stale = current, 0
+        else:
+            stale += 1
+        if stale >= config.patience and epoch < config.epochs:
+            run.skip_remaining_epochs()
+            break
+    assert best is not None
+    return history, best
+
+
+def _warmup_then_linear(total_steps: int, warmup: float) -> Callable[[int], float]:
+    warmup_steps = max(1, round(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        remaining = total_steps - warmup_steps
+        return max(0.0, 1.0 - (step - warmup_steps) / remaining) if remaining > 0 else 1.0
+
+    return factor
+
+
+def _train_epoch(
+    trainer: WhisperEngine,
+    examples: list[Example],
+    config: TrainingConfig,
+    rng: random.Random,
+    pad: int,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    parameters: list[Tensor],
+    run: _Run,
+) -> float:
+    """One pass over the training examples; returns the mean loss per target token."""
+    total_loss = total_tokens = 0.0
+    for micro_batches in step_batches(examples, config.batch_size, rng):
+        run.check()
+        batches = [collate([examples[i] for i in indices], pad) for indices in micro_batches]
+        tokens = sum(batch.target_count for batch in batches)
+        optimizer.zero_grad(set_to_none=True)
+        for batch in batches:
+            loss = _loss_sum(trainer.model, batch) / tokens
+            loss.backward()  # type: ignore[no-untyped-call]
+            total_loss += float(loss.detach()) * tokens
+        total_tokens += tokens
+        torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        run.step += 1
+        run.advance(
+            sum(len(indices) for indices in micro_batches),
+            f"epoch {run.epoch}/{config.epochs}: step {run.step}",
+        )
+    return total_loss / max(1.0, total_tokens)
+
+
+def _loss_sum(model: Any, batch: Batch) -> Tensor:
+    """Summed cross-entropy of the transcript tokens, teacher-forced after the prefix."""
+    encoded = encode(model.model.encoder, batch.mel)
+    hidden = model.model.decoder(
+        input_ids=batch.input_ids, encoder_hidden_states=encoded, use_cache=False
+    ).last_hidden_state
+    logits: Tensor = model.proj_out(hidden)
+    return nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(),
+        batch.labels.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def _evaluate(
+    trainer: WhisperEngine,
+    evaluator: WhisperEngine,
+    dev_examples: list[Example],
+    dev: Sequence[Utterance],
+    tensors: dict[str, Tensor],
+    config: TrainingConfig,
+    pad: int,
+    run: _Run,
+) -> tuple[float | None, float | None]:
+    """(dev loss per token, dev WER through the serving path) of the factors in `tensors`."""
+    if not dev:
+        return None, None
+    with torch.no_grad():
+        total = sum(float(_loss_sum(trainer.model, collate([e], pad))) for e in dev_examples)
+    dev_loss = total / sum(example.target_count for example in dev_examples)
+    run.advance(0.2 * len(dev), f"epoch {run.epoch}/{config.epochs}: evaluating")
+    adapter = AdapterWeights(
+        tensors=tensors,
+        rank=config.rank,
+        alpha=config.alpha,
+        base_fingerprint=evaluator.info.fingerprint,
+        encoder_window=config.encoder_window,
+    )
+    return dev_loss, _dev_wer(evaluator, dev, adapter, run)
+
+
+def _dev_wer(
+    evaluator: WhisperEngine,
+    dev: Sequence[Utterance],
+    adapter: AdapterWeights | None,
+    run: _Run,
+) -> float:
+    """Dev WER as serving would score it: the base model (30 s window) or the adapter."""
+    hypotheses = []
+    for utterance in dev:
+        run.check()
+        hypotheses.append(evaluator.transcribe(utterance.audio, EVALUATION_OPTIONS, adapter).text)
+        what = "base model" if adapter is None else f"epoch {run.epoch}"
+        run.advance(_DECODE_COST, f"{what}: transcribing the dev set")
+    return wer([utterance.text for utterance in dev], hypotheses)
+
+
+def _adapter(
+    tensors: dict[str, Tensor],
+    config: TrainingConfig,
+    fingerprint: str,
+    best: _Epoch,
+    train_count: int,
+    dev_count: int,
+) -> AdapterWeights:
+    """The best epoch's factors; the metadata is deterministic (same seed, same bytes)."""
+    extra = {
+        "trainer": "pqm-lora-trainer/1",
+        "targets": json.dumps(list(config.targets)),
+        "epoch": str(best.epoch),
+        "learning_rate": repr(config.learning_rate),
+        "seed": str(config.seed),
+        "train_utterances": str(train_count),
+        "dev_utterances": str(dev_count),
+    }
+    if best.dev_wer is not None:
+        extra["dev_wer"] = f"{best.dev_wer:.4f}"
+    return AdapterWeights(
+        tensors=tensors,
+        rank=config.rank,
+        alpha=config.alpha,
+        base_fingerprint=fingerprint,
+        encoder_window=config.encoder_window,
+        extra=extra,
+    )

@@ -1,0 +1,671 @@
+"""What enrolment buys: a speaker's test WER before and after training their LoRA adapter.
+
+    python -m bench.enrolment [--quick] [--suite synthetic|fsdd|all] [--speakers a,b]
+                              [--threads 2] [--no-train] [--no-cross]
+                              [--out bench/results/enrolment.json]
+
+Per speaker, and averaged over speakers, on the speaker's test sentences:
+
+- `fp32`: the converted tiny.en at full precision, no adapter;
+- `nf4`: the served NF4 base, no adapter;
+- `pqm`: NF4 plus the speaker's adapter (trained on their train split with `TrainingConfig()`'s
+  tuned defaults, their dev split for early stopping), as the service would serve it;
+- the relative WER reduction of `pqm` against `fp32`, the adapter's size (bytes of its file,
+  parameters, % of the base's parameters) and the training wall time.
+
+Suites: `synthetic` (`bench.speakers`: espeak-ng voices and channels; scored on test sentences
+from the enrolment corpus and on held-out sentences of a different register) and `fsdd` (real
+speakers reading digit strings, `bench.fsdd`; skipped with a message when the data is absent),
+where every adapter is also applied to every other speaker's test set (cross-speaker table:
+rows = adapter, columns = test speaker).
+
+Memory: one fp32 engine evaluates every speaker and is released; then one NF4 engine evaluates
+the bases and every adapter (adapters are attached per call). `train_lora` loads its own models
+and releases them when it returns. Writes `enrolment.json` and a bar chart `enrolment.png`.
+`--quick`: two synthetic speakers and FSDD's george, for tuning in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bench import fsdd, speakers
+from bench.common import (
+    MIB,
+    RESULTS_DIR,
+    SAMPLE_RATE,
+    espeak_version,
+    normalise_text,
+    print_table,
+    rss_bytes,
+    wer,
+    word_errors,
+    write_json,
+)
+from bench.speakers import SpeakerData, Suite, Utterance, load
+
+if TYPE_CHECKING:
+    from app.engine.adapter_file import AdapterWeights
+    from app.engine.whisper import WhisperEngine
+
+BUNDLED_MODEL = "tiny.en"
+MODELS_DIR = RESULTS_DIR / "models"
+DEFAULT_OUT = RESULTS_DIR / "enrolment.json"
+SUITES = ("synthetic", "fsdd")
+QUICK_SYNTHETIC = speakers.QUICK_SPEAKERS[:2]
+QUICK_FSDD = ("george",)
+EVAL_SPLITS = {"synthetic": ("test", "heldout"), "fsdd": ("test",)}
+MODELS = ("fp32", "nf4", "pqm")
+
+AudioArray = npt.NDArray[np.float32]
+
+
+def log(message: str) -> None:
+    print(f"[enrolment] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class Scored:
+    """One model on one speaker's split."""
+
+    wer: float
+    errors: int
+    words: int
+    seconds: float
+    """Transcription time of the whole split."""
+    utterances: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "wer": self.wer,
+            "errors": self.errors,
+            "words": self.words,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class EvalSet:
+    """A speaker's evaluation utterances with their audio, loaded once."""
+
+    utterances: list[Utterance]
+    audio: list[AudioArray]
+
+    @classmethod
+    def of(cls, utterances: Sequence[Utterance]) -> EvalSet:
+        return cls(list(utterances), [load(u) for u in utterances])
+
+    @property
+    def seconds(self) -> float:
+        return sum(len(a) for a in self.audio) / SAMPLE_RATE
+
+
+def score(
+    engine: WhisperEngine,
+    evalset: EvalSet,
+    score_text: Callable[[str], str],
+    adapter: AdapterWeights | None = None,
+) -> Scored:
+    from app.engine.types import TranscriptionOptions
+
+    options = TranscriptionOptions(language="en", with_timestamps=False)
+    refs: list[str] = []
+    hyps: list[str] = []
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for utterance, audio in zip(evalset.utterances, evalset.audio, strict=True):
+        text = engine.transcribe(audio, options, adapter=adapter).text
+        scored = score_text(text)
+        errors, words = word_errors(utterance.text, scored)
+        refs.append(utterance.text)
+        hyps.append(scored)
+        rows.append(
+            {
+                "reference": utterance.text,
+                "hypothesis": text.strip(),
+                "hypothesis_normalised": normalise_text(scored),
+                "errors": errors,
+                "words": words,
+            }
+        )
+    seconds = time.perf_counter() - start
+    total_errors = sum(row["errors"] for row in rows)
+    total_words = sum(row["words"] for row in rows)
+    return Scored(wer(refs, hyps), total_errors, total_words, seconds, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class SpeakerResult:
+    suite: str
+    name: str
+    description: str
+    splits: dict[str, dict[str, Scored]] = field(default_factory=dict)
+    """split -> model ("fp32", "nf4", "pqm") -> score."""
+    adapter: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    error: str | None = None
+
+    def wer(self, split: str, model: str) -> float | None:
+        scored = self.splits.get(split, {}).get(model)
+        return None if scored is None else scored.wer
+
+    def reduction(self, split: str) -> float | None:
+        """Relative WER reduction of the adapter against the fp32 base (0.25 = 25 % fewer)."""
+        base, tuned = self.wer(split, "fp32"), self.wer(split, "pqm")
+        if base is None or tuned is None or base == 0:
+            return None
+        return (base - tuned) / base
+
+    def to_json(self, with_utterances: bool = True) -> dict[str, Any]:
+        splits: dict[str, Any] = {}
+        for split, models in self.splits.items():
+            splits[split] = {
+                model: {**s.summary(), **({"utterances": s.utterances} if with_utterances else {})}
+                for model, s in models.items()
+            }
+            splits[split]["relative_reduction_vs_fp32"] = self.reduction(split)
+        return {
+            "suite": self.suite,
+            "speaker": self.name,
+            "description": self.description,
+            "splits": splits,
+            "adapter": self.adapter,
+            "training": self.training,
+            "error": self.error,
+        }
+
+
+def mean(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def averages(results: Sequence[SpeakerResult], split: str) -> dict[str, float | None]:
+    """Macro averages over speakers (each speaker weighs the same)."""
+    out: dict[str, float | None] = {m: mean(r.wer(split, m) for r in results) for m in MODELS}
+    out["relative_reduction_vs_fp32"] = mean(r.reduction(split) for r in results)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class Trained:
+    adapter: AdapterWeights
+    info: dict[str, Any]
+    training: dict[str, Any]
+
+
+def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
+    from app.engine.adapter_file import dump_adapter
+    from app.engine.training import TrainingConfig, train_lora
+    from app.engine.training import Utterance as TrainUtterance
+
+    train = [TrainUtterance(load(u), u.text) for u in data.train]
+    dev = [TrainUtterance(load(u), u.text) for u in data.dev]
+    config = replace(TrainingConfig(), threads=threads)
+    start = time.perf_counter()
+    result = train_lora(model_dir, train, dev, config, precision="nf4")
+    wall = time.perf_counter() - start
+    adapter = result.adapter
+    metrics = dict(result.metrics)
+    parameters = adapter.parameter_count
+    base_parameters = metrics.get("base_parameters")
+    ratio = metrics.get("parameter_ratio")
+    if ratio is None and base_parameters:
+        ratio = parameters / base_parameters
+    info = {
+        "bytes": len(dump_adapter(adapter)),
+        "parameters": parameters,
+        "base_parameters": base_parameters,
+        "percent_of_base": None if ratio is None else 100.0 * float(ratio),
+        "rank": adapter.rank,
+        "alpha": adapter.alpha,
+        "encoder_window": adapter.encoder_window,
+        "target_modules": len(adapter.target_modules),
+    }
+    training = {
+        "wall_seconds": round(wall, 2),
+        "train_utterances": len(train),
+        "train_audio_s": round(sum(len(u.audio) for u in train) / SAMPLE_RATE, 1),
+        "dev_utterances": len(dev),
+        "threads": threads,
+        "metrics": metrics,
+    }
+    return Trained(adapter, info, training)
+
+
+def training_available() -> str | None:
+    """None when the training API imports, else why not."""
+    try:
+        from app.engine.training import TrainingConfig, train_lora  # noqa: F401
+    except Exception as exc:  # an API being written may fail in any way on import
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass(frozen=True)
+class Options:
+    suites: tuple[str, ...]
+    synthetic: tuple[str, ...] | None
+    fsdd: tuple[str, ...] | None
+    threads: int
+    train: bool
+    cross: bool
+    quick: bool
+
+
+def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
+    suites: list[Suite] = []
+    skipped: dict[str, str] = {}
+    if "synthetic" in options.suites:
+        chosen = speakers.select_speakers(options.synthetic)
+        start = time.perf_counter()
+        suites.append(speakers.build_suite(speakers.DEFAULT_OUT, chosen, log=log))
+        log(f"synthetic suite ready: {len(chosen)} speakers ({time.perf_counter() - start:.1f} s)")
+    if "fsdd" in options.suites:
+        try:
+            suites.append(fsdd.build_suite(options.fsdd))
+        except fsdd.FsddUnavailable as exc:
+            skipped["fsdd"] = str(exc)
+            log(f"FSDD skipped: {exc}")
+    return suites, skipped
+
+
+def load_engine(model_dir: Path, precision: str, threads: int) -> WhisperEngine:
+    from app.engine.whisper import WhisperEngine
+
+    return WhisperEngine.load(
+        model_dir,
+        precision="fp32" if precision == "fp32" else "nf4",
+        device="cpu",
+        threads=threads,
+    )
+
+
+def run(options: Options) -> dict[str, Any]:
+    from app.engine.model_import import import_bundled_model
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    suites, skipped = build_suites(options)
+    model_dir = import_bundled_model(BUNDLED_MODEL, MODELS_DIR)
+    train_error = training_available() if options.train else "disabled (--no-train)"
+    if train_error and options.train:
+        log(f"training API unavailable, base models only: {train_error}")
+
+    results: dict[tuple[str, str], SpeakerResult] = {}
+    evalsets: dict[tuple[str, str, str], EvalSet] = {}
+    for suite in suites:
+        for name, data in suite.speakers.items():
+            results[suite.kind, name] = SpeakerResult(suite.kind, name, data.description)
+            for split in EVAL_SPLITS[suite.kind]:
+                if data.split(split):
+                    evalsets[suite.kind, name, split] = EvalSet.of(data.split(split))
+    eval_audio_s = sum(e.seconds for e in evalsets.values())
+    log(f"{len(results)} speakers, {len(evalsets)} evaluation sets, {eval_audio_s / 60:.1f} min")
+
+    # fp32: one engine for every speaker, then released.
+    phase = time.perf_counter()
+    engine = load_engine(model_dir, "fp32", options.threads)
+    rss_fp32 = rss_bytes()
+    for suite in suites:
+        for name in suite.speakers:
+            for split in EVAL_SPLITS[suite.kind]:
+                key = (suite.kind, name, split)
+                if key in evalsets:
+                    scored = score(engine, evalsets[key], suite.score_text)
+                    results[suite.kind, name].splits.setdefault(split, {})["fp32"] = scored
+            log(f"fp32 {suite.kind}/{name}: {_wers(results[suite.kind, name], 'fp32')}")
+    fp32_seconds = time.perf_counter() - phase
+    del engine
+    gc.collect()
+
+    # NF4: one engine for the bases and every adapter.
+    engine = load_engine(model_dir, "nf4", options.threads)
+    rss_nf4 = rss_bytes()
+    adapters: dict[tuple[str, str], AdapterWeights] = {}
+    for suite in suites:
+        for name, data in suite.speakers.items():
+            result = results[suite.kind, name]
+            splits = [s for s in EVAL_SPLITS[suite.kind] if (suite.kind, name, s) in evalsets]
+            for split in splits:
+                evalset = evalsets[suite.kind, name, split]
+                result.splits[split]["nf4"] = score(engine, evalset, suite.score_text)
+            if train_error is None:
+                try:
+                    trained = train_speaker(model_dir, data, options.threads)
+                except Exception as exc:  # reported; the other speakers still run
+                    result.error = f"training failed: {type(exc).__name__}: {exc}"
+                    log(f"{suite.kind}/{name}: {result.error}\n{traceback.format_exc()}")
+                else:
+                    engine.check_adapter(trained.adapter)
+                    adapters[suite.kind, name] = trained.adapter
+                    result.adapter, result.training = trained.info, trained.training
+                    for split in splits:
+                        evalset = evalsets[suite.kind, name, split]
+                        result.splits[split]["pqm"] = score(
+                            engine, evalset, suite.score_text, trained.adapter
+                        )
+                gc.collect()
+            log(_progress_line(result))
+
+    cross = None
+    fsdd_suite = next((s for s in suites if s.kind == "fsdd"), None)
+    if options.cross and fsdd_suite is not None:
+        cross = cross_speaker(engine, fsdd_suite, adapters, results, evalsets)
+
+    return {
+        "benchmark": "enrolment",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": BUNDLED_MODEL,
+        "model_dir": str(model_dir),
+        "options": asdict(options),
+        "training_error": train_error,
+        "skipped": skipped,
+        "environment": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "threads": options.threads,
+            "espeak": espeak_version(),
+            "loadavg_1m_before": round(load_before, 2),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        },
+        "suites": {
+            suite.kind: {
+                "info": suite.info,
+                "speakers": list(suite.speakers),
+                "averages": {
+                    split: averages([results[suite.kind, n] for n in suite.speakers], split)
+                    for split in EVAL_SPLITS[suite.kind]
+                },
+            }
+            for suite in suites
+        },
+        "speakers": [r.to_json() for r in results.values()],
+        "cross_speaker": cross,
+        "timing": {
+            "total_s": round(time.perf_counter() - started, 1),
+            "fp32_eval_s": round(fp32_seconds, 1),
+            "eval_audio_s": round(eval_audio_s, 1),
+        },
+        "memory": {
+            "rss_with_fp32_engine_bytes": rss_fp32,
+            "rss_with_nf4_engine_bytes": rss_nf4,
+            "rss_end_bytes": rss_bytes(),
+        },
+    }
+
+
+def cross_speaker(
+    engine: WhisperEngine,
+    suite: Suite,
+    adapters: dict[tuple[str, str], AdapterWeights],
+    results: dict[tuple[str, str], SpeakerResult],
+    evalsets: dict[tuple[str, str, str], EvalSet],
+) -> dict[str, Any] | None:
+    """WER of every FSDD adapter on every FSDD speaker's test set (the diagonal is reused)."""
+    names = [n for n in suite.speakers if (suite.kind, n, "test") in evalsets]
+    rows = [n for n in names if (suite.kind, n) in adapters]
+    if not rows:
+        return None
+    matrix: dict[str, dict[str, float | None]] = {
+        "none (nf4)": {col: results[suite.kind, col].wer("test", "nf4") for col in names}
+    }
+    start = time.perf_counter()
+    for row in rows:
+        matrix[row] = {}
+        for col in names:
+            if col == row:
+                matrix[row][col] = results[suite.kind, col].wer("test", "pqm")
+                continue
+            scored = score(
+                engine,
+                evalsets[suite.kind, col, "test"],
+                suite.score_text,
+                adapters[suite.kind, row],
+            )
+            matrix[row][col] = scored.wer
+        log(f"cross-speaker: {row}'s adapter on {len(names)} test sets done")
+    return {
+        "rows": "adapter",
+        "columns": "test speaker",
+        "split": "test",
+        "matrix": matrix,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.0f}%"
+
+
+def _wers(result: SpeakerResult, model: str) -> str:
+    return ", ".join(f"{split} {_fmt(result.wer(split, model))}" for split in result.splits)
+
+
+def _progress_line(result: SpeakerResult) -> str:
+    parts = []
+    for split in result.splits:
+        wers = "/".join(_fmt(result.wer(split, m)) for m in MODELS)
+        parts.append(f"{split} fp32/nf4/pqm {wers}")
+    if result.training:
+        parts.append(f"train {result.training['wall_seconds']:.0f} s")
+    if result.error:
+        parts.append(result.error)
+    return f"done {result.suite}/{result.name}: " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    by_suite: dict[str, list[dict[str, Any]]] = {}
+    for entry in report["speakers"]:
+        by_suite.setdefault(entry["suite"], []).append(entry)
+    for kind, entries in by_suite.items():
+        splits = EVAL_SPLITS[kind]
+        headers = ["speaker"]
+        for split in splits:
+            headers += [f"{split} fp32", "nf4", "pqm", "rel"]
+        headers += ["adapter KiB", "params", "% base", "train s", "epoch"]
+        rows: list[list[object]] = []
+        for entry in entries:
+            row: list[object] = [entry["speaker"]]
+            for split in splits:
+                data = entry["splits"].get(split, {})
+                row += [_fmt(data.get(m, {}).get("wer")) for m in MODELS]
+                row.append(_pct(data.get("relative_reduction_vs_fp32")))
+            row += _adapter_cells(entry)
+            rows.append(row)
+        average: list[object] = ["mean"]
+        for split in splits:
+            avg = report["suites"][kind]["averages"][split]
+            average += [_fmt(avg[m]) for m in MODELS]
+            average.append(_pct(avg["relative_reduction_vs_fp32"]))
+        average += _adapter_means(entries)
+        rows.append(average)
+        print(f"\n== {kind}: test WER (rel = WER reduction of pqm vs fp32)")
+        print_table(headers, rows)
+    cross = report.get("cross_speaker")
+    if cross:
+        columns = list(next(iter(cross["matrix"].values())))
+        print("\n== fsdd cross-speaker test WER (rows: adapter, columns: test speaker)")
+        print_table(
+            ["adapter", *columns],
+            [[row, *(_fmt(v) for v in values.values())] for row, values in cross["matrix"].items()],
+        )
+    for kind, reason in report.get("skipped", {}).items():
+        print(f"\n{kind}: skipped ({reason})")
+    if report.get("training_error"):
+        print(f"\nno adapters trained: {report['training_error']}")
+    timing = report["timing"]
+    memory = report["memory"]
+    print(
+        f"\ntotal {timing['total_s']:.0f} s; RSS with fp32 engine "
+        f"{memory['rss_with_fp32_engine_bytes'] / MIB:.0f} MiB, with nf4 engine "
+        f"{memory['rss_with_nf4_engine_bytes'] / MIB:.0f} MiB, at end "
+        f"{memory['rss_end_bytes'] / MIB:.0f} MiB"
+    )
+
+
+def _adapter_cells(entry: dict[str, Any]) -> list[object]:
+    adapter, training = entry.get("adapter"), entry.get("training")
+    if not adapter or not training:
+        return ["-"] * 5
+    percent = adapter.get("percent_of_base")
+    return [
+        f"{adapter['bytes'] / 1024:.0f}",
+        adapter["parameters"],
+        "-" if percent is None else f"{percent:.2f}%",
+        f"{training['wall_seconds']:.0f}",
+        training["metrics"].get("best_epoch", "-"),
+    ]
+
+
+def _adapter_means(entries: Sequence[dict[str, Any]]) -> list[object]:
+    trained = [e for e in entries if e.get("adapter") and e.get("training")]
+    if not trained:
+        return ["-"] * 5
+    seconds = mean(e["training"]["wall_seconds"] for e in trained)
+    return ["", "", "", f"{seconds:.0f}" if seconds is not None else "-", ""]
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bars of test WER per speaker: fp32, NF4, NF4 + adapter; one panel per split."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed; no chart (pip install -e '.[bench]')")
+        return None
+    panels = [(kind, split) for kind in report["suites"] for split in EVAL_SPLITS[kind]]
+    if not panels:
+        return None
+    figure, axes = plt.subplots(
+        len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False, constrained_layout=True
+    )
+    colours = {"fp32": "#9e9e9e", "nf4": "#5c6bc0", "pqm": "#2e7d32"}
+    labels = {"fp32": "fp32 base", "nf4": "NF4 base", "pqm": "NF4 + LoRA (PQM)"}
+    for axis, (kind, split) in zip(axes[:, 0], panels, strict=True):
+        entries = [e for e in report["speakers"] if e["suite"] == kind]
+        names = [e["speaker"] for e in entries] + ["mean"]
+        positions = np.arange(len(names))
+        width = 0.27
+        for offset, model in enumerate(MODELS):
+            values = [e["splits"].get(split, {}).get(model, {}).get("wer") for e in entries]
+            values.append(report["suites"][kind]["averages"][split][model])
+            heights = [np.nan if v is None else min(v, 1.5) for v in values]
+            axis.bar(
+                positions + (offset - 1) * width,
+                heights,
+                width,
+                label=labels[model],
+                color=colours[model],
+            )
+        axis.set_xticks(positions, names, rotation=20, ha="right")
+        axis.set_ylabel("WER (capped at 1.5)")
+        title = "held-out sentences" if split == "heldout" else "test sentences"
+        axis.set_title(f"{kind}: {title}")
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize="small", ncols=3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
+    parser = argparse.ArgumentParser(prog="python -m bench.enrolment", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2 synthetic speakers + george")
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all")
+    parser.add_argument("--speakers", help="comma-separated speaker names (any suite)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (eval + training)")
+    parser.add_argument("--no-train", action="store_true", help="base models only")
+    parser.add_argument("--no-cross", action="store_true", help="skip the cross-speaker table")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
+    args = parser.parse_args(argv)
+    suites: tuple[str, ...] = SUITES if args.suite == "all" else (args.suite,)
+    synthetic: tuple[str, ...] | None = QUICK_SYNTHETIC if args.quick else None
+    digits: tuple[str, ...] | None = QUICK_FSDD if args.quick else None
+    if args.speakers:
+        names = [n.strip() for n in args.speakers.split(",") if n.strip()]
+        known_synthetic = {s.name for s in speakers.SPEAKERS}
+        known_fsdd = set(fsdd.FSDD_SPEAKERS)
+        unknown = [n for n in names if n not in known_synthetic | known_fsdd]
+        if unknown:
+            parser.error(
+                f"unknown speaker(s) {unknown}; synthetic: {sorted(known_synthetic)}, "
+                f"fsdd: {list(fsdd.FSDD_SPEAKERS)}"
+            )
+        synthetic = tuple(n for n in names if n in known_synthetic)
+        digits = tuple(n for n in names if n in known_fsdd)
+        suites = tuple(
+            s for s in suites if (s == "synthetic" and synthetic) or (s == "fsdd" and digits)
+        )
+        if not suites:
+            parser.error("none of --speakers belongs to the chosen --suite")
+    options = Options(
+        suites=tuple(suites),
+        synthetic=synthetic,
+        fsdd=digits,
+        threads=args.threads,
+        train=not args.no_train,
+        cross=not args.no_cross,
+        quick=args.quick,
+    )
+    return options, args.out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, out = parse_options(argv)
+    report = run(options)
+    print_report(report)
+    write_json(out, report)
+    chart = plot(report, out.with_suffix(".png"))
+    print(f"\nwrote {out}" + (f" and {chart}" if chart else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
