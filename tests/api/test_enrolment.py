@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -77,14 +78,16 @@ def enrolment_settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
 
 
 @pytest.fixture
-async def live_app(enrolment_settings: Settings, nf4_engine: WhisperEngine) -> FastAPI:
+async def live_app(
+    enrolment_settings: Settings, nf4_engine: WhisperEngine
+) -> AsyncIterator[FastAPI]:
     application = create_app(enrolment_settings, recognizer=nf4_engine)
     async with application.router.lifespan_context(application):
         yield application
 
 
 @pytest.fixture
-async def live_client(live_app: FastAPI) -> httpx.AsyncClient:
+async def live_client(live_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=live_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as http:
         yield http
@@ -94,12 +97,12 @@ async def wait_for_job(
     client: httpx.AsyncClient, job_id: str, headers: dict[str, str], within_s: float = 300
 ) -> dict[str, object]:
     deadline = time.monotonic() + within_s
-    seen_progress = []
+    seen_progress: list[float] = []
     while True:
         job: dict[str, object] = (
             await client.get(f"/v1/enrolments/{job_id}", headers=headers)
         ).json()
-        seen_progress.append(job["progress"])
+        seen_progress.append(float(str(job["progress"])))
         if job["status"] in ("succeeded", "failed", "cancelled"):
             assert seen_progress == sorted(seen_progress), "progress went backwards"
             return job
@@ -269,7 +272,7 @@ async def test_enrolment_rules_for_owners_and_jobs(
             async with state.sessions() as session:
                 keys = list(await session.scalars(select(Recording.blob_key)))
             assert len(keys) == len(recordings)
-            assert all(await state.adapter_store.exists(key) for key in keys)
+            assert all([await state.adapter_store.exists(key) for key in keys])
             deleted = await client.delete(f"/v1/users/{alice['id']}", headers=ADMIN)
             assert deleted.status_code == 204
             assert not any([await state.adapter_store.exists(key) for key in keys])

@@ -1,5 +1,7 @@
 """Makes adapters without training: random LoRA factors of the right shapes for a base model."""
 
+from typing import Any
+
 import torch
 
 from adapters_store import AdapterStore
@@ -20,11 +22,10 @@ def random_adapter(
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for name in target_module_names(engine.model, ATTENTION_TARGETS):
-        layer = engine.model.get_submodule(name)
-        tensors[f"{name}.lora_A"] = torch.randn(rank, layer.in_features, generator=generator)
-        tensors[f"{name}.lora_B"] = (
-            torch.randn(layer.out_features, rank, generator=generator) * strength
-        )
+        layer: Any = engine.model.get_submodule(name)
+        fan_in, fan_out = int(layer.in_features), int(layer.out_features)
+        tensors[f"{name}.lora_A"] = torch.randn(rank, fan_in, generator=generator)
+        tensors[f"{name}.lora_B"] = torch.randn(fan_out, rank, generator=generator) * strength
     return AdapterWeights(
         tensors=tensors, rank=rank, alpha=float(rank), base_fingerprint=engine.info.fingerprint
     )

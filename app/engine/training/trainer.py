@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,8 @@ __all__ = [
 ]
 
 EVALUATION_OPTIONS = TranscriptionOptions(language="en", with_timestamps=False)
-"""Dev-set transcription: greedy (with serving's fallback), no timestamps, no prompt."""
+"""Dev-set transcription: greedy (with serving's fallback), no timestamps, no prompt (the
+language is the config's)."""
 
 _DECODE_COST = 1.5
 """Progress weight of transcribing one dev utterance, relative to one training example."""
@@ -114,7 +115,7 @@ def train_lora(
         for _ in range(2)
     )
     base_parameters = base_parameter_count(trainer.model)
-    wer_before = _dev_wer(evaluator, dev, None, run) if dev else None
+    wer_before = _dev_wer(evaluator, dev, None, config, run) if dev else None
     examples = _examples(trainer, train, config)
     dev_examples = _examples(trainer, dev, config)
     layers = _init_lora(trainer, config)
@@ -427,20 +428,22 @@ def _evaluate(
         base_fingerprint=evaluator.info.fingerprint,
         encoder_window=config.encoder_window,
     )
-    return dev_loss, _dev_wer(evaluator, dev, adapter, run)
+    return dev_loss, _dev_wer(evaluator, dev, adapter, config, run)
 
 
 def _dev_wer(
     evaluator: WhisperEngine,
     dev: Sequence[Utterance],
     adapter: AdapterWeights | None,
+    config: TrainingConfig,
     run: _Run,
 ) -> float:
     """Dev WER as serving would score it: the base model (30 s window) or the adapter."""
+    options = replace(EVALUATION_OPTIONS, language=config.language)
     hypotheses = []
     for utterance in dev:
         run.check()
-        hypotheses.append(evaluator.transcribe(utterance.audio, EVALUATION_OPTIONS, adapter).text)
+        hypotheses.append(evaluator.transcribe(utterance.audio, options, adapter).text)
         what = "base model" if adapter is None else f"epoch {run.epoch}"
         run.advance(_DECODE_COST, f"{what}: transcribing the dev set")
     return wer([utterance.text for utterance in dev], hypotheses)
