@@ -16,7 +16,7 @@ from app.db.base import Base
 from app.db.migrate import alembic_config, upgrade_to_head
 from app.db.session import async_url, sync_url
 
-APP_TABLES = {"users", "adapter_blobs"}
+APP_TABLES = {"users", "adapter_blobs", "adapters", "enrolment_jobs", "recordings"}
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
-from app.engine.encoder import FULL_WINDOW_FRAMES
+from app.engine.encoder import FULL_WINDOW_FRAMES, EncoderWindow
 from app.engine.features import SAMPLE_RATE
 from app.engine.tokens import SpecialTokens
 from app.engine.training import (
@@ -200,7 +200,7 @@ def test_a_crashing_training_process_raises_training_failed(
 def test_training_window_is_what_serving_encodes(
     nf4_engine: WhisperEngine,
     monkeypatch: pytest.MonkeyPatch,
-    window: str,
+    window: EncoderWindow,
 ) -> None:
     audio = speech_16k(SENTENCES[0])  # clear speech: decoding it takes no fallback
     adapter = dataclasses.replace(

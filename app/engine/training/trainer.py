@@ -109,6 +109,7 @@ def train_lora(
         check_utterance(utterance, index)
     started = time.monotonic()
     run = _Run(config, len(train), len(dev), progress, should_stop)
+    run.advance(0.0, "loading the model")
     _seed_everything(config.seed)
     trainer, evaluator = (
         WhisperEngine.load(model_dir, precision=precision, device=device, threads=config.threads)
@@ -125,13 +126,7 @@ def train_lora(
     run.finish()
     metrics = {
         "wer_before": wer_before,
-        "wer_after": best.dev_wer,
-        "best_epoch": best.epoch,
-        "epochs_run": len(history),
-        "stopped_early": len(history) < config.epochs,
-        "epoch_train_loss": [h.train_loss for h in history],
-        "epoch_dev_loss": [h.dev_loss for h in history],
-        "epoch_dev_wer": [h.dev_wer for h in history],
+        **_history_metrics(history, best, config),
         "train_seconds": round(time.monotonic() - started, 3),
         "train_utterances": len(train),
         "dev_utterances": len(dev),
@@ -144,6 +139,20 @@ def train_lora(
         "torch_threads": torch.get_num_threads(),
     }
     return TrainingResult(adapter=adapter, metrics=metrics)
+
+
+def _history_metrics(
+    history: list["_Epoch"], best: "_Epoch", config: TrainingConfig
+) -> dict[str, Any]:
+    return {
+        "wer_after": best.dev_wer,
+        "best_epoch": best.epoch,
+        "epochs_run": len(history),
+        "stopped_early": len(history) < config.epochs,
+        "epoch_train_loss": [epoch.train_loss for epoch in history],
+        "epoch_dev_loss": [epoch.dev_loss for epoch in history],
+        "epoch_dev_wer": [epoch.dev_wer for epoch in history],
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +340,7 @@ def _fit(
         tensors = _snapshot(layers)
         result = _evaluate(trainer, evaluator, dev_examples, dev, tensors, config, pad, run)
         current = _Epoch(epoch, train_loss, *result, tensors=tensors)
-        history.append(current)
+        history.append(replace(current, tensors={}))  # only the best epoch's factors are kept
         if best is None or current.key < best.key:
             best, stale = current, 0
         else:
