@@ -583,12 +583,14 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     panels = [(kind, split) for kind in report["suites"] for split in EVAL_SPLITS[kind]]
     if not panels:
         return None
+    cross = report.get("cross_speaker")
+    rows = len(panels) + (1 if cross else 0)
     figure, axes = plt.subplots(
-        len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False, constrained_layout=True
+        rows, 1, figsize=(11, 3.2 * rows), squeeze=False, constrained_layout=True
     )
     colours = {"fp32": "#9e9e9e", "nf4": "#5c6bc0", "pqm": "#2e7d32"}
     labels = {"fp32": "fp32 base", "nf4": "NF4 base", "pqm": "NF4 + LoRA (PQM)"}
-    for axis, (kind, split) in zip(axes[:, 0], panels, strict=True):
+    for axis, (kind, split) in zip(axes[: len(panels), 0], panels, strict=True):
         entries = [e for e in report["speakers"] if e["suite"] == kind]
         names = [e["speaker"] for e in entries] + ["mean"]
         positions = np.arange(len(names))
@@ -610,10 +612,34 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         axis.set_title(f"{kind}: {title}")
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize="small", ncols=3)
+    if cross:
+        _plot_cross(axes[-1, 0], cross)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _plot_cross(axis: Any, cross: dict[str, Any]) -> None:
+    """Heat map of the cross-speaker table, each cell annotated with its WER."""
+    matrix = cross["matrix"]
+    row_names = list(matrix)
+    col_names = list(next(iter(matrix.values())))
+    values = np.array(
+        [[np.nan if matrix[r][c] is None else matrix[r][c] for c in col_names] for r in row_names],
+        dtype=np.float64,
+    )
+    image = axis.imshow(values, cmap="RdYlGn_r", vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(np.arange(len(col_names)), col_names)
+    axis.set_yticks(np.arange(len(row_names)), row_names)
+    axis.set_xlabel("test speaker")
+    axis.set_ylabel("adapter")
+    axis.set_title("fsdd: cross-speaker test WER")
+    for i in range(len(row_names)):
+        for j in range(len(col_names)):
+            if not np.isnan(values[i, j]):
+                axis.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    axis.figure.colorbar(image, ax=axis, shrink=0.8)
 
 
 # ---------------------------------------------------------------------------------------------
