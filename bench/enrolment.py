@@ -1,7 +1,7 @@
 """What enrolment buys: a speaker's test WER before and after training their LoRA adapter.
 
     python -m bench.enrolment [--quick] [--suite synthetic|fsdd|all] [--speakers a,b]
-                              [--threads 2] [--no-train] [--no-cross]
+                              [--threads 2] [--no-train] [--no-cross] [--no-cache]
                               [--out bench/results/enrolment.json]
 
 Per speaker, and averaged over speakers, on the speaker's test sentences:
@@ -21,14 +21,22 @@ rows = adapter, columns = test speaker).
 
 Memory: one fp32 engine evaluates every speaker and is released; then one NF4 engine evaluates
 the bases and every adapter (adapters are attached per call). `train_lora` loads its own models
-and releases them when it returns. Writes `enrolment.json` and a bar chart `enrolment.png`.
-`--quick`: two synthetic speakers and FSDD's george, for tuning in a few minutes.
+in a child process (`run_in_subprocess`, as the service trains), so they leave with it.
+Writes `enrolment.json` and a chart `enrolment.png` (WER bars per speaker, cross-speaker map).
+Base-model scores are cached under `bench/results/enrolment-cache/`, keyed by the exact audio,
+the model and the engine's source, so repeated (tuning) runs only pay for training and the
+adapters; `--no-cache` re-measures them.
+`--quick`: two synthetic speakers and FSDD's george, for tuning (about 20 minutes on two busy
+cores). The run sets OMP_WAIT_POLICY=PASSIVE unless it is set: on a shared machine spinning
+OpenMP workers starve each other.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
+import json
 import os
 import platform
 import sys
@@ -46,6 +54,7 @@ import numpy.typing as npt
 from bench import fsdd, speakers
 from bench.common import (
     MIB,
+    REPO_ROOT,
     RESULTS_DIR,
     SAMPLE_RATE,
     espeak_version,
@@ -65,6 +74,7 @@ if TYPE_CHECKING:
 BUNDLED_MODEL = "tiny.en"
 MODELS_DIR = RESULTS_DIR / "models"
 DEFAULT_OUT = RESULTS_DIR / "enrolment.json"
+CACHE_DIR = RESULTS_DIR / "enrolment-cache"
 SUITES = ("synthetic", "fsdd")
 QUICK_SYNTHETIC = speakers.QUICK_SPEAKERS[:2]
 QUICK_FSDD = ("george",)
@@ -92,6 +102,8 @@ class Scored:
     seconds: float
     """Transcription time of the whole split."""
     utterances: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False
+    """Read from the base-model cache (`seconds` is then the original run's)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -99,6 +111,7 @@ class Scored:
             "errors": self.errors,
             "words": self.words,
             "seconds": round(self.seconds, 2),
+            "cached": self.cached,
         }
 
 
@@ -116,6 +129,14 @@ class EvalSet:
     @property
     def seconds(self) -> float:
         return sum(len(a) for a in self.audio) / SAMPLE_RATE
+
+    def digest(self) -> str:
+        """Identifies the audio and transcripts exactly."""
+        sha = hashlib.sha256()
+        for utterance, audio in zip(self.utterances, self.audio, strict=True):
+            sha.update(utterance.text.encode() + b"\0")
+            sha.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+        return sha.hexdigest()
 
 
 def score(
@@ -150,6 +171,55 @@ def score(
     total_errors = sum(row["errors"] for row in rows)
     total_words = sum(row["words"] for row in rows)
     return Scored(wer(refs, hyps), total_errors, total_words, seconds, rows)
+
+
+class BaseCache:
+    """Base-model (no adapter) scores from earlier runs, so tuning runs only pay for training.
+
+    An entry is keyed by the precision, the suite, the exact audio and transcripts, the model's
+    fingerprint and the source of the engine (`app/engine/*.py`): a change to any of them misses.
+    """
+
+    def __init__(self, root: Path | None, model_dir: Path) -> None:
+        self.root = root
+        self.stamp = _engine_stamp(model_dir) if root is not None else ""
+
+    def _path(self, precision: str, kind: str, evalset: EvalSet) -> Path | None:
+        if self.root is None:
+            return None
+        key = hashlib.sha256(f"{self.stamp}|{precision}|{kind}|{evalset.digest()}".encode())
+        return self.root / f"{precision}-{kind}-{key.hexdigest()[:24]}.json"
+
+    def get(self, precision: str, kind: str, evalset: EvalSet) -> Scored | None:
+        path = self._path(precision, kind, evalset)
+        if path is None or not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return Scored(
+                wer=float(data["wer"]),
+                errors=int(data["errors"]),
+                words=int(data["words"]),
+                seconds=float(data["seconds"]),
+                utterances=list(data["utterances"]),
+                cached=True,
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, precision: str, kind: str, evalset: EvalSet, scored: Scored) -> None:
+        path = self._path(precision, kind, evalset)
+        if path is not None:
+            write_json(path, {**scored.summary(), "utterances": scored.utterances})
+
+
+def _engine_stamp(model_dir: Path) -> str:
+    from app.engine.model_import import describe_model_dir
+
+    sha = hashlib.sha256(describe_model_dir(model_dir).fingerprint.encode())
+    for source in sorted((REPO_ROOT / "app" / "engine").glob("*.py")):
+        sha.update(source.name.encode() + b"\0" + source.read_bytes())
+    return sha.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,15 +291,17 @@ class Trained:
 
 
 def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
+    """`train_lora` with the tuned defaults (but `threads`), in a child process as the service
+    runs it: its models and autograd memory go away with the child."""
     from app.engine.adapter_file import dump_adapter
-    from app.engine.training import TrainingConfig, train_lora
+    from app.engine.training import TrainingConfig, TrainingRequest, run_in_subprocess
     from app.engine.training import Utterance as TrainUtterance
 
     train = [TrainUtterance(load(u), u.text) for u in data.train]
     dev = [TrainUtterance(load(u), u.text) for u in data.dev]
     config = replace(TrainingConfig(), threads=threads)
     start = time.perf_counter()
-    result = train_lora(model_dir, train, dev, config, precision="nf4")
+    result = run_in_subprocess(TrainingRequest(model_dir, train, dev, config, precision="nf4"))
     wall = time.perf_counter() - start
     adapter = result.adapter
     metrics = dict(result.metrics)
@@ -262,7 +334,11 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
 def training_available() -> str | None:
     """None when the training API imports, else why not."""
     try:
-        from app.engine.training import TrainingConfig, train_lora  # noqa: F401
+        from app.engine.training import (  # noqa: F401
+            TrainingConfig,
+            TrainingRequest,
+            run_in_subprocess,
+        )
     except Exception as exc:  # an API being written may fail in any way on import
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -281,6 +357,7 @@ class Options:
     train: bool
     cross: bool
     quick: bool
+    cache: bool = True
 
 
 def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
@@ -333,23 +410,32 @@ def run(options: Options) -> dict[str, Any]:
     eval_audio_s = sum(e.seconds for e in evalsets.values())
     log(f"{len(results)} speakers, {len(evalsets)} evaluation sets, {eval_audio_s / 60:.1f} min")
 
-    # fp32: one engine for every speaker, then released.
+    cache = BaseCache(CACHE_DIR if options.cache else None, model_dir)
+
+    # fp32: one engine for every speaker (loaded only if the cache misses), then released.
     phase = time.perf_counter()
-    engine = load_engine(model_dir, "fp32", options.threads)
-    rss_fp32 = rss_bytes()
+    fp32_engine: WhisperEngine | None = None
+    rss_fp32: int | None = None
     for suite in suites:
         for name in suite.speakers:
             speaker_start = time.perf_counter()
             for split in EVAL_SPLITS[suite.kind]:
                 key = (suite.kind, name, split)
-                if key in evalsets:
-                    scored = score(engine, evalsets[key], suite.score_text)
-                    results[suite.kind, name].splits.setdefault(split, {})["fp32"] = scored
+                if key not in evalsets:
+                    continue
+                scored = cache.get("fp32", suite.kind, evalsets[key])
+                if scored is None:
+                    if fp32_engine is None:
+                        fp32_engine = load_engine(model_dir, "fp32", options.threads)
+                        rss_fp32 = rss_bytes()
+                    scored = score(fp32_engine, evalsets[key], suite.score_text)
+                    cache.put("fp32", suite.kind, evalsets[key], scored)
+                results[suite.kind, name].splits.setdefault(split, {})["fp32"] = scored
             seconds = time.perf_counter() - speaker_start
             wers = _wers(results[suite.kind, name], "fp32")
             log(f"fp32 {suite.kind}/{name}: {wers} ({seconds:.0f} s)")
     fp32_seconds = time.perf_counter() - phase
-    del engine
+    del fp32_engine
     gc.collect()
 
     # NF4: one engine for the bases and every adapter.
@@ -363,7 +449,11 @@ def run(options: Options) -> dict[str, Any]:
             splits = [s for s in EVAL_SPLITS[suite.kind] if (suite.kind, name, s) in evalsets]
             for split in splits:
                 evalset = evalsets[suite.kind, name, split]
-                result.splits[split]["nf4"] = score(engine, evalset, suite.score_text)
+                scored = cache.get("nf4", suite.kind, evalset)
+                if scored is None:
+                    scored = score(engine, evalset, suite.score_text)
+                    cache.put("nf4", suite.kind, evalset, scored)
+                result.splits[split]["nf4"] = scored
             if train_error is None:
                 try:
                     trained = train_speaker(model_dir, data, options.threads)
@@ -540,9 +630,10 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"\nno adapters trained: {report['training_error']}")
     timing = report["timing"]
     memory = report["memory"]
+    fp32_rss = memory["rss_with_fp32_engine_bytes"]
+    fp32_text = "-" if fp32_rss is None else f"{fp32_rss / MIB:.0f} MiB"
     print(
-        f"\ntotal {timing['total_s']:.0f} s; RSS with fp32 engine "
-        f"{memory['rss_with_fp32_engine_bytes'] / MIB:.0f} MiB, with nf4 engine "
+        f"\ntotal {timing['total_s']:.0f} s; RSS with fp32 engine {fp32_text}, with nf4 engine "
         f"{memory['rss_with_nf4_engine_bytes'] / MIB:.0f} MiB, at end "
         f"{memory['rss_end_bytes'] / MIB:.0f} MiB"
     )
@@ -567,7 +658,7 @@ def _adapter_means(entries: Sequence[dict[str, Any]]) -> list[object]:
     if not trained:
         return ["-"] * 5
     seconds = mean(e["training"]["wall_seconds"] for e in trained)
-    return ["", "", "", f"{seconds:.0f}" if seconds is not None else "-", ""]
+    return [None, None, None, None if seconds is None else f"{seconds:.0f}", None]
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
@@ -595,10 +686,12 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         names = [e["speaker"] for e in entries] + ["mean"]
         positions = np.arange(len(names))
         width = 0.27
+        heights_seen: list[float] = []
         for offset, model in enumerate(MODELS):
             values = [e["splits"].get(split, {}).get(model, {}).get("wer") for e in entries]
             values.append(report["suites"][kind]["averages"][split][model])
             heights = [np.nan if v is None else min(v, 1.5) for v in values]
+            heights_seen += heights
             axis.bar(
                 positions + (offset - 1) * width,
                 heights,
@@ -608,10 +701,13 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
             )
         axis.set_xticks(positions, names, rotation=20, ha="right")
         axis.set_ylabel("WER (capped at 1.5)")
-        title = "held-out sentences" if split == "heldout" else "test sentences"
+        top = max((v for v in heights_seen if not np.isnan(v)), default=1.0)
+        axis.set_ylim(0.0, max(top, 0.1) * 1.3)  # headroom for the legend
+        titles = {"heldout": "held-out sentences", "test": "test sentences"}
+        title = "test digit strings" if kind == "fsdd" else titles.get(split, split)
         axis.set_title(f"{kind}: {title}")
         axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize="small", ncols=3)
+        axis.legend(fontsize="small", ncols=3, loc="upper left")
     if cross:
         _plot_cross(axes[-1, 0], cross)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -654,6 +750,9 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (eval + training)")
     parser.add_argument("--no-train", action="store_true", help="base models only")
     parser.add_argument("--no-cross", action="store_true", help="skip the cross-speaker table")
+    parser.add_argument(
+        "--no-cache", action="store_true", help=f"re-measure the base models (cache: {CACHE_DIR})"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     args = parser.parse_args(argv)
     suites: tuple[str, ...] = SUITES if args.suite == "all" else (args.suite,)
@@ -684,6 +783,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         train=not args.no_train,
         cross=not args.no_cross,
         quick=args.quick,
+        cache=not args.no_cache,
     )
     return options, args.out
 

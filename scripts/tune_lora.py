@@ -200,8 +200,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "t2": {"threads": 2},
     "drop0.1": {"dropout": 0.1},
     "r10": {"rank": 10, "alpha": 20.0},
-    "r16a16": {"rank": 16, "alpha": 16.0},
-    "attn_r16_lr2e-3": {"targets": ATTENTION_TARGETS, "rank": 16, "alpha": 32.0, "learning_rate": 2e-3},
     "wd0.1": {"weight_decay": 0.1},
     "drop0": {"dropout": 0.0},
 }

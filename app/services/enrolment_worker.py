@@ -330,7 +330,8 @@ def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:
         config = replace(config, epochs=int(params["epochs"]))
     if params.get("rank"):
         rank = int(params["rank"])
-        config = replace(config, rank=rank, alpha=default.alpha * rank / default.rank)
+        alpha = None if default.alpha is None else default.alpha * rank / default.rank
+        config = replace(config, rank=rank, alpha=alpha)
     return config
 
 

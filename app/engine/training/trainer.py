@@ -433,7 +433,7 @@ def _evaluate(
     adapter = AdapterWeights(
         tensors=tensors,
         rank=config.rank,
-        alpha=config.alpha,
+        alpha=config.lora_alpha,
         base_fingerprint=evaluator.info.fingerprint,
         encoder_window=config.encoder_window,
     )
@@ -481,7 +481,7 @@ def _adapter(
     return AdapterWeights(
         tensors=tensors,
         rank=config.rank,
-        alpha=config.alpha,
+        alpha=config.lora_alpha,
         base_fingerprint=fingerprint,
         encoder_window=config.encoder_window,
         extra=extra,
