@@ -30,9 +30,23 @@ class ModelSettings(BaseModel):
 
 
 class QueueSettings(BaseModel):
-    max_pending: int = Field(default=32, ge=1)
+    max_pending: int = Field(default=64, ge=1)
     """Transcriptions waiting or running at once; beyond it the API answers 503 + Retry-After."""
     retry_after_s: int = Field(default=2, ge=1)
+    max_batch_size: int = Field(default=8, ge=1)
+    """Requests the model advances together in one pass."""
+    max_wait_ms: float = Field(default=10.0, ge=0)
+    """How long a request that arrives at an idle model waits for others to batch with."""
+
+
+class AdapterCacheSettings(BaseModel):
+    """The adapter cache tiers in front of the adapter store."""
+
+    resident_slots: int = Field(default=16, ge=1)
+    """Adapters held in the model's LoRA banks (device memory), least recently used evicted;
+    at least `queue.max_batch_size`, so that a full batch of different users fits."""
+    host_cache_mb: int = Field(default=128, ge=1)
+    """Budget for deserialised adapters in host memory, least recently used evicted."""
 
 
 class EnrolmentSettings(BaseModel):
@@ -73,13 +87,25 @@ class Settings(BaseSettings):
     """Unset: one is generated on first start, stored (mode 0600) in the data directory."""
     max_upload_bytes: int = Field(default=25 * MIB, ge=1)
     max_audio_seconds: float = Field(default=4 * 3600, gt=0)
+    max_adapter_bytes: int = Field(default=64 * MIB, ge=1)
+    """Largest adapter file an import accepts (413 above it)."""
     adapter_store: Literal["sql", "filesystem"] = "sql"
     """Where adapter weights live: blobs in the database, or files under `<data_dir>/adapters`."""
     log_level: str = "INFO"
     log_json: bool = True
     model: ModelSettings = Field(default_factory=ModelSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    adapters: AdapterCacheSettings = Field(default_factory=AdapterCacheSettings)
     enrolment: EnrolmentSettings = Field(default_factory=EnrolmentSettings)
+
+    @model_validator(mode="after")
+    def _slots_fit_a_batch(self) -> "Settings":
+        if self.adapters.resident_slots < self.queue.max_batch_size:
+            raise ValueError(
+                "adapters.resident_slots must be at least queue.max_batch_size "
+                f"({self.adapters.resident_slots} < {self.queue.max_batch_size})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_weak_admin_key_in_production(self) -> "Settings":

@@ -83,6 +83,14 @@ class UnprocessableError(AppError):
     default_code = "invalid_value"
 
 
+class DataIntegrityError(AppError):
+    """Stored data is missing or fails its checksum: it is reported, never served as intact."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "data_integrity_error"
+
+
 class ServiceUnavailableError(AppError):
     status_code = 503
     error_type = "server_error"

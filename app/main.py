@@ -14,11 +14,12 @@ from adapters_store import AdapterStore, FilesystemStore, SqlBlobStore
 from app.api import adapters, audio, enrolments, health, models, prompts, users
 from app.api import metrics as metrics_api
 from app.api.middleware import AccessLogMiddleware, BodySizeLimitMiddleware
-from app.config import Settings
+from app.config import MIB, Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
+from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
-from app.engine.scheduler import InferenceQueue
+from app.engine.whisper import TranscriptionTask
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.services.adapters import ActiveAdapters
@@ -31,6 +32,9 @@ from app.state import ServiceState
 logger = logging.getLogger(__name__)
 
 ENROLMENT_PATH = r"/v1/users/[^/]+/enrolments"
+ADAPTER_IMPORT_PATH = r"/v1/users/[^/]+/adapters"
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+"""Room for the multipart framing and form fields around an uploaded adapter file."""
 
 
 def create_app(
@@ -54,7 +58,7 @@ def create_app(
             stop.set()
             if worker is not None:
                 await worker
-            state.queue.shutdown()
+            state.scheduler.shutdown()
             await state.db_engine.dispose()
 
     app = FastAPI(
@@ -79,7 +83,10 @@ def create_app(
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_upload_bytes,
-        overrides=[(ENROLMENT_PATH, settings.enrolment.max_upload_bytes)],
+        overrides=[
+            (ENROLMENT_PATH, settings.enrolment.max_upload_bytes),
+            (ADAPTER_IMPORT_PATH, settings.max_adapter_bytes + MULTIPART_OVERHEAD_BYTES),
+        ],
     )
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app
@@ -99,12 +106,18 @@ async def _start(
     )
     if recognizer is None:
         recognizer = await asyncio.to_thread(load_recognizer, settings)
-    queue = InferenceQueue(settings.queue.max_pending)
+    scheduler = new_scheduler(settings, recognizer, metrics)
     adapter_store = adapter_store_for(settings, sessions)
+    adapters = ActiveAdapters(
+        adapter_store,
+        recognizer,
+        capacity_bytes=settings.adapters.host_cache_mb * MIB,
+        metrics=metrics,
+    )
     transcription = TranscriptionService(
         recognizer,
-        queue,
-        ActiveAdapters(adapter_store, recognizer, metrics=metrics),
+        scheduler,
+        adapters,
         metrics,
         max_audio_seconds=settings.max_audio_seconds,
         retry_after_s=settings.queue.retry_after_s,
@@ -126,7 +139,7 @@ async def _start(
         sessions=sessions,
         admin_key=admin_key,
         recognizer=recognizer,
-        queue=queue,
+        scheduler=scheduler,
         transcription=transcription,
         adapter_store=adapter_store,
         started_at=int(time.time()),
@@ -136,7 +149,20 @@ async def _start(
 
 def _worker_context(state: ServiceState) -> WorkerContext:
     return WorkerContext.create(
-        state.settings, state.sessions, state.adapter_store, state.recognizer, state.queue
+        state.settings, state.sessions, state.adapter_store, state.recognizer, state.scheduler
+    )
+
+
+def new_scheduler(
+    settings: Settings, recognizer: SpeechRecognizer, metrics: Metrics | None = None
+) -> BatchScheduler[TranscriptionTask]:
+    queue = settings.queue
+    return BatchScheduler(
+        recognizer,
+        max_batch_size=queue.max_batch_size,
+        max_wait_s=queue.max_wait_ms / 1000,
+        max_pending=queue.max_pending,
+        observer=metrics,
     )
 
 

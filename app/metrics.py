@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 @dataclass
@@ -34,14 +36,21 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "pqm_queue_wait_seconds",
-            "Time a transcription waited for the inference thread.",
+            "Time a transcription waited before joining a batch.",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.transcription_latency = Histogram(
+            "pqm_transcription_seconds",
+            "Time from queueing a transcription to its transcript (queue wait + model).",
+            ["personalised"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.inference = Histogram(
-            "pqm_inference_seconds",
-            "Model time per transcription.",
-            buckets=LATENCY_BUCKETS,
+        self.batch_size = Histogram(
+            "pqm_batch_size",
+            "Requests advanced together per model round.",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.audio_seconds = Counter(
@@ -57,7 +66,13 @@ class Metrics:
             registry=r,
         )
         self.adapters_resident = Gauge(
-            "pqm_adapters_resident", "Deserialised adapters held in memory.", registry=r
+            "pqm_adapters_resident",
+            "Adapters held per cache tier (host: deserialised; slots: in the model's banks).",
+            ["tier"],
+            registry=r,
+        )
+        self.adapter_cache_bytes = Gauge(
+            "pqm_adapter_cache_bytes", "Bytes held per adapter cache tier.", ["tier"], registry=r
         )
         self.enrolment_jobs = Gauge(
             "pqm_enrolment_jobs",
@@ -65,6 +80,14 @@ class Metrics:
             ["status"],
             registry=r,
         )
+
+    def batch(self, size: int) -> None:
+        """`BatchObserver`: one model round advanced `size` requests."""
+        self.batch_size.observe(size)
+
+    def started(self, waited_s: float) -> None:
+        """`BatchObserver`: a request joined a batch after `waited_s` in the queue."""
+        self.queue_wait.observe(waited_s)
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

@@ -6,8 +6,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from adapters_store import AdapterStore
 from app.config import Settings
+from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
-from app.engine.scheduler import InferenceQueue
+from app.engine.whisper import TranscriptionTask
 from app.metrics import Metrics
 from app.services.transcription import TranscriptionService
 
@@ -19,7 +20,7 @@ class ServiceState:
     sessions: async_sessionmaker[AsyncSession]
     admin_key: str
     recognizer: SpeechRecognizer
-    queue: InferenceQueue
+    scheduler: BatchScheduler[TranscriptionTask]
     transcription: TranscriptionService
     adapter_store: AdapterStore
     metrics: Metrics

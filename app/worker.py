@@ -7,8 +7,7 @@ import signal
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
-from app.engine.scheduler import InferenceQueue
-from app.main import adapter_store_for
+from app.main import adapter_store_for, new_scheduler
 from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
 from app.services.model_loading import load_recognizer
 
@@ -21,9 +20,9 @@ async def run_worker(settings: Settings) -> None:
     db_engine = create_engine(database_url)
     sessions = create_sessionmaker(db_engine)
     recognizer = await asyncio.to_thread(load_recognizer, settings)
-    queue = InferenceQueue(settings.queue.max_pending)
+    scheduler = new_scheduler(settings, recognizer)
     store = adapter_store_for(settings, sessions)
-    context = WorkerContext.create(settings, sessions, store, recognizer, queue)
+    context = WorkerContext.create(settings, sessions, store, recognizer, scheduler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -31,5 +30,5 @@ async def run_worker(settings: Settings) -> None:
     try:
         await EnrolmentWorker(context).run(stop)
     finally:
-        queue.shutdown()
+        scheduler.shutdown()
         await db_engine.dispose()

@@ -30,7 +30,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.model.path is None
     assert settings.adapter_store == "sql"
     assert settings.admin_key is None
-    assert settings.queue.max_pending == 32
+    assert settings.queue.max_pending == 64
 
 
 def test_reads_prefixed_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
-"""A user's adapters: list, delete, activate."""
+"""A user's adapters: list, import, export, delete, activate."""
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.schemas import AdapterList, AdapterPublic, error_responses
-from app.services import adapters
+from app.services import adapter_transfer, adapters
+from app.services.adapter_transfer import AdapterUpload
 
 router = APIRouter(prefix="/v1/users/{user_id}/adapters", tags=["adapters"])
 
@@ -13,6 +16,60 @@ router = APIRouter(prefix="/v1/users/{user_id}/adapters", tags=["adapters"])
 async def list_adapters(user_id: str, session: SessionDep, principal: PrincipalDep) -> AdapterList:
     rows = await adapters.list_adapters(session, principal, user_id)
     return AdapterList(data=[AdapterPublic.model_validate(row) for row in rows])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdapterPublic,
+    responses=error_responses(400, 401, 404, 413, 422),
+)
+async def import_adapter(
+    user_id: str,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    file: Annotated[UploadFile, File(description="An adapter file (safetensors) to import.")],
+    activate: Annotated[bool, Form(description="Make it the user's active adapter.")] = True,
+) -> AdapterPublic:
+    limit = state.settings.max_adapter_bytes
+    adapter = await adapter_transfer.import_adapter(
+        session,
+        state.adapter_store,
+        state.recognizer,
+        principal,
+        user_id,
+        AdapterUpload(data=await file.read(limit + 1), activate=activate),
+        limit,
+    )
+    return AdapterPublic.model_validate(adapter)
+
+
+@router.get(
+    "/{adapter_id}/weights",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The adapter file (safetensors, metadata in its header).",
+        },
+        **error_responses(401, 404, 500),
+    },
+)
+async def export_adapter(
+    user_id: str, adapter_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> Response:
+    exported = await adapter_transfer.export_adapter(
+        session, state.adapter_store, principal, user_id, adapter_id
+    )
+    return Response(
+        exported.data,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{exported.filename}"',
+            "ETag": f'"{exported.sha256}"',
+        },
+    )
 
 
 @router.delete(

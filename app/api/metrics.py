@@ -22,5 +22,9 @@ async def metrics(state: StateDep, session: SessionDep, principal: PrincipalDep)
     counts = await EnrolmentRepository(session).count_by_status()
     for status in JOB_STATUSES:
         state.metrics.enrolment_jobs.labels(status).set(counts.get(status, 0))
-    state.metrics.queue_pending.set(state.queue.pending)
+    state.metrics.queue_pending.set(state.scheduler.pending)
+    slots = state.recognizer.slot_stats()
+    if slots is not None:
+        state.metrics.adapters_resident.labels("slots").set(slots.resident)
+        state.metrics.adapter_cache_bytes.labels("slots").set(slots.bank_bytes)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,11 +1,14 @@
 """The adapter file: LoRA factors in safetensors, with what they fit in the header metadata.
 
-Files are untrusted input when imported: `load_adapter` parses with safetensors (no pickle),
-and `check_compatible` refuses anything that does not fit the served base model exactly.
+Files are untrusted input when imported: `load_adapter` parses with safetensors (no pickle) and
+checks the file on its own terms; `check_compatible` refuses anything that does not fit the
+served base model exactly. `dump_adapter` is byte-reproducible: the same weights always give
+the same file.
 """
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import cast, get_args
 
@@ -21,18 +24,35 @@ from app.engine.lora import LoraLinear
 
 __all__ = [
     "ADAPTER_FORMAT",
+    "MAX_RANK",
+    "METHODS",
     "AdapterFileError",
     "AdapterWeights",
+    "BaseModelMismatchError",
     "check_compatible",
     "dump_adapter",
     "load_adapter",
 ]
 
 ADAPTER_FORMAT = "pqm-lora/1"
+METHODS = ("lora",)
+MAX_RANK = 256
+MAX_EXTRA_ENTRIES = 32
+MAX_EXTRA_VALUE_CHARS = 4096
+_EXTRA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_KNOWN_METADATA = frozenset(
+    {"format", "method", "rank", "alpha", "base_fingerprint", "encoder_window", "target_modules"}
+)
+_FACTORS = ("lora_A", "lora_B")
+_HEADER_ALIGNMENT = 8
 
 
 class AdapterFileError(EngineError):
     """An adapter file is malformed or does not fit the served base model."""
+
+
+class BaseModelMismatchError(AdapterFileError):
+    """The adapter was trained for another base model than the one served."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +80,7 @@ class AdapterWeights:
 
 
 def dump_adapter(adapter: AdapterWeights) -> bytes:
+    """The safetensors file; identical weights and metadata always give identical bytes."""
     metadata = {
         **adapter.extra,
         "format": ADAPTER_FORMAT,
@@ -70,49 +91,156 @@ def dump_adapter(adapter: AdapterWeights) -> bytes:
         "encoder_window": adapter.encoder_window,
         "target_modules": json.dumps(adapter.target_modules),
     }
-    tensors = {name: t.detach().float().cpu().contiguous() for name, t in adapter.tensors.items()}
-    data: bytes = save_safetensors(tensors, metadata=metadata)
-    return data
+    tensors = {
+        name: adapter.tensors[name].detach().float().cpu().contiguous()
+        for name in sorted(adapter.tensors)
+    }
+    return _canonical_header(save_safetensors(tensors, metadata=metadata))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """safetensors lays tensors out in a fixed order but writes the metadata from a hash map,
+    in an order that changes from call to call; the header is rewritten with sorted keys (the
+    tensor bytes, addressed relative to the end of the header, are untouched)."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % _HEADER_ALIGNMENT)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def load_adapter(data: bytes) -> AdapterWeights:
+    """Parses and checks an adapter file on its own terms (not yet against a base model)."""
+    tensors, metadata = _parse(data)
+    if metadata.get("format") != ADAPTER_FORMAT:
+        raise AdapterFileError(f"metadata 'format' must be {ADAPTER_FORMAT!r}")
+    method = metadata.get("method", "lora")
+    if method not in METHODS:
+        raise AdapterFileError(f"unknown method {method!r} (supported: {', '.join(METHODS)})")
+    rank, alpha = _rank(metadata), _alpha(metadata)
+    _check_factor_ranks(tensors, rank)
+    adapter = AdapterWeights(
+        tensors=tensors,
+        rank=rank,
+        alpha=alpha,
+        base_fingerprint=_required(metadata, "base_fingerprint"),
+        encoder_window=_encoder_window(metadata),
+        method=method,
+        extra=_extra(metadata),
+    )
+    _check_target_modules(metadata, adapter)
+    return adapter
+
+
+def _parse(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         tensors = load_safetensors(data)
         metadata = _metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, ValueError) as exc:
         raise AdapterFileError(f"not a safetensors file: {exc}") from exc
-    if metadata.get("format") != ADAPTER_FORMAT:
-        raise AdapterFileError(f"metadata 'format' must be {ADAPTER_FORMAT!r}")
-    try:
-        rank, alpha = int(metadata["rank"]), float(metadata["alpha"])
-        fingerprint = metadata["base_fingerprint"]
-        window = metadata.get("encoder_window", "full")
-    except (KeyError, ValueError) as exc:
-        raise AdapterFileError(f"metadata is missing or malformed: {exc}") from exc
-    if window not in get_args(EncoderWindow):
-        raise AdapterFileError(f"unknown encoder_window {window!r}")
-    encoder_window = cast(EncoderWindow, window)
-    if rank < 1 or not math.isfinite(alpha):
-        raise AdapterFileError("rank must be >= 1 and alpha finite")
-    known = {"format", "method", "rank", "alpha", "base_fingerprint", "encoder_window"}
-    return AdapterWeights(
-        tensors=dict(tensors),
-        rank=rank,
-        alpha=alpha,
-        base_fingerprint=fingerprint,
-        encoder_window=encoder_window,
-        method=metadata.get("method", "lora"),
-        extra={k: v for k, v in metadata.items() if k not in known | {"target_modules"}},
-    )
+    return dict(tensors), metadata
 
 
 def _metadata(data: bytes) -> dict[str, str]:
     header_length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_length])
+    header = json.loads(data[8 : 8 + header_length], object_pairs_hook=_unique_keys)
     metadata = header.get("__metadata__") or {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise ValueError("metadata must map strings to strings")
     return dict(metadata)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the header names {key!r} twice")
+        seen[key] = value
+    return seen
+
+
+def _required(metadata: dict[str, str], key: str) -> str:
+    value = metadata.get(key)
+    if not value:
+        raise AdapterFileError(f"metadata {key!r} is missing")
+    return value
+
+
+def _rank(metadata: dict[str, str]) -> int:
+    text = _required(metadata, "rank")
+    if not (text.isascii() and text.isdigit()):
+        raise AdapterFileError(f"metadata 'rank' must be a whole number, not {text!r}")
+    rank = int(text)
+    if not 1 <= rank <= MAX_RANK:
+        raise AdapterFileError(f"metadata 'rank' must be between 1 and {MAX_RANK}, not {rank}")
+    return rank
+
+
+def _alpha(metadata: dict[str, str]) -> float:
+    text = _required(metadata, "alpha")
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = math.nan
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise AdapterFileError(f"metadata 'alpha' must be a positive finite number, not {text!r}")
+    return alpha
+
+
+def _encoder_window(metadata: dict[str, str]) -> EncoderWindow:
+    window = metadata.get("encoder_window", "full")
+    if window not in get_args(EncoderWindow):
+        raise AdapterFileError(f"unknown encoder_window {window!r}")
+    return cast(EncoderWindow, window)
+
+
+def _extra(metadata: dict[str, str]) -> dict[str, str]:
+    """Provenance written alongside (trainer, seed, ...): kept, but bounded."""
+    extra = {k: v for k, v in metadata.items() if k not in _KNOWN_METADATA}
+    if len(extra) > MAX_EXTRA_ENTRIES:
+        raise AdapterFileError(
+            f"metadata holds {len(extra)} extra entries; at most {MAX_EXTRA_ENTRIES} are allowed"
+        )
+    for key, value in extra.items():
+        if not _EXTRA_KEY.fullmatch(key):
+            raise AdapterFileError(f"metadata key {key!r} is not a valid name")
+        if len(value) > MAX_EXTRA_VALUE_CHARS:
+            raise AdapterFileError(
+                f"metadata {key!r} is longer than {MAX_EXTRA_VALUE_CHARS} characters"
+            )
+    return extra
+
+
+def _check_factor_ranks(tensors: dict[str, Tensor], rank: int) -> None:
+    """Every factor is a matrix whose rank side agrees with the metadata's rank."""
+    for name, tensor in tensors.items():
+        if tensor.dim() != 2:
+            raise AdapterFileError(
+                f"tensor {name!r} must be a matrix, not of shape {tuple(tensor.shape)}"
+            )
+        kind = name.rpartition(".")[2]
+        if kind not in _FACTORS:
+            continue
+        found = tensor.shape[0] if kind == "lora_A" else tensor.shape[1]
+        if found != rank:
+            raise AdapterFileError(
+                f"tensor {name!r} has rank {found}, but metadata 'rank' is {rank}"
+            )
+
+
+def _check_target_modules(metadata: dict[str, str], adapter: AdapterWeights) -> None:
+    if "target_modules" not in metadata:
+        return
+    try:
+        declared = json.loads(metadata["target_modules"])
+    except json.JSONDecodeError:
+        declared = None
+    if declared != adapter.target_modules:
+        raise AdapterFileError(
+            "metadata 'target_modules' does not list exactly the modules the tensors adapt"
+        )
 
 
 def check_compatible(
@@ -120,30 +248,38 @@ def check_compatible(
 ) -> None:
     """Raises `AdapterFileError` unless every tensor fits a layer of this exact base model."""
     if adapter.base_fingerprint != fingerprint:
-        raise AdapterFileError(
+        raise BaseModelMismatchError(
             "adapter was trained for a different base model "
             f"(fingerprint {adapter.base_fingerprint[:12]}…, served {fingerprint[:12]}…)"
         )
+    if adapter.method not in METHODS:
+        raise AdapterFileError(f"unknown method {adapter.method!r}")
     if not adapter.tensors:
         raise AdapterFileError("adapter holds no tensors")
     for name, tensor in adapter.tensors.items():
-        module, _, kind = name.rpartition(".")
-        layer = layers.get(module)
-        if layer is None or kind not in ("lora_A", "lora_B"):
-            raise AdapterFileError(f"tensor {name!r} matches no adaptable layer of the base model")
-        expected = (
-            (adapter.rank, layer.in_features)
-            if kind == "lora_A"
-            else (layer.out_features, adapter.rank)
+        _check_tensor(adapter, name, tensor, layers)
+
+
+def _check_tensor(
+    adapter: AdapterWeights, name: str, tensor: Tensor, layers: dict[str, LoraLinear]
+) -> None:
+    module, _, kind = name.rpartition(".")
+    layer = layers.get(module)
+    if layer is None or kind not in _FACTORS:
+        raise AdapterFileError(f"tensor {name!r} matches no adaptable layer of the base model")
+    expected = (
+        (adapter.rank, layer.in_features)
+        if kind == "lora_A"
+        else (layer.out_features, adapter.rank)
+    )
+    if tuple(tensor.shape) != expected:
+        raise AdapterFileError(
+            f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected}"
         )
-        if tuple(tensor.shape) != expected:
-            raise AdapterFileError(
-                f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected}"
-            )
-        if tensor.dtype != torch.float32:
-            raise AdapterFileError(f"tensor {name!r} must be float32, not {tensor.dtype}")
-        if not bool(torch.isfinite(tensor).all()):
-            raise AdapterFileError(f"tensor {name!r} holds NaN or infinite values")
-        partner = f"{module}.lora_B" if kind == "lora_A" else f"{module}.lora_A"
-        if partner not in adapter.tensors:
-            raise AdapterFileError(f"tensor {name!r} has no matching {partner!r}")
+    if tensor.dtype != torch.float32:
+        raise AdapterFileError(f"tensor {name!r} must be float32, not {tensor.dtype}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise AdapterFileError(f"tensor {name!r} holds NaN or infinite values")
+    partner = f"{module}.lora_B" if kind == "lora_A" else f"{module}.lora_A"
+    if partner not in adapter.tensors:
+        raise AdapterFileError(f"tensor {name!r} has no matching {partner!r}")

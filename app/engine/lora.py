@@ -1,12 +1,15 @@
 """Low-rank adapters (LoRA) on Whisper's projections, the same module for training and serving.
 
-`LoraLinear` wraps a frozen base projection (fp32, int8 or NF4) and adds `scale * B(A(x))`.
-In serving, the A/B tensors of the request's adapter are attached for the duration of one
-request (no copy); with none attached the layer is exactly the base projection.
+`LoraLinear` wraps a frozen base projection (fp32, int8 or NF4) and adds a low-rank update:
+
+* in training, one adapter's trainable factors: `scale * B(A(x))`;
+* in serving, a *bank* of resident adapters (`A[slots, in, r]`, `B[slots, r, out]`, the scale
+  folded into B, zero-padded to the bank's rank, slot 0 all zeros) and a per-row slot index
+  shared by every layer (`LoraRouting`): row i of the batch gets `x_i @ A[s_i] @ B[s_i]`, so
+  one forward pass serves requests with different adapters (or none) side by side.
 """
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +20,7 @@ __all__ = [
     "FFN_TARGETS",
     "LoraConfig",
     "LoraLinear",
-    "attached",
+    "LoraRouting",
     "inject_lora",
     "lora_modules",
     "lora_state_dict",
@@ -41,23 +44,45 @@ class LoraConfig:
         return self.alpha / self.rank
 
 
+class LoraRouting:
+    """Which bank slot each row of the current batch uses; shared by all layers of a model.
+
+    `slots` is None while no row uses an adapter, so base-model traffic pays nothing for LoRA.
+    """
+
+    def __init__(self) -> None:
+        self.slots: Tensor | None = None
+
+
 class LoraLinear(nn.Module):
     def __init__(self, base: nn.Module, in_features: int, out_features: int) -> None:
         super().__init__()
         self.base = base
         self.in_features = in_features
         self.out_features = out_features
-        self.lora_a: Tensor | None = None  # [rank, in_features]
-        self.lora_b: Tensor | None = None  # [out_features, rank]
+        self.lora_a: Tensor | None = None  # [rank, in_features] (training)
+        self.lora_b: Tensor | None = None  # [out_features, rank] (training)
         self.scale = 0.0
         self.dropout: nn.Module = nn.Identity()
+        self.bank_a: Tensor | None = None  # [slots, in_features, bank rank] (serving)
+        self.bank_b: Tensor | None = None  # [slots, bank rank, out_features] (serving)
+        self.routing: LoraRouting | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        output: Tensor = self.base(x)
-        if self.lora_a is None or self.lora_b is None:
-            return output
-        update: Tensor = (self.dropout(x) @ self.lora_a.T) @ self.lora_b.T
-        return output + update * self.scale
+        return self.adapt(x, self.base(x))
+
+    def adapt(self, x: Tensor, output: Tensor) -> Tensor:
+        """Adds this layer's low-rank update for `x` to the base projection's `output`."""
+        if self.lora_a is not None and self.lora_b is not None:
+            update: Tensor = (self.dropout(x) @ self.lora_a.T) @ self.lora_b.T
+            output = output + update * self.scale
+        slots = self.routing.slots if self.routing is not None else None
+        if slots is not None and self.bank_a is not None and self.bank_b is not None:
+            rows = x.reshape(x.shape[0], -1, self.in_features)  # [batch, tokens, in]
+            low = torch.bmm(rows, self.bank_a.index_select(0, slots))
+            routed = torch.bmm(low, self.bank_b.index_select(0, slots))
+            output = output + routed.reshape(output.shape)
+        return output
 
     def init_trainable(self, config: LoraConfig, generator: torch.Generator) -> None:
         """Fresh trainable factors: A random (Kaiming-uniform), B zero, so training starts at the
@@ -69,9 +94,6 @@ class LoraLinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, config.rank, device=device))
         self.scale = config.scale
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-
-    def attach(self, a: Tensor | None, b: Tensor | None, scale: float) -> None:
-        self.lora_a, self.lora_b, self.scale = a, b, scale
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -118,20 +140,3 @@ def lora_state_dict(layers: Mapping[str, LoraLinear]) -> dict[str, Tensor]:
         state[f"{name}.lora_A"] = layer.lora_a.detach().float().cpu().contiguous()
         state[f"{name}.lora_B"] = layer.lora_b.detach().float().cpu().contiguous()
     return state
-
-
-@contextmanager
-def attached(
-    layers: Mapping[str, LoraLinear], tensors: Mapping[str, Tensor] | None, scale: float
-) -> Iterator[None]:
-    """Attaches an adapter's factors to the layers for the duration of the block."""
-    try:
-        if tensors:
-            for name, layer in layers.items():
-                a, b = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
-                if a is not None and b is not None:
-                    layer.attach(a, b, scale)
-        yield
-    finally:
-        for layer in layers.values():
-            layer.attach(None, None, 0.0)

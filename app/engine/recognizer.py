@@ -5,12 +5,17 @@ from typing import Protocol
 import numpy as np
 
 from app.engine.adapter_file import AdapterWeights
+from app.engine.adapter_slots import SlotStats
+from app.engine.batching import BatchingEngine
 from app.engine.types import ModelInfo, Transcription, TranscriptionOptions
+from app.engine.whisper import TranscriptionTask
 
 __all__ = ["SpeechRecognizer"]
 
 
-class SpeechRecognizer(Protocol):
+class SpeechRecognizer(BatchingEngine[TranscriptionTask], Protocol):
+    """A model that transcribes requests in batches (through a `BatchScheduler`) or alone."""
+
     @property
     def info(self) -> ModelInfo: ...
 
@@ -26,3 +31,9 @@ class SpeechRecognizer(Protocol):
     def check_adapter(self, adapter: AdapterWeights) -> None:
         """Raises `AdapterFileError` unless the adapter fits the served base model."""
         ...
+
+    def forget(self, adapter: AdapterWeights) -> None:
+        """Frees the memory the model holds for `adapter` (it was deleted or replaced)."""
+        ...
+
+    def slot_stats(self) -> SlotStats | None: ...

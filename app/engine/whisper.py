@@ -1,4 +1,10 @@
-"""The speech recogniser: one shared Whisper, long audio transcribed window by window.
+"""The speech recogniser: one shared Whisper, many requests decoded together.
+
+A request is a *task*: a generator that walks its audio window by window and yields one
+`WindowJob` (a mel window to encode and decode) at a time. `run_round` advances any number of
+tasks by one job each, encoding windows of equal length together and decoding all of them in
+one batch, every row with its own adapter slot, prefix and temperature. `transcribe` is the
+same machinery for a single request.
 
 Long-form follows Whisper's own algorithm: decode a 30 s window with timestamps, keep the
 complete segments, move the window to the end of the last complete segment; a window judged to
@@ -7,31 +13,37 @@ silence from turning into hallucinated text without gating on loudness.
 """
 
 import logging
+import threading
 import zlib
+from collections import defaultdict
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.adapter_file import AdapterWeights, check_compatible
-from app.engine.decoding import MAX_TEXT_TOKENS, DecodeResult, WindowDecoder
+from app.engine.adapter_file import AdapterFileError, AdapterWeights, check_compatible
+from app.engine.adapter_slots import AdapterSlots, SlotStats
+from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
 from app.engine.encoder import EncoderWindow, window_frames
 from app.engine.features import HOP_LENGTH, SAMPLE_RATE, WINDOW_FRAMES, log_mel, pad_or_trim
 from app.engine.loading import LoadedModel, load_model, weight_bytes
-from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, attached, inject_lora
+from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, LoraRouting, inject_lora
 from app.engine.model_import import describe_model_dir
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
 
-__all__ = ["DecodingPolicy", "WhisperEngine"]
+__all__ = ["DecodingPolicy", "TranscriptionTask", "WhisperEngine", "WindowJob"]
 
 logger = logging.getLogger(__name__)
 
 FRAMES_PER_TIMESTAMP = 2
 """A timestamp token step is 20 ms: two 10 ms mel frames."""
 SECONDS_PER_FRAME = HOP_LENGTH / SAMPLE_RATE
+DEFAULT_RESIDENT_SLOTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +64,65 @@ class DecodingPolicy:
     seed: int = 0
 
 
+@dataclass(slots=True)
+class WindowJob:
+    """One window of one request: encoded once, decoded once per fallback temperature."""
+
+    mel: Tensor  # [n_mels, frames]
+    prefix: list[int]
+    with_timestamps: bool = True
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
+    detect_language: bool = False
+    """Only the language is wanted (multilingual models, no language given)."""
+    encoded: Tensor | None = None
+
+
+Steps = Generator[WindowJob, Any, Transcription]
+
+
+class TranscriptionTask:
+    """A request in flight: its adapter slot and the job it waits on, or its outcome."""
+
+    def __init__(self, steps: Steps, slot: int) -> None:
+        self.slot = slot
+        self._steps = steps
+        self.job: WindowJob | None = None
+        self.result: Transcription | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def advance(self, answer: object) -> None:
+        try:
+            self.job = self._steps.send(answer)
+        except StopIteration as stop:
+            self.job, self.result = None, stop.value
+        except Exception as exc:  # the request fails, the others go on
+            self.job, self.error = None, exc
+
+    def fail(self, error: BaseException) -> None:
+        self.job, self.error = None, error
+        self._steps.close()
+
+    def outcome(self) -> Transcription:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None, "the task has not finished"
+        return self.result
+
+
 class WhisperEngine:
     def __init__(
-        self, loaded: LoadedModel, info: ModelInfo, policy: DecodingPolicy | None = None
+        self,
+        loaded: LoadedModel,
+        info: ModelInfo,
+        policy: DecodingPolicy | None = None,
+        *,
+        lora: bool = True,
+        resident_slots: int = DEFAULT_RESIDENT_SLOTS,
     ) -> None:
         self._loaded = loaded
         self._info = info
@@ -62,9 +130,16 @@ class WhisperEngine:
         self._tokens = SpecialTokens.from_tokenizer(
             loaded.tokenizer, loaded.model.generation_config
         )
-        self._decoder = WindowDecoder(loaded.model, self._tokens)
-        # Every projection an adapter may target gets an (empty) LoRA slot, once.
-        self._lora_layers = inject_lora(loaded.model, ATTENTION_TARGETS + FFN_TARGETS)
+        self._lock = threading.RLock()
+        self._routing = LoraRouting() if lora else None
+        # Every projection an adapter may target gets a LoRA bank, once.
+        self._lora_layers = (
+            inject_lora(loaded.model, ATTENTION_TARGETS + FFN_TARGETS) if lora else {}
+        )
+        for layer in self._lora_layers.values():
+            layer.routing = self._routing
+        self._slots = AdapterSlots(self._lora_layers, resident_slots) if lora else None
+        self._decoder = BatchDecoder(loaded.model, self._tokens, self._routing)
 
     @classmethod
     def load(
@@ -74,6 +149,8 @@ class WhisperEngine:
         precision: Precision = "nf4",
         device: str = "auto",
         threads: int | None = None,
+        lora: bool = True,
+        resident_slots: int = DEFAULT_RESIDENT_SLOTS,
     ) -> "WhisperEngine":
         if threads is not None:
             torch.set_num_threads(threads)
@@ -87,7 +164,7 @@ class WhisperEngine:
             fingerprint=manifest.fingerprint,
             weight_bytes=weight_bytes(loaded.model),
         )
-        return cls(loaded, info)
+        return cls(loaded, info, lora=lora, resident_slots=resident_slots)
 
     @property
     def info(self) -> ModelInfo:
@@ -102,9 +179,24 @@ class WhisperEngine:
     def loaded(self) -> LoadedModel:
         return self._loaded
 
+    @property
+    def supports_adapters(self) -> bool:
+        return self._slots is not None
+
+    def slot_stats(self) -> SlotStats | None:
+        return self._slots.stats() if self._slots is not None else None
+
     def check_adapter(self, adapter: AdapterWeights) -> None:
         """Raises `AdapterFileError` unless the adapter fits this base model."""
+        if self._slots is None:
+            raise AdapterFileError("this engine runs without LoRA support")
         check_compatible(adapter, self._info.fingerprint, self._lora_layers)
+
+    def forget(self, adapter: AdapterWeights) -> None:
+        """Frees `adapter`'s resident slot (once no request uses it)."""
+        if self._slots is not None:
+            with self._lock:
+                self._slots.forget(adapter)
 
     def transcribe(
         self,
@@ -112,21 +204,108 @@ class WhisperEngine:
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
     ) -> Transcription:
-        """Transcribes with `adapter` applied (checked by the caller with `check_adapter`)."""
-        tensors = adapter.tensors if adapter else None
-        scale = adapter.scale if adapter else 0.0
-        window: EncoderWindow = adapter.encoder_window if adapter else "full"
-        with attached(self._lora_layers, tensors, scale):
-            return self._transcribe(audio, options, window)
+        """Transcribes one request with `adapter` applied (checked with `check_adapter`)."""
+        with self._lock:
+            task = self.open(audio, options, adapter)
+            if task is None:
+                raise RuntimeError("every adapter slot is in use")
+            while not task.done:
+                self.run_round([task])
+            return task.outcome()
 
-    def _transcribe(
+    def open(
+        self,
+        audio: np.ndarray,
+        options: TranscriptionOptions,
+        adapter: AdapterWeights | None = None,
+    ) -> TranscriptionTask | None:
+        """Starts a request: pins its adapter's slot and computes its features. None when every
+        adapter slot is pinned by requests in flight (open it again after a round)."""
+        with self._lock:
+            if adapter is not None and self._slots is None:
+                raise AdapterFileError("this engine runs without LoRA support")
+            slot = self._slots.acquire(adapter) if self._slots is not None else 0
+            if slot is None:
+                return None
+            window: EncoderWindow = adapter.encoder_window if adapter else "full"
+            task = TranscriptionTask(self._steps(audio, options, window), slot)
+            task.advance(None)
+            self._release_if_done(task)
+            return task
+
+    def run_round(self, tasks: list[TranscriptionTask]) -> None:
+        """Advances every unfinished task by one job: all their windows in one batch."""
+        with self._lock:
+            running = [task for task in tasks if task.job is not None]
+            if not running:
+                return
+            try:
+                answers = self._run_jobs(running)
+            except Exception as exc:  # a failed batch fails its requests, not the engine
+                logger.exception("batch failed", extra={"batch": len(running)})
+                for task in running:
+                    task.fail(exc)
+                    self._release_if_done(task)
+                return
+            for task, answer in zip(running, answers, strict=True):
+                task.advance(answer)
+                self._release_if_done(task)
+
+    def _release_if_done(self, task: TranscriptionTask) -> None:
+        if task.done and self._slots is not None:
+            self._slots.release(task.slot)
+            task.slot = 0
+
+    def _run_jobs(self, tasks: list[TranscriptionTask]) -> list[object]:
+        jobs = [task.job for task in tasks]
+        assert all(job is not None for job in jobs)
+        self._encode_missing(tasks)
+        answers: list[object] = [None] * len(tasks)
+        detect = [i for i, task in enumerate(tasks) if task.job and task.job.detect_language]
+        if detect:
+            languages = self._decoder.detect_language(
+                [_encoded(tasks[i]) for i in detect], [tasks[i].slot for i in detect]
+            )
+            for i, language in zip(detect, languages, strict=True):
+                answers[i] = language
+        decode = [i for i in range(len(tasks)) if i not in set(detect)]
+        if decode:
+            rows = [self._row(tasks[i]) for i in decode]
+            for i, result in zip(decode, self._decoder.decode(rows), strict=True):
+                answers[i] = result
+        return answers
+
+    def _encode_missing(self, tasks: list[TranscriptionTask]) -> None:
+        """Encodes new windows, batching those of equal length (padding would change them)."""
+        groups: dict[int, list[TranscriptionTask]] = defaultdict(list)
+        for task in tasks:
+            if task.job is not None and task.job.encoded is None:
+                groups[task.job.mel.shape[-1]].append(task)
+        for group in groups.values():
+            mel = torch.stack([_job(task).mel for task in group])
+            encoded = self._decoder.encode(mel, [task.slot for task in group])
+            for task, output in zip(group, encoded, strict=True):
+                _job(task).encoded = output
+
+    def _row(self, task: TranscriptionTask) -> DecodeRow:
+        job = _job(task)
+        return DecodeRow(
+            encoded=_encoded(task),
+            prefix=job.prefix,
+            temperature=job.temperature,
+            with_timestamps=job.with_timestamps,
+            generator=job.generator,
+            slot=task.slot,
+        )
+
+    def _steps(
         self, audio: np.ndarray, options: TranscriptionOptions, encoder_window: EncoderWindow
-    ) -> Transcription:
+    ) -> Steps:
         mel = log_mel(
             self._loaded.feature_extractor, audio, self._loaded.device
         )  # [n_mels, frames + one window of padding]
         content_frames = len(audio) // HOP_LENGTH
-        language = self._language(mel, options)
+        language = yield from self._language(mel, options)
         # Long audio needs timestamps to place the next window, whatever the caller asked for.
         with_timestamps = options.with_timestamps or content_frames > WINDOW_FRAMES
         prefix = self._prefix(language, options.prompt, with_timestamps)
@@ -138,7 +317,7 @@ class WhisperEngine:
                 seek += chunk
                 continue
             window = pad_or_trim(mel[:, seek : seek + chunk], window_frames(chunk, encoder_window))
-            result = self._decode_with_fallback(window, prefix, options, with_timestamps)
+            result = yield from self._decode_with_fallback(window, prefix, options, with_timestamps)
             if self._is_silence(result, audio, seek, chunk):
                 seek += self._advance_past_silence(result, chunk)
                 continue
@@ -150,13 +329,16 @@ class WhisperEngine:
             text=text, language=language, duration=len(audio) / SAMPLE_RATE, segments=segments
         )
 
-    def _language(self, mel: Tensor, options: TranscriptionOptions) -> str:
+    def _language(
+        self, mel: Tensor, options: TranscriptionOptions
+    ) -> Generator[WindowJob, Any, str]:
         if not self._tokens.multilingual:
             return "en"
         if options.language:
             return options.language
-        encoded = self._decoder.encode(pad_or_trim(mel[:, :WINDOW_FRAMES])[None])
-        return self._decoder.detect_language(encoded)[0]
+        job = WindowJob(mel=pad_or_trim(mel[:, :WINDOW_FRAMES]), prefix=[], detect_language=True)
+        language: str = yield job
+        return language
 
     def _prefix(self, language: str, prompt: str | None, with_timestamps: bool) -> list[int]:
         tokens = self._tokens
@@ -181,23 +363,22 @@ class WhisperEngine:
         prefix: list[int],
         options: TranscriptionOptions,
         with_timestamps: bool,
-    ) -> DecodeResult:
-        """Decodes greedily (or at the requested temperature), re-sampling hotter on failure."""
-        encoded = self._decoder.encode(window[None])
+    ) -> Generator[WindowJob, Any, DecodeResult]:
+        """Decodes greedily (or at the requested temperature), re-sampling hotter on failure;
+        the window is encoded once for all attempts."""
         policy = self._policy
-        generator = torch.Generator(device=encoded.device).manual_seed(policy.seed)
+        generator = torch.Generator(device=self._loaded.device).manual_seed(policy.seed)
         temperatures = [options.temperature] + [
             t for t in policy.fallback_temperatures if t > options.temperature
         ]
+        job = WindowJob(
+            mel=window, prefix=prefix, with_timestamps=with_timestamps, generator=generator
+        )
         result: DecodeResult | None = None
         for temperature in temperatures:
-            result = self._decoder.decode(
-                encoded,
-                prefix,
-                temperature=temperature,
-                with_timestamps=with_timestamps,
-                generator=generator,
-            )[0]
+            job.temperature = temperature
+            result = yield job
+            assert result is not None
             if not self._needs_fallback(result):
                 break
         assert result is not None
@@ -328,3 +509,14 @@ def _compression_ratio(text: str) -> float:
 
 def _renumber(segments: list[Segment], start_id: int) -> list[Segment]:
     return [replace(segment, id=start_id + index) for index, segment in enumerate(segments)]
+
+
+def _job(task: TranscriptionTask) -> WindowJob:
+    assert task.job is not None
+    return task.job
+
+
+def _encoded(task: TranscriptionTask) -> Tensor:
+    encoded = _job(task).encoded
+    assert encoded is not None
+    return encoded

@@ -74,30 +74,61 @@ class ResolvedAdapter:
 
 
 class ActiveAdapters:
-    """Finds the adapter to apply for a user: the database says which one is active (checked on
-    every request, so a deletion or activation anywhere takes effect at once); deserialised
-    weights are kept in a small LRU cache keyed by adapter id and checksum."""
+    """Finds the adapter to apply for a user; the host-memory tier of the adapter cache.
+
+    The database says which adapter is active, checked on every request, so a deletion or an
+    activation made anywhere (another replica, a `pqm worker`) takes effect on the next request.
+    Deserialised weights are kept in an LRU cache bounded in bytes, keyed by adapter id and
+    checksum; concurrent first requests for the same adapter share one load. When a user's
+    active adapter changes, the old one is dropped from this tier and from the model's slots.
+    """
 
     def __init__(
         self,
         store: AdapterStore,
         recognizer: SpeechRecognizer,
-        capacity: int = 64,
+        capacity_bytes: int = 64 * 2**20,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._recognizer = recognizer
-        self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
         self._metrics = metrics
         self._cache: OrderedDict[tuple[str, str], AdapterWeights] = OrderedDict()
+        self._cached_bytes = 0
+        self._served: dict[str, tuple[str, str]] = {}
+        """user id -> key of the adapter last served to them."""
         self._loading: dict[tuple[str, str], asyncio.Future[AdapterWeights | None]] = {}
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
 
     async def resolve(self, session: AsyncSession, user_id: str) -> ResolvedAdapter | None:
         row = await AdapterRepository(session).active_for_user(user_id)
+        self._note_served(user_id, (row.id, row.sha256) if row is not None else None)
         if row is None:
             return None
         weights = await self._weights(row)
         return ResolvedAdapter(row.id, weights) if weights is not None else None
+
+    def _note_served(self, user_id: str, key: tuple[str, str] | None) -> None:
+        previous = self._served.get(user_id)
+        if previous == key:
+            return
+        if key is None:
+            self._served.pop(user_id, None)
+        else:
+            self._served[user_id] = key
+        if previous is not None:
+            self._drop(previous)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        weights = self._cache.pop(key, None)
+        if weights is not None:
+            self._cached_bytes -= _size(weights)
+            self._recognizer.forget(weights)
+            self._publish()
 
     async def _weights(self, row: Adapter) -> AdapterWeights | None:
         key = (row.id, row.sha256)
@@ -120,13 +151,22 @@ class ActiveAdapters:
         if weights is None:
             self._count("refused")
             return None
-        self._cache[key] = weights
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
-            self._count("eviction")
-        if self._metrics is not None:
-            self._metrics.adapters_resident.set(len(self._cache))
+        self._keep(key, weights)
         return weights
+
+    def _keep(self, key: tuple[str, str], weights: AdapterWeights) -> None:
+        self._cache[key] = weights
+        self._cached_bytes += _size(weights)
+        while self._cached_bytes > self._capacity_bytes and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= _size(evicted)
+            self._count("eviction")
+        self._publish()
+
+    def _publish(self) -> None:
+        if self._metrics is not None:
+            self._metrics.adapters_resident.labels("host").set(len(self._cache))
+            self._metrics.adapter_cache_bytes.labels("host").set(self._cached_bytes)
 
     def _count(self, event: str) -> None:
         if self._metrics is not None:
@@ -150,3 +190,7 @@ class ActiveAdapters:
             )
             return None
         return weights
+
+
+def _size(weights: AdapterWeights) -> int:
+    return sum(t.numel() * t.element_size() for t in weights.tensors.values())

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ from app.db.repositories.adapters import AdapterRepository
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
 from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
-from app.engine.scheduler import InferenceQueue
 from app.engine.text import wer
 from app.engine.training import (
     TrainingCancelled,
@@ -47,6 +46,7 @@ from app.engine.training import (
     run_in_subprocess,
 )
 from app.engine.types import TranscriptionOptions
+from app.engine.whisper import TranscriptionTask
 from app.services.adapters import ActiveAdapters
 from app.services.blob_keys import adapter_key
 from app.services.model_loading import resolve_model_dir
@@ -61,8 +61,8 @@ class WorkerContext:
     sessions: async_sessionmaker[AsyncSession]
     store: AdapterStore
     recognizer: SpeechRecognizer
-    queue: InferenceQueue
-    """Dev-set evaluation of the currently active adapter runs through the serving queue."""
+    scheduler: BatchScheduler[TranscriptionTask]
+    """Dev-set evaluation of the currently active adapter runs through the serving batches."""
     model_dir: Path
     precision: str
     settings: EnrolmentSettings
@@ -74,13 +74,13 @@ class WorkerContext:
         sessions: async_sessionmaker[AsyncSession],
         store: AdapterStore,
         recognizer: SpeechRecognizer,
-        queue: InferenceQueue,
+        scheduler: BatchScheduler[TranscriptionTask],
     ) -> "WorkerContext":
         return cls(
             sessions=sessions,
             store=store,
             recognizer=recognizer,
-            queue=queue,
+            scheduler=scheduler,
             model_dir=resolve_model_dir(settings),
             precision=settings.model.precision,
             settings=settings.enrolment,
@@ -95,7 +95,9 @@ class EnrolmentWorker:
     def __init__(self, context: WorkerContext, worker_id: str | None = None) -> None:
         self._ctx = context
         self.worker_id = worker_id or default_worker_id()
-        self._active_adapters = ActiveAdapters(context.store, context.recognizer, capacity=4)
+        self._active_adapters = ActiveAdapters(
+            context.store, context.recognizer, capacity_bytes=16 * 2**20
+        )
         self._stopping = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -263,13 +265,11 @@ class EnrolmentWorker:
             _finish(job, "succeeded")
 
     async def _dev_wer(self, dev: Sequence[Utterance], adapter: AdapterWeights) -> float:
-        recognizer = self._ctx.recognizer
-        hypotheses = []
-        for utterance in dev:
-            transcription = await self._ctx.queue.run(
-                partial(recognizer.transcribe, utterance.audio, EVALUATION, adapter)
-            )
-            hypotheses.append(transcription.text)
+        scheduler = self._ctx.scheduler
+        transcriptions = await asyncio.gather(
+            *(scheduler.transcribe(utterance.audio, EVALUATION, adapter) for utterance in dev)
+        )
+        hypotheses = [transcription.text for transcription in transcriptions]
         return wer([u.text for u in dev], hypotheses)
 
     async def _requeue(self, job_id: str) -> None:

@@ -20,4 +20,5 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
         precision=settings.model.precision,
         device=settings.model.device,
         threads=settings.model.threads,
+        resident_slots=settings.adapters.resident_slots,
     )

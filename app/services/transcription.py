@@ -9,10 +9,11 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.audio import decode_audio
+from app.engine.batching import BatchScheduler, QueueFullError
 from app.engine.errors import AudioDecodeError
 from app.engine.recognizer import SpeechRecognizer
-from app.engine.scheduler import InferenceQueue, QueueFullError
 from app.engine.types import Transcription, TranscriptionOptions
+from app.engine.whisper import TranscriptionTask
 from app.errors import (
     BadRequestError,
     InvalidAudioError,
@@ -57,7 +58,7 @@ class TranscriptionService:
     def __init__(
         self,
         recognizer: SpeechRecognizer,
-        queue: InferenceQueue,
+        scheduler: BatchScheduler[TranscriptionTask],
         adapters: ActiveAdapters,
         metrics: Metrics,
         *,
@@ -66,7 +67,7 @@ class TranscriptionService:
         model_id: str | None = None,
     ) -> None:
         self._recognizer = recognizer
-        self._queue = queue
+        self._scheduler = scheduler
         self._adapters = adapters
         self._metrics = metrics
         self._max_audio_seconds = max_audio_seconds
@@ -91,27 +92,15 @@ class TranscriptionService:
         audio = await self._decode(request.audio)
         weights = adapter.weights if adapter else None
         submitted = time.perf_counter()
-        timing: dict[str, float] = {}
-
-        def work() -> Transcription:
-            timing["start"] = time.perf_counter()
-            return self._recognizer.transcribe(audio, options, weights)
-
         try:
-            transcription = await self._queue.run(work)
+            transcription = await self._scheduler.transcribe(audio, options, weights)
         except QueueFullError as exc:
             self._metrics.transcriptions.labels("overloaded", str(adapter is not None)).inc()
             raise ServiceUnavailableError(
                 "The server is busy; retry shortly.",
                 headers={"Retry-After": str(self._retry_after_s)},
             ) from exc
-        finished = time.perf_counter()
-        self._observe(
-            adapter is not None,
-            transcription,
-            timing["start"] - submitted,
-            finished - timing["start"],
-        )
+        self._observe(adapter is not None, transcription, time.perf_counter() - submitted)
         adapter_id = adapter.id if adapter else None
         logger.info(
             "transcribed",
@@ -134,12 +123,9 @@ class TranscriptionService:
             speaker = request.user
         return speaker if request.personalise else None
 
-    def _observe(
-        self, personalised: bool, transcription: Transcription, waited: float, ran: float
-    ) -> None:
+    def _observe(self, personalised: bool, transcription: Transcription, latency: float) -> None:
         self._metrics.transcriptions.labels("ok", str(personalised)).inc()
-        self._metrics.queue_wait.observe(waited)
-        self._metrics.inference.observe(ran)
+        self._metrics.transcription_latency.labels(str(personalised)).observe(latency)
         self._metrics.audio_seconds.inc(transcription.duration)
 
     def _options(self, request: TranscriptionRequest) -> TranscriptionOptions:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -15,8 +16,8 @@ from openai import OpenAI
 
 from app.engine.adapter_file import AdapterWeights
 from app.engine.text import wer
-from app.engine.types import ModelInfo, Transcription, TranscriptionOptions
-from app.engine.whisper import WhisperEngine
+from app.engine.types import TranscriptionOptions
+from app.engine.whisper import TranscriptionTask, WhisperEngine
 from app.main import create_app
 from tests.conftest import ADMIN, ADMIN_KEY, make_settings
 from tests.support.audio import speech_16k, to_bytes
@@ -25,7 +26,8 @@ FOX = "The quick brown fox jumps over the lazy dog."
 
 
 class GatedRecognizer:
-    """The real engine behind a gate the test opens, to hold requests in flight on purpose."""
+    """The real engine behind a gate the test opens, to hold requests in flight on purpose:
+    a request starts (`open`) only once the gate is open."""
 
     def __init__(self, engine: WhisperEngine) -> None:
         self._engine = engine
@@ -33,23 +35,19 @@ class GatedRecognizer:
         self.started = threading.Event()
         self.calls = 0
 
-    @property
-    def info(self) -> ModelInfo:
-        return self._engine.info
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
 
-    def transcribe(
+    def open(
         self,
         audio: np.ndarray,
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
-    ) -> Transcription:
+    ) -> TranscriptionTask | None:
         self.calls += 1
         self.started.set()
         assert self.gate.wait(timeout=60)
-        return self._engine.transcribe(audio, options, adapter)
-
-    def check_adapter(self, adapter: AdapterWeights) -> None:
-        self._engine.check_adapter(adapter)
+        return self._engine.open(audio, options, adapter)
 
 
 def _free_port() -> int:

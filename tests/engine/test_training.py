@@ -210,9 +210,9 @@ def test_training_window_is_what_serving_encodes(
     decoder = nf4_engine._decoder
     original = decoder.encode
 
-    def recording(mel: torch.Tensor) -> torch.Tensor:
+    def recording(mel: torch.Tensor, slots: list[int] | None = None) -> torch.Tensor:
         encoded.append(mel.clone())
-        return original(mel)
+        return original(mel, slots)
 
     monkeypatch.setattr(decoder, "encode", recording)
     nf4_engine.transcribe(audio, EVALUATION_OPTIONS, adapter if window == "fit" else None)

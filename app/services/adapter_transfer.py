@@ -1,0 +1,169 @@
+"""Adapter export and import: a user's adapter as a safetensors file, and back.
+
+Imported files are untrusted: they are parsed as safetensors only (never pickle), checked on
+their own terms and against the served base model, then stored in canonical form, so what is
+stored is exactly what will be served and exporting it again gives the same bytes.
+"""
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adapters_store import AdapterStore, BlobNotFoundError, StoreError
+from adapters_store.base import sha256_hex
+from app.db.models import Adapter, new_id
+from app.db.repositories.adapters import AdapterRepository
+from app.engine.adapter_file import (
+    AdapterFileError,
+    AdapterWeights,
+    BaseModelMismatchError,
+    dump_adapter,
+    load_adapter,
+)
+from app.engine.recognizer import SpeechRecognizer
+from app.errors import BadRequestError, DataIntegrityError, NotFoundError, PayloadTooLargeError
+from app.services.auth import Principal
+from app.services.blob_keys import adapter_key
+from app.services.users import get_user
+
+__all__ = ["AdapterFile", "AdapterUpload", "export_adapter", "import_adapter"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterFile:
+    filename: str
+    data: bytes
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterUpload:
+    data: bytes
+    activate: bool = True
+
+
+async def export_adapter(
+    session: AsyncSession,
+    store: AdapterStore,
+    principal: Principal,
+    user_id: str,
+    adapter_id: str,
+) -> AdapterFile:
+    """The stored file, verified against the adapter's recorded size and checksum."""
+    principal.require_access_to(user_id)
+    adapter = await AdapterRepository(session).get_for_user(user_id, adapter_id)
+    if adapter is None:
+        raise NotFoundError(f"No adapter with id {adapter_id!r}.", param="adapter_id")
+    data = await _stored_weights(store.bind(session), adapter)
+    return AdapterFile(filename=f"{adapter.id}.safetensors", data=data, sha256=adapter.sha256)
+
+
+async def _stored_weights(store: AdapterStore, adapter: Adapter) -> bytes:
+    try:
+        data = await store.get(adapter.blob_key)
+    except BlobNotFoundError as exc:
+        raise _integrity_failure(adapter, "are missing from the adapter store", "missing") from exc
+    except StoreError as exc:
+        raise _integrity_failure(adapter, "fail their checksum in the adapter store") from exc
+    if len(data) != adapter.size_bytes or sha256_hex(data) != adapter.sha256:
+        raise _integrity_failure(adapter, "differ from the recorded sha256")
+    return data
+
+
+def _integrity_failure(adapter: Adapter, problem: str, kind: str = "corrupt") -> DataIntegrityError:
+    logger.error(
+        "adapter weights unavailable for export",
+        extra={"adapter_id": adapter.id, "user_id": adapter.user_id, "reason": problem},
+    )
+    return DataIntegrityError(
+        f"The stored weights of adapter {adapter.id!r} {problem}; they cannot be exported.",
+        param="adapter_id",
+        code=f"adapter_weights_{kind}",
+    )
+
+
+async def import_adapter(
+    session: AsyncSession,
+    store: AdapterStore,
+    recognizer: SpeechRecognizer,
+    principal: Principal,
+    user_id: str,
+    upload: AdapterUpload,
+    max_bytes: int,
+) -> Adapter:
+    """Validates the file whole, then stores it, records it and (if asked) activates it in the
+    session's transaction: a refused file leaves nothing behind."""
+    await get_user(session, principal, user_id)
+    if len(upload.data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"The adapter file exceeds the {max_bytes} byte limit.", param="file"
+        )
+    weights, data = await asyncio.to_thread(_canonical, upload.data, recognizer)
+    adapter_id = new_id()
+    key = adapter_key(user_id, adapter_id)
+    bound = store.bind(session)
+    try:
+        await _write_verified(bound, key, data)
+        repository = AdapterRepository(session)
+        version = await repository.next_version(user_id)
+        adapter = await repository.add(_row(adapter_id, user_id, key, version, data, weights))
+        if upload.activate:
+            await repository.activate(adapter)
+    except Exception:  # a file-system blob does not roll back with the transaction
+        with contextlib.suppress(Exception):
+            await bound.delete(key)
+        raise
+    return adapter
+
+
+def _canonical(data: bytes, recognizer: SpeechRecognizer) -> tuple[AdapterWeights, bytes]:
+    """The checked weights and the file to store (in the form `dump_adapter` writes)."""
+    if not data:
+        raise BadRequestError("The adapter file is empty.", param="file", code="invalid_adapter")
+    try:
+        weights = load_adapter(data)
+        recognizer.check_adapter(weights)
+    except BaseModelMismatchError as exc:
+        raise _refused(exc, "base_model_mismatch") from exc
+    except AdapterFileError as exc:
+        raise _refused(exc, "invalid_adapter") from exc
+    return weights, dump_adapter(weights)
+
+
+def _refused(exc: AdapterFileError, code: str) -> BadRequestError:
+    return BadRequestError(f"The adapter file was refused: {exc}.", param="file", code=code)
+
+
+async def _write_verified(store: AdapterStore, key: str, data: bytes) -> None:
+    stored = await store.put(key, data)
+    if sha256_hex(await store.get(key)) != stored.sha256:
+        raise DataIntegrityError("The adapter weights failed verification after writing.")
+
+
+def _row(
+    adapter_id: str, user_id: str, key: str, version: int, data: bytes, weights: AdapterWeights
+) -> Adapter:
+    return Adapter(
+        id=adapter_id,
+        user_id=user_id,
+        version=version,
+        method=weights.method,
+        rank=weights.rank,
+        target_modules=weights.target_modules,
+        base_fingerprint=weights.base_fingerprint,
+        encoder_window=weights.encoder_window,
+        blob_key=key,
+        size_bytes=len(data),
+        sha256=sha256_hex(data),
+        parameter_count=weights.parameter_count,
+        metrics={},
+        source="import",
+        enrolment_id=None,
+        active=False,
+        note=None,
+    )
