@@ -256,8 +256,8 @@ def check_compatible(
         raise AdapterFileError(f"unknown method {adapter.method!r}")
     if not adapter.tensors:
         raise AdapterFileError("adapter holds no tensors")
-    for name, tensor in adapter.tensors.items():
-        _check_tensor(adapter, name, tensor, layers)
+    for name in sorted(adapter.tensors):  # the first problem reported is always the same one
+        _check_tensor(adapter, name, adapter.tensors[name], layers)
 
 
 def _check_tensor(
