@@ -142,12 +142,25 @@ class Loaded:
     details: dict[str, Any]
 
 
-def load_engine(precision: str, model_dir: Path, threads: int) -> Loaded:
+def load_engine(variant: str, model_dir: Path, threads: int) -> Loaded:
+    """`variant`: a precision, optionally with `-fp32` / `-bf16` (the compute dtype; default
+    the engine's choice) and `-fit` (the shortened encoder window for the base model)."""
+    from app.engine.dense import ComputeDtype
+    from app.engine.encoder import EncoderWindow
     from app.engine.types import Precision, TranscriptionOptions
     from app.engine.whisper import WhisperEngine
 
+    precision, *flags = variant.split("-")
+    dtypes = {"fp32": "float32", "bf16": "bfloat16"}
+    dtype = next((dtypes[f] for f in flags if f in dtypes), "auto")
+    window = "fit" if "fit" in flags else "full"
     engine = WhisperEngine.load(
-        model_dir, precision=cast("Precision", precision), device="cpu", threads=threads
+        model_dir,
+        precision=cast("Precision", precision),
+        device="cpu",
+        threads=threads,
+        dtype=cast("ComputeDtype", dtype),
+        base_window=cast("EncoderWindow", window),
     )
     options = TranscriptionOptions(language="en", with_timestamps=False)
 
@@ -156,7 +169,13 @@ def load_engine(precision: str, model_dir: Path, threads: int) -> Loaded:
         return Output(result.text, _max_temperature(result.segments))
 
     info = asdict(engine.info)
-    return Loaded(transcribe, {"model_info": info, "weight_bytes": info["weight_bytes"]})
+    details = {
+        "model_info": info,
+        "weight_bytes": info["weight_bytes"],
+        "compute_dtype": str(engine.compute_dtype).removeprefix("torch."),
+        "base_encoder_window": window,
+    }
+    return Loaded(transcribe, details)
 
 
 def load_faster_whisper(compute_type: str, threads: int) -> Loaded:
@@ -196,7 +215,7 @@ def import_runtimes(variant: str) -> None:
 def load_variant(variant: str, model_dir: Path | None, threads: int) -> Loaded:
     if variant.startswith(FASTER_WHISPER_PREFIX):
         return load_faster_whisper(variant.removeprefix(FASTER_WHISPER_PREFIX), threads)
-    if variant not in ENGINE_PRECISIONS:
+    if variant.split("-")[0] not in ENGINE_PRECISIONS:
         raise ValueError(f"unknown variant {variant!r}")
     if model_dir is None:
         raise ValueError("the engine variants need --model-dir")

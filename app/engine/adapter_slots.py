@@ -43,6 +43,8 @@ class AdapterSlots:
             raise ValueError("the adapter pool needs at least one slot")
         self._layers = dict(layers)
         self._capacity = capacity
+        for layer in self._layers.values():
+            layer.bank_ranks = [0] * (capacity + 1)
         self._resident: OrderedDict[int, tuple[int, AdapterWeights]] = OrderedDict()
         self._free = list(range(capacity, 0, -1))
         self._pins: Counter[int] = Counter()
@@ -125,11 +127,13 @@ class AdapterSlots:
                 assert layer.bank_b is not None
                 layer.bank_a[slot].zero_()
                 layer.bank_b[slot].zero_()
+                layer.bank_ranks[slot] = 0
                 a = adapter.tensors.get(f"{name}.lora_A")
                 b = adapter.tensors.get(f"{name}.lora_B")
                 if a is None or b is None:
                     continue
                 rank = a.shape[0]
+                layer.bank_ranks[slot] = rank
                 layer.bank_a[slot, :, :rank] = a.T.to(layer.bank_a)
                 layer.bank_b[slot, :rank, :] = (b * scale).T.to(layer.bank_b)
 

@@ -1,8 +1,10 @@
-"""Decodes a batch of mel windows: greedy or sampled per row, with the timestamp grammar.
+"""Decodes a batch of mel windows: greedy, sampled or beam search per request, with the
+timestamp grammar.
 
 We own this loop (rather than calling `generate`) to get what the API reports per segment
-(average log-probability, no-speech probability), to give every row its own prefix, adapter,
-temperature and random generator, and to let finished rows leave the batch at once.
+(average log-probability, no-speech probability), to give every request its own prefix,
+adapter, temperature, beam width and random generator, and to let finished rows leave the
+batch at once.
 """
 
 from dataclasses import dataclass
@@ -11,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from transformers import WhisperForConditionalGeneration
 
-from app.engine.decoder_pass import DecoderPass, routed
-from app.engine.encoder import encode
-from app.engine.lora import LoraRouting
+from app.engine.decoder_pass import DecoderPass, DecoderWeights, OutputHead
+from app.engine.encoder_pass import EncoderWeights, encode_window
+from app.engine.search import LogitRules, Search
 from app.engine.tokens import SpecialTokens
 
 __all__ = ["MAX_TEXT_TOKENS", "BatchDecoder", "DecodeResult", "DecodeRow"]
@@ -41,14 +43,8 @@ class DecodeRow:
     generator: torch.Generator | None = None
     slot: int = 0
     """The adapter bank slot applied to this row (0: the base model)."""
-
-
-@dataclass(slots=True)
-class _RowState:
-    index: int
-    row: DecodeRow
-    tokens: list[int]
-    logprob: float = 0.0
+    beam_size: int = 1
+    """Beam search over this many hypotheses at temperature 0 (1: greedy)."""
 
 
 class BatchDecoder:
@@ -56,85 +52,125 @@ class BatchDecoder:
         self,
         model: WhisperForConditionalGeneration,
         tokens: SpecialTokens,
-        routing: LoraRouting | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self._model = model
         self._tokens = tokens
-        self._routing = routing
-        self._suppress = _mask(model, tokens.suppress)
-        self._begin_suppress = _mask(model, tokens.begin_suppress)
+        self._dtype = dtype
+        self._head = OutputHead(model, dtype)
+        self._rules = LogitRules(tokens, model.config.vocab_size, model.device)
 
     @property
     def device(self) -> torch.device:
         device: torch.device = self._model.device
         return device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def head_bytes(self) -> int:
+        """Bytes of the compute copy of the output projection (0 when it is the model's own)."""
+        return self._head.nbytes
+
     @torch.inference_mode()
-    def encode(self, mel: Tensor, slots: list[int] | None = None) -> Tensor:
-        """[batch, n_mels, frames] -> [batch, frames // 2, d_model]; every row must have the same
-        frame count (padding would change the other rows' encoding)."""
-        encoder = self._model.model.encoder
-        with routed(self._routing, slots or [0] * mel.shape[0], self.device):
-            return encode(encoder, mel.to(self.device))
+    def encode(self, mels: list[Tensor], slots: list[int]) -> list[Tensor]:
+        """Each [n_mels, frames] window -> [frames // 2, d_model], with its row's adapter; the
+        base weights are dequantised once for all of them."""
+        weights = EncoderWeights(self._model.model.encoder)
+        return [
+            encode_window(weights, mel.to(self.device), slot, self._dtype)
+            for mel, slot in zip(mels, slots, strict=True)
+        ]
 
     @torch.inference_mode()
     def detect_language(self, encoded: list[Tensor], slots: list[int]) -> list[str]:
         decoder = self._pass(encoded, [[self._tokens.sot]] * len(encoded), slots, 0)
-        first = torch.zeros(len(encoded), 1, dtype=torch.long, device=self.device)
-        logits = decoder.start(first)[:, 0]
+        logits = decoder.start([[0]] * len(encoded))[:, 0]
         codes = list(self._tokens.language_ids)
         ids = torch.tensor([self._tokens.language_ids[code] for code in codes])
-        best = logits[:, ids].argmax(dim=-1)
-        return [codes[int(index)] for index in best]
+        best = logits[:, ids].argmax(dim=-1).tolist()
+        found = [codes[int(index)] for index in best]
+        return [found[decoder.order.index(row)] for row in range(len(encoded))]
 
     @torch.inference_mode()
     def decode(self, rows: list[DecodeRow]) -> list[DecodeResult]:
-        """Decodes every row after its own prefix; results are in the order of `rows`."""
+        """Decodes every row after its own prefix; results are in the order of `rows`.
+
+        Pass rows are the live hypotheses of the requests, request by request (a beam search
+        has several); rows whose request has ended leave the batch at once."""
         tokens = self._tokens
         decoder = self._pass(
             [r.encoded for r in rows], [r.prefix for r in rows], [r.slot for r in rows]
         )
-        length = decoder.prefix_length
-        sot_at = torch.tensor([[length - len(r.prefix) + r.prefix.index(tokens.sot)] for r in rows])
-        wanted = torch.cat([sot_at, torch.full((len(rows), 1), length - 1)], dim=1)
-        logits = decoder.start(wanted.to(self.device))
-        no_speech = logits[:, 0].float().softmax(dim=-1)[:, tokens.no_speech].tolist()
-        logits = logits[:, 1]
-        active = [_RowState(i, row, []) for i, row in enumerate(rows)]
-        done: dict[int, _RowState] = {}
-        for step in range(MAX_TEXT_TOKENS):
-            scores = self._filter(logits.float(), active, step)
-            logprobs = scores.log_softmax(dim=-1)
-            picked = self._pick(scores, active)
-            chosen = logprobs.gather(1, picked[:, None]).squeeze(1).tolist()
-            keep: list[int] = []
-            for position, (state, token) in enumerate(zip(active, picked.tolist(), strict=True)):
-                state.logprob += chosen[position]
-                if token == tokens.eot:
-                    done[state.index] = state
-                else:
-                    state.tokens.append(token)
-                    keep.append(position)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                decoder.keep(index)
-                picked = picked.index_select(0, index.to(picked.device))
-                active = [active[i] for i in keep]
-            if step + 1 < MAX_TEXT_TOKENS:
-                logits = decoder.step(picked.to(self.device))
-        for state in active:  # ran out of tokens without an end-of-text
-            done[state.index] = state
-        return [
-            DecodeResult(
-                tokens=done[i].tokens,
-                avg_logprob=done[i].logprob / (len(done[i].tokens) + 1),
-                no_speech_prob=no_speech[i],
+        order = decoder.order  # caller index of each request, in pass order
+        wanted = [[rows[i].prefix.index(tokens.sot), len(rows[i].prefix) - 1] for i in order]
+        logits = decoder.start(wanted)
+        no_speech = {
+            i: float(_own(logits[p, 0]).softmax(dim=-1)[tokens.no_speech])
+            for p, i in enumerate(order)
+        }
+        searches = {
+            i: Search(
+                tokens.eot,
+                beam_size=rows[i].beam_size,
                 temperature=rows[i].temperature,
+                generator=rows[i].generator,
             )
-            for i in range(len(rows))
-        ]
+            for i in order
+        }
+        current = [_own(logits[p, 1]) for p in range(len(order))]
+        for step in range(MAX_TEXT_TOKENS):
+            sources, next_tokens = self._advance(rows, order, searches, current, step)
+            if not sources:
+                break
+            if step + 1 == MAX_TEXT_TOKENS:
+                break
+            if sources != list(range(decoder.rows)):
+                decoder.keep(sources)
+            logits = decoder.step(torch.tensor(next_tokens, device=self.device))
+            current = [_own(logits[row]) for row in range(len(sources))]
+        for search in searches.values():
+            search.stop()
+        return [self._result(rows[i], searches[i], no_speech[i]) for i in range(len(rows))]
+
+    def _advance(
+        self,
+        rows: list[DecodeRow],
+        order: list[int],
+        searches: dict[int, Search],
+        current: list[Tensor],
+        step: int,
+    ) -> tuple[list[int], list[int]]:
+        """One token for every live hypothesis; returns each new live row's parent row in the
+        pass and its token, request by request in pass order."""
+        sources: list[int] = []
+        next_tokens: list[int] = []
+        first = 0
+        for i in order:
+            search = searches[i]
+            if search.done:
+                continue
+            count = len(search.live)
+            scores = current[first : first + count]
+            for hypothesis, row_scores in zip(search.live, scores, strict=True):
+                self._rules.apply(row_scores, hypothesis.tokens, step, rows[i].with_timestamps)
+            for parent, token in search.advance(scores):
+                sources.append(first + parent)
+                next_tokens.append(token)
+            first += count
+        return sources, next_tokens
+
+    @staticmethod
+    def _result(row: DecodeRow, search: Search, no_speech: float) -> DecodeResult:
+        best = search.best()
+        return DecodeResult(
+            tokens=best.tokens,
+            avg_logprob=best.logprob / (len(best.tokens) + 1),
+            no_speech_prob=no_speech,
+            temperature=row.temperature,
+        )
 
     def _pass(
         self,
@@ -145,57 +181,17 @@ class BatchDecoder:
     ) -> DecoderPass:
         model: nn.Module = self._model
         return DecoderPass(
-            model, self._routing, encoded, prefixes, slots, max_new_tokens, self._tokens.eot
+            model,
+            DecoderWeights(self._model.model.decoder),
+            self._head,
+            encoded,
+            prefixes,
+            slots,
+            max_new_tokens,
+            self._dtype,
         )
 
-    def _pick(self, scores: Tensor, active: list[_RowState]) -> Tensor:
-        picked = scores.argmax(dim=-1)
-        for position, state in enumerate(active):
-            temperature = state.row.temperature
-            if temperature > 0.0:
-                probs = (scores[position] / temperature).softmax(dim=-1)
-                sample = torch.multinomial(probs, 1, generator=state.row.generator)
-                picked[position] = sample[0]
-        return picked
 
-    def _filter(self, logits: Tensor, active: list[_RowState], step: int) -> Tensor:
-        logits = logits.masked_fill(self._suppress, float("-inf"))
-        if step == 0:
-            logits = logits.masked_fill(self._begin_suppress, float("-inf"))
-        for position, state in enumerate(active):
-            if state.row.with_timestamps:
-                self._apply_timestamp_rules(logits[position], state.tokens, step)
-            else:
-                logits[position, self._tokens.timestamp_begin :] = float("-inf")
-        return logits
-
-    def _apply_timestamp_rules(self, logits: Tensor, tokens: list[int], step: int) -> None:
-        """Whisper's timestamp grammar: timestamps come in pairs and never go backwards."""
-        begin = self._tokens.timestamp_begin
-        eot = self._tokens.eot
-        logits[self._tokens.no_timestamps] = float("-inf")
-        last_was_ts = len(tokens) >= 1 and tokens[-1] >= begin
-        penultimate_was_ts = len(tokens) < 2 or tokens[-2] >= begin
-        if last_was_ts:
-            if penultimate_was_ts:  # a pair just closed: text (or the end) must follow
-                logits[begin:] = float("-inf")
-            else:  # an open segment must be closed by a timestamp, or the text ends
-                logits[:eot] = float("-inf")
-        timestamps = [token for token in tokens if token >= begin]
-        if timestamps:
-            last = timestamps[-1]
-            floor = last if last_was_ts and not penultimate_was_ts else last + 1
-            logits[begin:floor] = float("-inf")
-        if step == 0:  # the first token is a timestamp, not too far into the window
-            logits[:begin] = float("-inf")
-            logits[begin + self._tokens.max_initial_timestamp_index + 1 :] = float("-inf")
-        logprobs = logits.log_softmax(dim=-1)
-        timestamp_mass = logprobs[begin:].logsumexp(dim=-1)
-        if timestamp_mass > logprobs[:begin].max():
-            logits[:begin] = float("-inf")
-
-
-def _mask(model: WhisperForConditionalGeneration, token_ids: tuple[int, ...]) -> Tensor:
-    mask = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=model.device)
-    mask[list(token_ids)] = True
-    return mask
+def _own(row: Tensor) -> Tensor:
+    """A row of logits as a float32 tensor of its own (see `search`)."""
+    return row.float().clone()

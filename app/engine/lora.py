@@ -4,9 +4,10 @@
 
 * in training, one adapter's trainable factors: `scale * B(A(x))`;
 * in serving, a *bank* of resident adapters (`A[slots, in, r]`, `B[slots, r, out]`, the scale
-  folded into B, zero-padded to the bank's rank, slot 0 all zeros) and a per-row slot index
-  shared by every layer (`LoraRouting`): row i of the batch gets `x_i @ A[s_i] @ B[s_i]`, so
-  one forward pass serves requests with different adapters (or none) side by side.
+  folded into B, zero-padded to the bank's rank, slot 0 all zeros). The serving passes
+  (`encoder_pass`, `decoder_pass`) read the banks directly: row i of a batch gets
+  `x_i @ A[s_i] @ B[s_i]`, so one forward pass serves requests with different adapters (or
+  none) side by side.
 """
 
 from collections.abc import Iterable, Mapping
@@ -20,7 +21,6 @@ __all__ = [
     "FFN_TARGETS",
     "LoraConfig",
     "LoraLinear",
-    "LoraRouting",
     "inject_lora",
     "lora_modules",
     "lora_state_dict",
@@ -44,16 +44,6 @@ class LoraConfig:
         return self.alpha / self.rank
 
 
-class LoraRouting:
-    """Which bank slot each row of the current batch uses; shared by all layers of a model.
-
-    `slots` is None while no row uses an adapter, so base-model traffic pays nothing for LoRA.
-    """
-
-    def __init__(self) -> None:
-        self.slots: Tensor | None = None
-
-
 class LoraLinear(nn.Module):
     def __init__(self, base: nn.Module, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -66,22 +56,17 @@ class LoraLinear(nn.Module):
         self.dropout: nn.Module = nn.Identity()
         self.bank_a: Tensor | None = None  # [slots, in_features, bank rank] (serving)
         self.bank_b: Tensor | None = None  # [slots, bank rank, out_features] (serving)
-        self.routing: LoraRouting | None = None
+        self.bank_ranks: list[int] = []
+        """The rank of each slot's adapter in this layer (0: none, or it does not adapt it)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self.adapt(x, self.base(x))
 
     def adapt(self, x: Tensor, output: Tensor) -> Tensor:
-        """Adds this layer's low-rank update for `x` to the base projection's `output`."""
+        """Adds the trainable low-rank update for `x` to the base projection's `output`."""
         if self.lora_a is not None and self.lora_b is not None:
             update: Tensor = (self.dropout(x) @ self.lora_a.T) @ self.lora_b.T
             output = output + update * self.scale
-        slots = self.routing.slots if self.routing is not None else None
-        if slots is not None and self.bank_a is not None and self.bank_b is not None:
-            rows = x.reshape(x.shape[0], -1, self.in_features)  # [batch, tokens, in]
-            low = torch.bmm(rows, self.bank_a.index_select(0, slots))
-            routed = torch.bmm(low, self.bank_b.index_select(0, slots))
-            output = output + routed.reshape(output.shape)
         return output
 
     def init_trainable(self, config: LoraConfig, generator: torch.Generator) -> None:

@@ -15,6 +15,9 @@ class TranscriptionOptions:
     temperature: float = 0.0
     """0 = greedy with temperature fallback on failure; > 0 samples at that temperature first."""
     with_timestamps: bool = True
+    beam_size: int = 1
+    """Hypotheses kept by beam search at temperature 0 (1: greedy). Fallback temperatures
+    sample a single hypothesis, as in Whisper."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ silence from turning into hallucinated text without gating on loudness.
 import logging
 import threading
 import zlib
-from collections import defaultdict
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,10 +27,11 @@ from torch import Tensor
 from app.engine.adapter_file import AdapterFileError, AdapterWeights, check_compatible
 from app.engine.adapter_slots import AdapterSlots, SlotStats
 from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
+from app.engine.dense import ComputeDtype, compute_dtype
 from app.engine.encoder import EncoderWindow, window_frames
 from app.engine.features import HOP_LENGTH, SAMPLE_RATE, WINDOW_FRAMES, log_mel, pad_or_trim
 from app.engine.loading import LoadedModel, load_model, weight_bytes
-from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, LoraRouting, inject_lora
+from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, inject_lora
 from app.engine.model_import import describe_model_dir
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
@@ -75,6 +75,7 @@ class WindowJob:
     generator: torch.Generator | None = None
     detect_language: bool = False
     """Only the language is wanted (multilingual models, no language given)."""
+    beam_size: int = 1
     encoded: Tensor | None = None
 
 
@@ -123,6 +124,8 @@ class WhisperEngine:
         *,
         lora: bool = True,
         resident_slots: int = DEFAULT_RESIDENT_SLOTS,
+        dtype: ComputeDtype = "auto",
+        base_window: EncoderWindow = "full",
     ) -> None:
         self._loaded = loaded
         self._info = info
@@ -131,15 +134,16 @@ class WhisperEngine:
             loaded.tokenizer, loaded.model.generation_config
         )
         self._lock = threading.RLock()
-        self._routing = LoraRouting() if lora else None
         # Every projection an adapter may target gets a LoRA bank, once.
         self._lora_layers = (
             inject_lora(loaded.model, ATTENTION_TARGETS + FFN_TARGETS) if lora else {}
         )
-        for layer in self._lora_layers.values():
-            layer.routing = self._routing
         self._slots = AdapterSlots(self._lora_layers, resident_slots) if lora else None
-        self._decoder = BatchDecoder(loaded.model, self._tokens, self._routing)
+        self._dtype = compute_dtype(loaded.precision, loaded.device, dtype)
+        self._base_window = base_window
+        """The encoder window of requests served by the base model (an adapter brings its own:
+        the one it was trained on)."""
+        self._decoder = BatchDecoder(loaded.model, self._tokens, self._dtype)
 
     @classmethod
     def load(
@@ -151,6 +155,8 @@ class WhisperEngine:
         threads: int | None = None,
         lora: bool = True,
         resident_slots: int = DEFAULT_RESIDENT_SLOTS,
+        dtype: ComputeDtype = "auto",
+        base_window: EncoderWindow = "full",
     ) -> "WhisperEngine":
         if threads is not None:
             torch.set_num_threads(threads)
@@ -164,7 +170,14 @@ class WhisperEngine:
             fingerprint=manifest.fingerprint,
             weight_bytes=weight_bytes(loaded.model),
         )
-        return cls(loaded, info, lora=lora, resident_slots=resident_slots)
+        return cls(
+            loaded,
+            info,
+            lora=lora,
+            resident_slots=resident_slots,
+            dtype=dtype,
+            base_window=base_window,
+        )
 
     @property
     def info(self) -> ModelInfo:
@@ -178,6 +191,10 @@ class WhisperEngine:
     @property
     def loaded(self) -> LoadedModel:
         return self._loaded
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self._dtype
 
     @property
     def supports_adapters(self) -> bool:
@@ -227,7 +244,7 @@ class WhisperEngine:
             slot = self._slots.acquire(adapter) if self._slots is not None else 0
             if slot is None:
                 return None
-            window: EncoderWindow = adapter.encoder_window if adapter else "full"
+            window = adapter.encoder_window if adapter else self._base_window
             task = TranscriptionTask(self._steps(audio, options, window), slot)
             task.advance(None)
             self._release_if_done(task)
@@ -276,16 +293,15 @@ class WhisperEngine:
         return answers
 
     def _encode_missing(self, tasks: list[TranscriptionTask]) -> None:
-        """Encodes new windows, batching those of equal length (padding would change them)."""
-        groups: dict[int, list[TranscriptionTask]] = defaultdict(list)
-        for task in tasks:
-            if task.job is not None and task.job.encoded is None:
-                groups[task.job.mel.shape[-1]].append(task)
-        for group in groups.values():
-            mel = torch.stack([_job(task).mel for task in group])
-            encoded = self._decoder.encode(mel, [task.slot for task in group])
-            for task, output in zip(group, encoded, strict=True):
-                _job(task).encoded = output
+        """Encodes the windows not encoded yet (a window is encoded once for all its decodes)."""
+        pending = [task for task in tasks if task.job is not None and task.job.encoded is None]
+        if not pending:
+            return
+        encoded = self._decoder.encode(
+            [_job(task).mel for task in pending], [task.slot for task in pending]
+        )
+        for task, output in zip(pending, encoded, strict=True):
+            _job(task).encoded = output
 
     def _row(self, task: TranscriptionTask) -> DecodeRow:
         job = _job(task)
@@ -296,6 +312,7 @@ class WhisperEngine:
             with_timestamps=job.with_timestamps,
             generator=job.generator,
             slot=task.slot,
+            beam_size=job.beam_size,
         )
 
     def _steps(
@@ -364,25 +381,32 @@ class WhisperEngine:
         options: TranscriptionOptions,
         with_timestamps: bool,
     ) -> Generator[WindowJob, Any, DecodeResult]:
-        """Decodes greedily (or at the requested temperature), re-sampling hotter on failure;
-        the window is encoded once for all attempts."""
+        """Decodes greedily (or with beams, or at the requested temperature), re-sampling
+        hotter on failure; the window is encoded once for all attempts. When every attempt
+        fails, the most confident one that is not a repetition loop is kept (as faster-whisper
+        does), not the last and hottest one."""
         policy = self._policy
         generator = torch.Generator(device=self._loaded.device).manual_seed(policy.seed)
         temperatures = [options.temperature] + [
             t for t in policy.fallback_temperatures if t > options.temperature
         ]
         job = WindowJob(
-            mel=window, prefix=prefix, with_timestamps=with_timestamps, generator=generator
+            mel=window,
+            prefix=prefix,
+            with_timestamps=with_timestamps,
+            generator=generator,
+            beam_size=options.beam_size,
         )
-        result: DecodeResult | None = None
+        attempts: list[DecodeResult] = []
         for temperature in temperatures:
             job.temperature = temperature
-            result = yield job
-            assert result is not None
+            result: DecodeResult = yield job
             if not self._needs_fallback(result):
-                break
-        assert result is not None
-        return result
+                return result
+            attempts.append(result)
+        threshold = policy.compression_ratio_threshold
+        fluent = [r for r in attempts if self._compression_ratio(r) <= threshold]
+        return max(fluent or attempts, key=lambda r: r.avg_logprob)
 
     def _needs_fallback(self, result: DecodeResult) -> bool:
         policy = self._policy

@@ -1,0 +1,99 @@
+"""A request's transcript does not depend on what else is in its batch.
+
+Solo first, then the same requests advanced together through `open` / `run_round` (as the
+scheduler does), with different adapters, audio lengths, encoder windows and prefixes in one
+batch: every result, down to the log-probabilities, must be the one the request gets alone.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from app.engine.adapter_file import AdapterWeights
+from app.engine.dense import INVARIANT_ROWS
+from app.engine.projections import Projection
+from app.engine.types import Transcription, TranscriptionOptions
+from app.engine.whisper import WhisperEngine
+from tests.support.adapters import random_adapter
+from tests.support.audio import speech_16k
+
+GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
+TIMESTAMPED = TranscriptionOptions(language="en", with_timestamps=True)
+PROMPTED = TranscriptionOptions(language="en", with_timestamps=False, prompt="Meeting notes.")
+SENTENCES = (
+    ("The quick brown fox jumps over the lazy dog.", 130),
+    ("Please call me back tomorrow morning.", 150),
+    ("We should meet at the station at seven, or a little later if the train is late.", 160),
+    ("Turn left at the next traffic light.", 140),
+)
+
+
+@pytest.fixture(scope="module")
+def audio() -> list[np.ndarray]:
+    return [speech_16k(text, speed=speed) for text, speed in SENTENCES]
+
+
+@pytest.fixture(scope="module")
+def adapters(nf4_engine: WhisperEngine) -> list[AdapterWeights | None]:
+    fit = dataclasses.replace(random_adapter(nf4_engine, 2), encoder_window="fit")
+    return [None, random_adapter(nf4_engine, 1), fit, random_adapter(nf4_engine, 3, rank=8)]
+
+
+def _batched(
+    engine: WhisperEngine,
+    requests: list[tuple[np.ndarray, TranscriptionOptions, AdapterWeights | None]],
+) -> list[Transcription]:
+    tasks = [engine.open(audio, options, adapter) for audio, options, adapter in requests]
+    assert all(task is not None for task in tasks)
+    live = [task for task in tasks if task is not None]
+    while not all(task.done for task in live):
+        engine.run_round(live)
+    return [task.outcome() for task in live]
+
+
+def test_projection_rows_do_not_depend_on_their_neighbours() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1536, 384, generator=generator).bfloat16()
+    projection = Projection.build(
+        type("W", (), {"weight": weight.float(), "bias": None})(),  # type: ignore[arg-type]
+        torch.bfloat16,
+        pack=True,
+    )
+    x = torch.randn(3 * INVARIANT_ROWS, 1, 384, generator=generator)
+    alone = torch.cat([projection(x[i : i + 1]) for i in range(x.shape[0])])
+    for rows in (2, 7, INVARIANT_ROWS, INVARIANT_ROWS + 5, x.shape[0]):
+        assert torch.equal(projection(x[:rows]), alone[:rows]), rows
+
+
+@pytest.mark.slow
+def test_every_request_gets_its_solo_result_in_a_mixed_batch(
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+) -> None:
+    requests = [
+        (audio[0], GREEDY, adapters[0]),
+        (audio[1], GREEDY, adapters[1]),
+        (audio[2], TIMESTAMPED, adapters[2]),
+        (audio[3], PROMPTED, adapters[3]),
+        (audio[0], GREEDY, adapters[1]),
+        (audio[1], TIMESTAMPED, adapters[0]),
+        (audio[2], GREEDY, adapters[3]),
+        (audio[3], GREEDY, adapters[2]),
+    ]
+    alone = [nf4_engine.transcribe(a, options, adapter) for a, options, adapter in requests]
+    together = _batched(nf4_engine, requests)
+
+    assert together == alone
+    texts = {result.text for result in alone[:4]}
+    assert len(texts) == 4, "the requests must really differ"
+
+
+@pytest.mark.slow
+def test_the_same_request_repeated_in_one_batch_gets_the_same_result(
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+) -> None:
+    requests = [(audio[1], GREEDY, adapters[1])] * 5 + [(audio[1], GREEDY, None)] * 3
+    results = _batched(nf4_engine, requests)
+    assert results[:5] == [nf4_engine.transcribe(audio[1], GREEDY, adapters[1])] * 5
+    assert results[5:] == [nf4_engine.transcribe(audio[1], GREEDY, None)] * 3
