@@ -7,7 +7,8 @@
 Per speaker, and averaged over speakers, on the speaker's test sentences:
 
 - `fp32`: the converted tiny.en at full precision, no adapter;
-- `nf4`: the served NF4 base, no adapter;
+- `nf4`: the served NF4 base, no adapter, 30 s encoder window;
+- `nf4w`: the same with the encoder window cut to the speech (at least 10 s, `fit10`);
 - `pqm`: NF4 plus the speaker's adapter (trained on their train split with `TrainingConfig()`'s
   tuned defaults, their dev split for early stopping), as the service would serve it;
 - the relative WER reduction of `pqm` against `fp32`, the adapter's size (bytes of its file,
@@ -79,7 +80,9 @@ SUITES = ("synthetic", "fsdd")
 QUICK_SYNTHETIC = speakers.QUICK_SPEAKERS[:2]
 QUICK_FSDD = ("george",)
 EVAL_SPLITS = {"synthetic": ("test", "heldout"), "fsdd": ("test",)}
-MODELS = ("fp32", "nf4", "pqm")
+MODELS = ("fp32", "nf4", "nf4w", "pqm")
+"""`nf4w`: the NF4 base with the shortened encoder window (`fit10`), the serving option
+measured here; every other base runs Whisper's 30 s window."""
 
 AudioArray = npt.NDArray[np.float32]
 
@@ -377,7 +380,9 @@ def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
     return suites, skipped
 
 
-def load_engine(model_dir: Path, precision: str, threads: int) -> WhisperEngine:
+def load_engine(
+    model_dir: Path, precision: str, threads: int, base_window: str = "full"
+) -> WhisperEngine:
     from app.engine.whisper import WhisperEngine
 
     return WhisperEngine.load(
@@ -385,6 +390,7 @@ def load_engine(model_dir: Path, precision: str, threads: int) -> WhisperEngine:
         precision="fp32" if precision == "fp32" else "nf4",
         device="cpu",
         threads=threads,
+        base_window="fit10" if base_window == "fit10" else "full",
     )
 
 
@@ -438,9 +444,10 @@ def run(options: Options) -> dict[str, Any]:
     del fp32_engine
     gc.collect()
 
-    # NF4: one engine for the bases and every adapter.
+    # NF4: one engine for the bases and every adapter, one more for the shortened base window.
     engine = load_engine(model_dir, "nf4", options.threads)
     rss_nf4 = rss_bytes()
+    short_window = load_engine(model_dir, "nf4", options.threads, base_window="fit10")
     adapters: dict[tuple[str, str], AdapterWeights] = {}
     for suite in suites:
         for name, data in suite.speakers.items():
@@ -449,11 +456,12 @@ def run(options: Options) -> dict[str, Any]:
             splits = [s for s in EVAL_SPLITS[suite.kind] if (suite.kind, name, s) in evalsets]
             for split in splits:
                 evalset = evalsets[suite.kind, name, split]
-                scored = cache.get("nf4", suite.kind, evalset)
-                if scored is None:
-                    scored = score(engine, evalset, suite.score_text)
-                    cache.put("nf4", suite.kind, evalset, scored)
-                result.splits[split]["nf4"] = scored
+                for model, base_engine in (("nf4", engine), ("nf4w", short_window)):
+                    scored = cache.get(model, suite.kind, evalset)
+                    if scored is None:
+                        scored = score(base_engine, evalset, suite.score_text)
+                        cache.put(model, suite.kind, evalset, scored)
+                    result.splits[split][model] = scored
             if train_error is None:
                 try:
                     trained = train_speaker(model_dir, data, options.threads)
@@ -576,7 +584,7 @@ def _progress_line(result: SpeakerResult) -> str:
     parts = []
     for split in result.splits:
         wers = "/".join(_fmt(result.wer(split, m)) for m in MODELS)
-        parts.append(f"{split} fp32/nf4/pqm {wers}")
+        parts.append(f"{split} fp32/nf4/nf4w/pqm {wers}")
     if result.training:
         parts.append(f"train {result.training['wall_seconds']:.0f} s")
     if result.error:
@@ -596,7 +604,7 @@ def print_report(report: dict[str, Any]) -> None:
         splits = EVAL_SPLITS[kind]
         headers = ["speaker"]
         for split in splits:
-            headers += [f"{split} fp32", "nf4", "pqm", "rel"]
+            headers += [f"{split} fp32", "nf4", "nf4w", "pqm", "rel"]
         headers += ["adapter KiB", "params", "% base", "train s", "epoch"]
         rows: list[list[object]] = []
         for entry in entries:
@@ -679,13 +687,18 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     figure, axes = plt.subplots(
         rows, 1, figsize=(11, 3.2 * rows), squeeze=False, constrained_layout=True
     )
-    colours = {"fp32": "#9e9e9e", "nf4": "#5c6bc0", "pqm": "#2e7d32"}
-    labels = {"fp32": "fp32 base", "nf4": "NF4 base", "pqm": "NF4 + LoRA (PQM)"}
+    colours = {"fp32": "#9e9e9e", "nf4": "#5c6bc0", "nf4w": "#90caf9", "pqm": "#2e7d32"}
+    labels = {
+        "fp32": "fp32 base",
+        "nf4": "NF4 base",
+        "nf4w": "NF4 base, short window",
+        "pqm": "NF4 + LoRA (PQM)",
+    }
     for axis, (kind, split) in zip(axes[: len(panels), 0], panels, strict=True):
         entries = [e for e in report["speakers"] if e["suite"] == kind]
         names = [e["speaker"] for e in entries] + ["mean"]
         positions = np.arange(len(names))
-        width = 0.27
+        width = 0.8 / len(MODELS)
         heights_seen: list[float] = []
         for offset, model in enumerate(MODELS):
             values = [e["splits"].get(split, {}).get(model, {}).get("wer") for e in entries]
@@ -693,7 +706,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
             heights = [np.nan if v is None else min(v, 1.5) for v in values]
             heights_seen += heights
             axis.bar(
-                positions + (offset - 1) * width,
+                positions + (offset - (len(MODELS) - 1) / 2) * width,
                 heights,
                 width,
                 label=labels[model],
@@ -707,7 +720,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         title = "test digit strings" if kind == "fsdd" else titles.get(split, split)
         axis.set_title(f"{kind}: {title}")
         axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize="small", ncols=3, loc="upper left")
+        axis.legend(fontsize="small", ncols=len(MODELS), loc="upper left")
     if cross:
         _plot_cross(axes[-1, 0], cross)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,12 @@ process (this module again, with the hidden `--child VARIANT`), so its memory fi
 that one model: the RSS growth from loading it and the process's peak RSS by the end of the run.
 Every child caps torch / CTranslate2 / OpenMP at the same thread count.
 
-Variants: `fp32`, `nf4`, `int8` are this service's `WhisperEngine` at that precision;
-`faster-whisper-<compute_type>` (e.g. `faster-whisper-int8`) is faster-whisper on the same
-bundled CTranslate2 tiny.en. A variant that fails is reported with its error; the run goes on.
+Variants: `fp32`, `nf4`, `int8` are this service's `WhisperEngine` at that precision, with
+optional suffixes: `-fp32` / `-bf16` for the compute dtype (default: the engine's own choice,
+bf16 for quantised weights on CPUs with AVX512-BF16) and `-fit` for the shortened encoder
+window on the base model (`fit10`; e.g. `nf4-fp32`, `nf4-fit`); `faster-whisper-<compute_type>`
+(e.g. `faster-whisper-int8`) is faster-whisper on the same bundled CTranslate2 tiny.en.
+A variant that fails is reported with its error; the run goes on.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ from bench.common import (
 
 DEFAULT_VARIANTS = ("fp32", "nf4", "int8", "faster-whisper-int8")
 ENGINE_PRECISIONS = ("fp32", "nf4", "int8")
+ENGINE_FLAGS = {"fp32", "bf16", "fit"}
+"""Engine variant suffixes: `-fp32` / `-bf16` compute dtype, `-fit` shortened encoder window."""
 FASTER_WHISPER_PREFIX = "faster-whisper-"
 BUNDLED_MODEL = "tiny.en"
 AUDIO_DIR = RESULTS_DIR / "audio"
@@ -153,7 +158,7 @@ def load_engine(variant: str, model_dir: Path, threads: int) -> Loaded:
     precision, *flags = variant.split("-")
     dtypes = {"fp32": "float32", "bf16": "bfloat16"}
     dtype = next((dtypes[f] for f in flags if f in dtypes), "auto")
-    window = "fit" if "fit" in flags else "full"
+    window = "fit10" if "fit" in flags else "full"
     engine = WhisperEngine.load(
         model_dir,
         precision=cast("Precision", precision),
@@ -602,9 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_known_variant(name: str) -> bool:
-    return name in ENGINE_PRECISIONS or (
-        name.startswith(FASTER_WHISPER_PREFIX) and len(name) > len(FASTER_WHISPER_PREFIX)
-    )
+    if name.startswith(FASTER_WHISPER_PREFIX):
+        return len(name) > len(FASTER_WHISPER_PREFIX)
+    precision, *flags = name.split("-")
+    return precision in ENGINE_PRECISIONS and set(flags) <= ENGINE_FLAGS
 
 
 if __name__ == "__main__":

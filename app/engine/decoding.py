@@ -45,6 +45,8 @@ class DecodeRow:
     """The adapter bank slot applied to this row (0: the base model)."""
     beam_size: int = 1
     """Beam search over this many hypotheses at temperature 0 (1: greedy)."""
+    max_tokens: int = MAX_TEXT_TOKENS
+    """A hypothesis this long ends here (a bound on runaway repetition loops)."""
 
 
 class BatchDecoder:
@@ -101,8 +103,9 @@ class BatchDecoder:
         Pass rows are the live hypotheses of the requests, request by request (a beam search
         has several); rows whose request has ended leave the batch at once."""
         tokens = self._tokens
+        limit = min(MAX_TEXT_TOKENS, max(r.max_tokens for r in rows))
         decoder = self._pass(
-            [r.encoded for r in rows], [r.prefix for r in rows], [r.slot for r in rows]
+            [r.encoded for r in rows], [r.prefix for r in rows], [r.slot for r in rows], limit
         )
         order = decoder.order  # caller index of each request, in pass order
         wanted = [[rows[i].prefix.index(tokens.sot), len(rows[i].prefix) - 1] for i in order]
@@ -121,11 +124,9 @@ class BatchDecoder:
             for i in order
         }
         current = [_own(logits[p, 1]) for p in range(len(order))]
-        for step in range(MAX_TEXT_TOKENS):
+        for step in range(limit):
             sources, next_tokens = self._advance(rows, order, searches, current, step)
-            if not sources:
-                break
-            if step + 1 == MAX_TEXT_TOKENS:
+            if not sources or step + 1 == limit:
                 break
             if sources != list(range(decoder.rows)):
                 decoder.keep(sources)
@@ -153,6 +154,10 @@ class BatchDecoder:
             if search.done:
                 continue
             count = len(search.live)
+            if step >= rows[i].max_tokens:
+                search.stop()
+                first += count
+                continue
             scores = current[first : first + count]
             for hypothesis, row_scores in zip(search.live, scores, strict=True):
                 self._rules.apply(row_scores, hypothesis.tokens, step, rows[i].with_timestamps)

@@ -16,18 +16,20 @@ __all__ = ["FULL_WINDOW_FRAMES", "EncoderWindow", "encode", "window_frames"]
 
 FULL_WINDOW_FRAMES = 3000
 FRAMES_PER_SECOND = 100
-EncoderWindow = Literal["full", "fit"]
-"""`full`: always 30 s. `fit`: the speech rounded up to whole seconds, plus a second of margin."""
+EncoderWindow = Literal["full", "fit", "fit10"]
+"""`full`: always 30 s. `fit`: the speech rounded up to whole seconds, plus a second of margin
+(at least 2 s; what adapters are trained on). `fit10`: the same, but at least 10 s (for the
+base model, which was never trained on short windows: below 10 s it starts to loop)."""
 
-_MIN_FIT_FRAMES = 200
+_MIN_FIT_SECONDS = {"fit": 2, "fit10": 10}
 
 
 def window_frames(content_frames: int, window: EncoderWindow) -> int:
     """How many mel frames the encoder sees for a window holding `content_frames` of audio."""
     if window == "full":
         return FULL_WINDOW_FRAMES
-    seconds = math.ceil(content_frames / FRAMES_PER_SECOND) + 1
-    return min(FULL_WINDOW_FRAMES, max(_MIN_FIT_FRAMES, seconds * FRAMES_PER_SECOND))
+    seconds = max(_MIN_FIT_SECONDS[window], math.ceil(content_frames / FRAMES_PER_SECOND) + 1)
+    return min(FULL_WINDOW_FRAMES, seconds * FRAMES_PER_SECOND)
 
 
 def encode(encoder: Any, mel: Tensor) -> Tensor:

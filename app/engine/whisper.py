@@ -13,6 +13,7 @@ silence from turning into hallucinated text without gating on loudness.
 """
 
 import logging
+import math
 import threading
 import zlib
 from collections.abc import Generator
@@ -36,7 +37,7 @@ from app.engine.model_import import describe_model_dir
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
 
-__all__ = ["DecodingPolicy", "TranscriptionTask", "WhisperEngine", "WindowJob"]
+__all__ = ["DecodingPolicy", "TranscriptionTask", "WhisperEngine", "WindowJob", "max_window_tokens"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,15 @@ FRAMES_PER_TIMESTAMP = 2
 """A timestamp token step is 20 ms: two 10 ms mel frames."""
 SECONDS_PER_FRAME = HOP_LENGTH / SAMPLE_RATE
 DEFAULT_RESIDENT_SLOTS = 8
+TOKENS_PER_SECOND_BOUND = 12
+"""No speech needs more tokens per second than this (fast read digits take about 6, with
+timestamps); a decode that gets there is looping. Bounds the cost of a loop on short audio."""
+
+
+def max_window_tokens(content_frames: int) -> int:
+    """The longest decode a window holding `content_frames` mel frames can need."""
+    seconds = content_frames / 100
+    return min(MAX_TEXT_TOKENS, 16 + math.ceil(TOKENS_PER_SECOND_BOUND * seconds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,7 @@ class WindowJob:
     detect_language: bool = False
     """Only the language is wanted (multilingual models, no language given)."""
     beam_size: int = 1
+    max_tokens: int = MAX_TEXT_TOKENS
     encoded: Tensor | None = None
 
 
@@ -313,6 +324,7 @@ class WhisperEngine:
             generator=job.generator,
             slot=task.slot,
             beam_size=job.beam_size,
+            max_tokens=job.max_tokens,
         )
 
     def _steps(
@@ -334,7 +346,10 @@ class WhisperEngine:
                 seek += chunk
                 continue
             window = pad_or_trim(mel[:, seek : seek + chunk], window_frames(chunk, encoder_window))
-            result = yield from self._decode_with_fallback(window, prefix, options, with_timestamps)
+            limit = max_window_tokens(chunk)
+            result = yield from self._decode_with_fallback(
+                window, prefix, options, with_timestamps, limit
+            )
             if self._is_silence(result, audio, seek, chunk):
                 seek += self._advance_past_silence(result, chunk)
                 continue
@@ -380,6 +395,7 @@ class WhisperEngine:
         prefix: list[int],
         options: TranscriptionOptions,
         with_timestamps: bool,
+        max_tokens: int,
     ) -> Generator[WindowJob, Any, DecodeResult]:
         """Decodes greedily (or with beams, or at the requested temperature), re-sampling
         hotter on failure; the window is encoded once for all attempts. When every attempt
@@ -396,6 +412,7 @@ class WhisperEngine:
             with_timestamps=with_timestamps,
             generator=generator,
             beam_size=options.beam_size,
+            max_tokens=max_tokens,
         )
         attempts: list[DecodeResult] = []
         for temperature in temperatures:
