@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.engine.types import Precision
+from app.engine.types import ComputeDtype, EncoderWindow, Precision
 
 MIB = 1024 * 1024
 WEAK_ADMIN_KEY_LENGTH = 24
@@ -27,6 +27,13 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads for inference; unset keeps torch's default."""
+    compute_dtype: ComputeDtype = "auto"
+    """What the projections compute in: `auto` is bfloat16 for quantised weights on CPUs with
+    AVX512-BF16 (and on CUDA), float32 otherwise; the weights stay quantised at rest."""
+    encoder_window: EncoderWindow = "full"
+    """The encoder input of requests served by the base model: `full` (Whisper's 30 s) or
+    `fit10` (the speech plus a second, at least 10 s). Adapters use the window they were
+    trained on."""
 
 
 class QueueSettings(BaseModel):
@@ -42,6 +49,8 @@ class QueueSettings(BaseModel):
 class AdapterCacheSettings(BaseModel):
     """The adapter cache tiers in front of the adapter store."""
 
+    enabled: bool = True
+    """Serve personalised adapters at all; `false` runs the bare base model (no LoRA banks)."""
     resident_slots: int = Field(default=16, ge=1)
     """Adapters held in the model's LoRA banks (device memory), least recently used evicted;
     at least `queue.max_batch_size`, so that a full batch of different users fits."""

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+LOAD_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 
 @dataclass
@@ -14,6 +15,7 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        self._slot_totals: dict[str, int] = {}
         r = self.registry
         self.http_requests = Counter(
             "pqm_http_requests_total",
@@ -61,8 +63,15 @@ class Metrics:
         )
         self.adapter_cache = Counter(
             "pqm_adapter_cache_events_total",
-            "Adapter cache hits, misses, evictions, refusals.",
-            ["event"],
+            "Adapter cache hits, misses, evictions, refusals per tier (host: deserialised "
+            "adapters; slots: the model's resident banks).",
+            ["tier", "event"],
+            registry=r,
+        )
+        self.adapter_load = Histogram(
+            "pqm_adapter_load_seconds",
+            "Loading an adapter from the store on a host-cache miss (read, verify, parse).",
+            buckets=LOAD_BUCKETS,
             registry=r,
         )
         self.adapters_resident = Gauge(
@@ -80,6 +89,15 @@ class Metrics:
             ["status"],
             registry=r,
         )
+
+    def count_slot_events(self, hits: int, misses: int, evictions: int) -> None:
+        """Brings the slot-tier counters up to the engine's cumulative counts."""
+        for event, total in (("hit", hits), ("miss", misses), ("eviction", evictions)):
+            counter = self.adapter_cache.labels("slots", event)
+            seen = self._slot_totals.get(event, 0)
+            if total > seen:
+                counter.inc(total - seen)
+                self._slot_totals[event] = total
 
     def batch(self, size: int) -> None:
         """`BatchObserver`: one model round advanced `size` requests."""

@@ -27,4 +27,5 @@ async def metrics(state: StateDep, session: SessionDep, principal: PrincipalDep)
     if slots is not None:
         state.metrics.adapters_resident.labels("slots").set(slots.resident)
         state.metrics.adapter_cache_bytes.labels("slots").set(slots.bank_bytes)
+        state.metrics.count_slot_events(slots.hits, slots.misses, slots.evictions)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -48,6 +48,8 @@ class AdapterSlots:
         self._resident: OrderedDict[int, tuple[int, AdapterWeights]] = OrderedDict()
         self._free = list(range(capacity, 0, -1))
         self._pins: Counter[int] = Counter()
+        self._forgotten: set[int] = set()
+        """Slots to free as soon as the last request using them finishes."""
         self._rank = 0
         self._hits = self._misses = self._evictions = 0
 
@@ -82,6 +84,7 @@ class AdapterSlots:
             self._resident.move_to_end(id(adapter))
             self._hits += 1
             slot = entry[0]
+            self._forgotten.discard(slot)  # wanted again after all
         else:
             free = self._free_slot()
             if free is None:
@@ -99,13 +102,26 @@ class AdapterSlots:
         self._pins[slot] -= 1
         if self._pins[slot] <= 0:
             del self._pins[slot]
+            if slot in self._forgotten:
+                self._free_resident(slot)
 
     def forget(self, adapter: AdapterWeights) -> None:
-        """Drops `adapter` from the pool once no request uses it (e.g. it was deleted)."""
+        """Drops `adapter` from the pool (e.g. it was deleted): now if no request uses it, else
+        when the last one finishes."""
         entry = self._resident.get(id(adapter))
-        if entry is not None and not self._pins[entry[0]]:
-            del self._resident[id(adapter)]
-            self._free.append(entry[0])
+        if entry is None:
+            return
+        if self._pins[entry[0]]:
+            self._forgotten.add(entry[0])
+        else:
+            self._free_resident(entry[0])
+
+    def _free_resident(self, slot: int) -> None:
+        self._forgotten.discard(slot)
+        for key, (resident_slot, _) in list(self._resident.items()):
+            if resident_slot == slot:
+                del self._resident[key]
+                self._free.append(slot)
 
     def _free_slot(self) -> int | None:
         if self._free:

@@ -12,13 +12,13 @@ lets a request be decoded alone or in any batch with the same transcript. fp32 (
 kernels with the row count, so fp32 serving is deterministic per batch, not across batches.
 """
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from app.engine.types import Precision
+from app.engine.types import ComputeDtype, Precision
 
 __all__ = [
     "INVARIANT_ROWS",
@@ -29,8 +29,6 @@ __all__ = [
     "packed_linear",
     "prepack",
 ]
-
-ComputeDtype = Literal["auto", "float32", "bfloat16"]
 
 INVARIANT_ROWS = 32
 """Largest row count for which oneDNN's bf16 matmul gives every row the bits it gets alone."""

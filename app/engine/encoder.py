@@ -1,25 +1,24 @@
 """Whisper's encoder on windows shorter than 30 s.
 
 Whisper always encodes 30 s (3000 mel frames), most of it padding for short utterances. Its
-positional embeddings are absolute, so a shorter window simply uses the first positions; the
-model was not trained that way, which is why a shortened window is only used together with an
-adapter trained on the same window (training and serving share `window_frames`).
+positional embeddings are absolute, so a shorter window simply uses the first positions. The
+model was not trained that way: an adapter is served with exactly the window it was trained
+on (training and serving share `window_frames`), and the base model, if configured to use a
+short window at all, gets at least 10 s (`fit10`), measured not to cost accuracy.
 """
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from app.engine.types import EncoderWindow
 
 __all__ = ["FULL_WINDOW_FRAMES", "EncoderWindow", "encode", "window_frames"]
 
 FULL_WINDOW_FRAMES = 3000
 FRAMES_PER_SECOND = 100
-EncoderWindow = Literal["full", "fit", "fit10"]
-"""`full`: always 30 s. `fit`: the speech rounded up to whole seconds, plus a second of margin
-(at least 2 s; what adapters are trained on). `fit10`: the same, but at least 10 s (for the
-base model, which was never trained on short windows: below 10 s it starts to loop)."""
 
 _MIN_FIT_SECONDS = {"fit": 2, "fit10": 10}
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -143,11 +144,19 @@ class ActiveAdapters:
             return await asyncio.shield(pending)
         future: asyncio.Future[AdapterWeights | None] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
+        started = time.perf_counter()
         try:
             weights = await self._load(row)
+        except BaseException as exc:  # the requests sharing this load fail with it
+            future.set_exception(exc)
+            future.exception()  # retrieved here: a load nobody else awaited is not an error
+            raise
+        else:
             future.set_result(weights)
         finally:
             del self._loading[key]
+        if self._metrics is not None:
+            self._metrics.adapter_load.observe(time.perf_counter() - started)
         if weights is None:
             self._count("refused")
             return None
@@ -170,7 +179,7 @@ class ActiveAdapters:
 
     def _count(self, event: str) -> None:
         if self._metrics is not None:
-            self._metrics.adapter_cache.labels(event).inc()
+            self._metrics.adapter_cache.labels("host", event).inc()
 
     async def _load(self, row: Adapter) -> AdapterWeights | None:
         """The adapter's weights, or None (logged) when they are missing, corrupt or do not fit

@@ -20,5 +20,8 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
         precision=settings.model.precision,
         device=settings.model.device,
         threads=settings.model.threads,
+        lora=settings.adapters.enabled,
         resident_slots=settings.adapters.resident_slots,
+        dtype=settings.model.compute_dtype,
+        base_window=settings.model.encoder_window,
     )

@@ -13,7 +13,7 @@ import torch
 
 from app.engine.adapter_file import AdapterWeights
 from app.engine.dense import INVARIANT_ROWS
-from app.engine.projections import Projection
+from app.engine.projections import BaseWeights, Projection
 from app.engine.types import Transcription, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 from tests.support.adapters import random_adapter
@@ -56,11 +56,7 @@ def _batched(
 def test_projection_rows_do_not_depend_on_their_neighbours() -> None:
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(1536, 384, generator=generator).bfloat16()
-    projection = Projection.build(
-        type("W", (), {"weight": weight.float(), "bias": None})(),  # type: ignore[arg-type]
-        torch.bfloat16,
-        pack=True,
-    )
+    projection = Projection.build(BaseWeights(weight.float(), None), torch.bfloat16, pack=True)
     x = torch.randn(3 * INVARIANT_ROWS, 1, 384, generator=generator)
     alone = torch.cat([projection(x[i : i + 1]) for i in range(x.shape[0])])
     for rows in (2, 7, INVARIANT_ROWS, INVARIANT_ROWS + 5, x.shape[0]):

@@ -80,4 +80,4 @@ class EnrolmentRepository:
         result = await self._session.execute(
             select(EnrolmentJob.status, func.count()).group_by(EnrolmentJob.status)
         )
-        return {status: count for status, count in result.tuples()}
+        return {status: count for status, count in result.all()}

@@ -1,0 +1,130 @@
+"""The resident tier: a fixed pool of bank slots, LRU eviction, pins, memory fixed by capacity."""
+
+import pytest
+import torch
+from torch import nn
+
+from app.engine.adapter_file import AdapterWeights
+from app.engine.adapter_slots import BASE_SLOT, AdapterSlots
+from app.engine.lora import LoraLinear
+from app.engine.projections import merged_update, row_factors
+
+IN, OUT = 16, 12
+
+
+def layers() -> dict[str, LoraLinear]:
+    return {name: LoraLinear(nn.Linear(IN, OUT), IN, OUT) for name in ("a.q_proj", "a.v_proj")}
+
+
+def adapter(
+    seed: int, rank: int = 2, targets: tuple[str, ...] = ("a.q_proj", "a.v_proj")
+) -> AdapterWeights:
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name in targets:
+        tensors[f"{name}.lora_A"] = torch.randn(rank, IN, generator=generator)
+        tensors[f"{name}.lora_B"] = torch.randn(OUT, rank, generator=generator)
+    return AdapterWeights(tensors=tensors, rank=rank, alpha=2.0 * rank, base_fingerprint="f")
+
+
+def test_an_adapter_lands_in_its_slot_exactly() -> None:
+    pool_layers = layers()
+    slots = AdapterSlots(pool_layers, capacity=2)
+    weights = adapter(1)
+    slot = slots.acquire(weights)
+    assert slot is not None
+    assert slot != BASE_SLOT
+    for name, layer in pool_layers.items():
+        a, b = weights.tensors[f"{name}.lora_A"], weights.tensors[f"{name}.lora_B"]
+        expected = (b @ a) * weights.scale  # [out, in]
+        update = merged_update(layer, slot)
+        assert update is not None
+        torch.testing.assert_close(update, expected)
+        factors = row_factors(layer, [BASE_SLOT, slot])
+        assert list(factors) == [1], "the base row gets no factors at all"
+    assert slots.acquire(None) == BASE_SLOT
+
+
+def test_least_recently_used_unpinned_slot_is_evicted() -> None:
+    slots = AdapterSlots(layers(), capacity=2)
+    first, second, third = adapter(1), adapter(2), adapter(3)
+    s1 = slots.acquire(first)
+    s2 = slots.acquire(second)
+    assert s1 is not None
+    assert s2 is not None
+    slots.release(s1)
+    slots.release(s2)
+    assert slots.acquire(first) == s1  # a hit makes `first` the most recently used
+    slots.release(s1)
+    s3 = slots.acquire(third)
+    assert s3 == s2, "the least recently used (second) made room"
+    stats = slots.stats()
+    assert (stats.hits, stats.misses, stats.evictions, stats.resident) == (1, 3, 1, 2)
+
+
+def test_pinned_slots_are_never_evicted() -> None:
+    slots = AdapterSlots(layers(), capacity=1)
+    first = adapter(1)
+    s1 = slots.acquire(first)
+    assert s1 is not None
+    assert slots.acquire(adapter(2)) is None, "the only slot is in use: wait"
+    slots.release(s1)
+    assert slots.acquire(adapter(2)) == s1
+
+
+def test_memory_is_fixed_by_capacity_and_rank_not_by_adapters_seen() -> None:
+    slots = AdapterSlots(layers(), capacity=3)
+    for seed in range(50):
+        slot = slots.acquire(adapter(seed))
+        assert slot is not None
+        slots.release(slot)
+    stats = slots.stats()
+    assert stats.resident == 3
+    assert stats.bank_bytes == 2 * 4 * (3 + 1) * (IN * 2 + 2 * OUT)
+
+
+def test_a_higher_rank_grows_the_banks_and_keeps_what_they_hold() -> None:
+    pool_layers = layers()
+    slots = AdapterSlots(pool_layers, capacity=2)
+    low = adapter(1, rank=2)
+    s_low = slots.acquire(low)
+    assert s_low is not None
+    before = merged_update(pool_layers["a.q_proj"], s_low)
+    assert before is not None
+    high = adapter(2, rank=5)
+    s_high = slots.acquire(high)
+    assert s_high is not None
+    assert slots.stats().bank_rank == 5
+    after = merged_update(pool_layers["a.q_proj"], s_low)
+    assert after is not None
+    assert torch.equal(after, before)
+    a, b = row_factors(pool_layers["a.q_proj"], [s_low])[0]
+    assert a.shape == (IN, 2), "a row uses its adapter's own rank"
+    assert b.shape == (2, OUT)
+
+
+def test_an_adapter_that_skips_a_layer_leaves_it_to_the_base_model() -> None:
+    pool_layers = layers()
+    slots = AdapterSlots(pool_layers, capacity=2)
+    slot = slots.acquire(adapter(1, targets=("a.q_proj",)))
+    assert slot is not None
+    assert merged_update(pool_layers["a.v_proj"], slot) is None
+    assert row_factors(pool_layers["a.v_proj"], [slot]) == {}
+
+
+def test_forget_frees_an_idle_slot_but_not_a_busy_one() -> None:
+    slots = AdapterSlots(layers(), capacity=2)
+    weights = adapter(1)
+    slot = slots.acquire(weights)
+    assert slot is not None
+    slots.forget(weights)
+    assert slots.stats().resident == 1, "still pinned by a request in flight"
+    slots.release(slot)
+    assert slots.stats().resident == 0, "freed when the last request finished"
+    slots.forget(adapter(3))  # not resident: nothing to do
+    assert slots.stats().resident == 0
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least one slot"):
+        AdapterSlots(layers(), capacity=0)
