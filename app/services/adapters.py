@@ -81,7 +81,9 @@ class ActiveAdapters:
     activation made anywhere (another replica, a `pqm worker`) takes effect on the next request.
     Deserialised weights are kept in an LRU cache bounded in bytes, keyed by adapter id and
     checksum; concurrent first requests for the same adapter share one load. When a user's
-    active adapter changes, the old one is dropped from this tier and from the model's slots.
+    active adapter changes, or an adapter leaves this tier, it is dropped from the model's slots
+    too. All bookkeeping is per cached adapter, so memory is bounded by the budget, however many
+    users there are.
     """
 
     def __init__(
@@ -95,10 +97,11 @@ class ActiveAdapters:
         self._recognizer = recognizer
         self._capacity_bytes = capacity_bytes
         self._metrics = metrics
-        self._cache: OrderedDict[tuple[str, str], AdapterWeights] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[str, AdapterWeights]] = OrderedDict()
+        """(adapter id, sha256) -> (user id, weights), least recently used first."""
         self._cached_bytes = 0
-        self._served: dict[str, tuple[str, str]] = {}
-        """user id -> key of the adapter last served to them."""
+        self._cached_for: dict[str, tuple[str, str]] = {}
+        """user id -> key of their adapter in the cache (users with a cached adapter only)."""
         self._loading: dict[tuple[str, str], asyncio.Future[AdapterWeights | None]] = {}
 
     @property
@@ -114,22 +117,21 @@ class ActiveAdapters:
         return ResolvedAdapter(row.id, weights) if weights is not None else None
 
     def _note_served(self, user_id: str, key: tuple[str, str] | None) -> None:
-        previous = self._served.get(user_id)
-        if previous == key:
-            return
-        if key is None:
-            self._served.pop(user_id, None)
-        else:
-            self._served[user_id] = key
-        if previous is not None:
+        """The user is served `key` now: whatever of theirs the cache holds otherwise goes."""
+        previous = self._cached_for.get(user_id)
+        if previous is not None and previous != key:
             self._drop(previous)
+            self._publish()
 
     def _drop(self, key: tuple[str, str]) -> None:
-        weights = self._cache.pop(key, None)
-        if weights is not None:
-            self._cached_bytes -= _size(weights)
-            self._recognizer.forget(weights)
-            self._publish()
+        entry = self._cache.pop(key, None)
+        if entry is None:
+            return
+        user_id, weights = entry
+        self._cached_bytes -= _size(weights)
+        if self._cached_for.get(user_id) == key:
+            del self._cached_for[user_id]
+        self._recognizer.forget(weights)
 
     async def _weights(self, row: Adapter) -> AdapterWeights | None:
         key = (row.id, row.sha256)
@@ -137,7 +139,7 @@ class ActiveAdapters:
         if cached is not None:
             self._cache.move_to_end(key)
             self._count("hit")
-            return cached
+            return cached[1]
         self._count("miss")
         pending = self._loading.get(key)
         if pending is not None:  # another request is loading it: share that load
@@ -160,15 +162,17 @@ class ActiveAdapters:
         if weights is None:
             self._count("refused")
             return None
-        self._keep(key, weights)
+        self._keep(key, row.user_id, weights)
         return weights
 
-    def _keep(self, key: tuple[str, str], weights: AdapterWeights) -> None:
-        self._cache[key] = weights
+    def _keep(self, key: tuple[str, str], user_id: str, weights: AdapterWeights) -> None:
+        if key in self._cache:  # loaded twice (a load raced an eviction): keep one
+            self._drop(key)
+        self._cache[key] = (user_id, weights)
+        self._cached_for[user_id] = key
         self._cached_bytes += _size(weights)
         while self._cached_bytes > self._capacity_bytes and len(self._cache) > 1:
-            _, evicted = self._cache.popitem(last=False)
-            self._cached_bytes -= _size(evicted)
+            self._drop(next(iter(self._cache)))
             self._count("eviction")
         self._publish()
 

