@@ -1,19 +1,20 @@
-"""Decodes a batch of mel windows: greedy, sampled or beam search per request, with the
-timestamp grammar.
+"""Decodes mel windows in a batch that never waits: requests join between tokens and leave as
+soon as their search ends (continuous batching). Greedy, sampled or beam search per request,
+with the timestamp grammar.
 
 We own this loop (rather than calling `generate`) to get what the API reports per segment
 (average log-probability, no-speech probability), to give every request its own prefix,
-adapter, temperature, beam width and random generator, and to let finished rows leave the
-batch at once.
+adapter, temperature, beam width and random generator, and to let requests of any length share
+the model without waiting on each other.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import WhisperForConditionalGeneration
 
-from app.engine.decoder_pass import DecoderPass, DecoderWeights, OutputHead
+from app.engine.decoder_pass import DecodeBatch, OutputHead
 from app.engine.encoder_pass import EncoderWeights, encode_window
 from app.engine.search import LogitRules, Search
 from app.engine.tokens import SpecialTokens
@@ -49,6 +50,17 @@ class DecodeRow:
     """A hypothesis this long ends here (a bound on runaway repetition loops)."""
 
 
+@dataclass(slots=True)
+class _Decode:
+    """A request in the batch: its search, and the logits its live hypotheses wait on."""
+
+    row: DecodeRow
+    search: Search
+    no_speech: float
+    scores: list[Tensor] = field(default_factory=list)
+    steps: int = 0
+
+
 class BatchDecoder:
     def __init__(
         self,
@@ -61,6 +73,10 @@ class BatchDecoder:
         self._dtype = dtype
         self._head = OutputHead(model, dtype)
         self._rules = LogitRules(tokens, model.config.vocab_size, model.device)
+        self._batch = DecodeBatch(model, self._head, dtype)
+        self._live: list[tuple[int, _Decode]] = []
+        """Requests in the batch, in its group order, with their handles."""
+        self._handles = 0
 
     @property
     def device(self) -> torch.device:
@@ -76,6 +92,11 @@ class BatchDecoder:
         """Bytes of the compute copy of the output projection (0 when it is the model's own)."""
         return self._head.nbytes
 
+    @property
+    def active(self) -> int:
+        """Requests in the batch."""
+        return len(self._live)
+
     @torch.inference_mode()
     def encode(self, mels: list[Tensor], slots: list[int]) -> list[Tensor]:
         """Each [n_mels, frames] window -> [frames // 2, d_model], with its row's adapter; the
@@ -88,112 +109,96 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def detect_language(self, encoded: list[Tensor], slots: list[int]) -> list[str]:
-        decoder = self._pass(encoded, [[self._tokens.sot]] * len(encoded), slots, 0)
-        logits = decoder.start([[0]] * len(encoded))[:, 0]
+        batch = DecodeBatch(self._model, self._head, self._dtype)
         codes = list(self._tokens.language_ids)
         ids = torch.tensor([self._tokens.language_ids[code] for code in codes])
-        best = logits[:, ids].argmax(dim=-1).tolist()
-        found = [codes[int(index)] for index in best]
-        return [found[decoder.order.index(row)] for row in range(len(encoded))]
+        found = []
+        for output, slot in zip(encoded, slots, strict=True):
+            logits = batch.add(output, [self._tokens.sot], slot, 0, [0])[0]
+            found.append(codes[int(logits[ids].argmax())])
+        return found
 
     @torch.inference_mode()
-    def decode(self, rows: list[DecodeRow]) -> list[DecodeResult]:
-        """Decodes every row after its own prefix; results are in the order of `rows`.
-
-        Pass rows are the live hypotheses of the requests, request by request (a beam search
-        has several); rows whose request has ended leave the batch at once."""
-        tokens = self._tokens
-        limit = min(MAX_TEXT_TOKENS, max(r.max_tokens for r in rows))
-        decoder = self._pass(
-            [r.encoded for r in rows], [r.prefix for r in rows], [r.slot for r in rows], limit
+    def start(self, row: DecodeRow) -> int:
+        """Adds a request to the batch (its prefix runs now); returns its handle. It is
+        advanced by `step` and reported there when it ends."""
+        sot = row.prefix.index(self._tokens.sot)
+        limit = min(row.max_tokens, MAX_TEXT_TOKENS)
+        logits = self._batch.add(
+            row.encoded, row.prefix, row.slot, limit, [sot, len(row.prefix) - 1]
         )
-        order = decoder.order  # caller index of each request, in pass order
-        wanted = [[rows[i].prefix.index(tokens.sot), len(rows[i].prefix) - 1] for i in order]
-        logits = decoder.start(wanted)
-        no_speech = {
-            i: float(_own(logits[p, 0]).softmax(dim=-1)[tokens.no_speech])
-            for p, i in enumerate(order)
-        }
-        searches = {
-            i: Search(
-                tokens.eot,
-                beam_size=rows[i].beam_size,
-                temperature=rows[i].temperature,
-                generator=rows[i].generator,
-            )
-            for i in order
-        }
-        current = [_own(logits[p, 1]) for p in range(len(order))]
-        for step in range(limit):
-            sources, next_tokens = self._advance(rows, order, searches, current, step)
-            if not sources or step + 1 == limit:
-                break
-            if sources != list(range(decoder.rows)):
-                decoder.keep(sources)
-            logits = decoder.step(torch.tensor(next_tokens, device=self.device))
-            current = [_own(logits[row]) for row in range(len(sources))]
-        for search in searches.values():
-            search.stop()
-        return [self._result(rows[i], searches[i], no_speech[i]) for i in range(len(rows))]
+        no_speech = float(_own(logits[0]).softmax(dim=-1)[self._tokens.no_speech])
+        search = Search(
+            self._tokens.eot,
+            beam_size=row.beam_size,
+            temperature=row.temperature,
+            generator=row.generator,
+        )
+        self._handles += 1
+        self._live.append((self._handles, _Decode(row, search, no_speech, [_own(logits[1])])))
+        return self._handles
 
-    def _advance(
-        self,
-        rows: list[DecodeRow],
-        order: list[int],
-        searches: dict[int, Search],
-        current: list[Tensor],
-        step: int,
-    ) -> tuple[list[int], list[int]]:
-        """One token for every live hypothesis; returns each new live row's parent row in the
-        pass and its token, request by request in pass order."""
-        sources: list[int] = []
-        next_tokens: list[int] = []
-        first = 0
-        for i in order:
-            search = searches[i]
-            if search.done:
+    @torch.inference_mode()
+    def step(self) -> list[tuple[int, DecodeResult]]:
+        """One token for every live hypothesis; returns the requests that ended, by handle."""
+        ended: list[tuple[int, DecodeResult]] = []
+        still: list[tuple[int, _Decode]] = []
+        kept: list[list[int]] = []
+        tokens: list[int] = []
+        for handle, decode in self._live:
+            chosen = self._choose(decode)
+            if decode.search.done:
+                ended.append((handle, self._result(decode)))
+                kept.append([])
                 continue
-            count = len(search.live)
-            if step >= rows[i].max_tokens:
-                search.stop()
+            kept.append([parent for parent, _ in chosen])
+            tokens.extend(token for _, token in chosen)
+            still.append((handle, decode))
+        self._batch.keep(kept)
+        self._live = still
+        if still:
+            logits = self._batch.step(torch.tensor(tokens, device=self.device))
+            first = 0
+            for _, decode in still:
+                count = len(decode.search.live)
+                decode.scores = [_own(logits[first + i]) for i in range(count)]
                 first += count
-                continue
-            scores = current[first : first + count]
-            for hypothesis, row_scores in zip(search.live, scores, strict=True):
-                self._rules.apply(row_scores, hypothesis.tokens, step, rows[i].with_timestamps)
-            for parent, token in search.advance(scores):
-                sources.append(first + parent)
-                next_tokens.append(token)
-            first += count
-        return sources, next_tokens
+        return ended
+
+    def reset(self) -> list[int]:
+        """Drops every request (after a failure); returns their handles."""
+        handles = [handle for handle, _ in self._live]
+        self._batch.keep([[] for _ in self._live])
+        self._live = []
+        return handles
+
+    def decode(self, rows: list[DecodeRow]) -> list[DecodeResult]:
+        """Decodes `rows` to the end, together; results in the order of `rows`."""
+        handles = [self.start(row) for row in rows]
+        results: dict[int, DecodeResult] = {}
+        while len(results) < len(handles):
+            results.update(self.step())
+        return [results[handle] for handle in handles]
+
+    def _choose(self, decode: _Decode) -> list[tuple[int, int]]:
+        """Applies the logit rules to each live hypothesis's logits and lets the search pick."""
+        step = decode.steps
+        decode.steps += 1
+        if step >= decode.row.max_tokens:
+            decode.search.stop()
+            return []
+        for hypothesis, scores in zip(decode.search.live, decode.scores, strict=True):
+            self._rules.apply(scores, hypothesis.tokens, step, decode.row.with_timestamps)
+        return decode.search.advance(decode.scores)
 
     @staticmethod
-    def _result(row: DecodeRow, search: Search, no_speech: float) -> DecodeResult:
-        best = search.best()
+    def _result(decode: _Decode) -> DecodeResult:
+        best = decode.search.best()
         return DecodeResult(
             tokens=best.tokens,
             avg_logprob=best.logprob / (len(best.tokens) + 1),
-            no_speech_prob=no_speech,
-            temperature=row.temperature,
-        )
-
-    def _pass(
-        self,
-        encoded: list[Tensor],
-        prefixes: list[list[int]],
-        slots: list[int],
-        max_new_tokens: int = MAX_TEXT_TOKENS,
-    ) -> DecoderPass:
-        model: nn.Module = self._model
-        return DecoderPass(
-            model,
-            DecoderWeights(self._model.model.decoder),
-            self._head,
-            encoded,
-            prefixes,
-            slots,
-            max_new_tokens,
-            self._dtype,
+            no_speech_prob=decode.no_speech,
+            temperature=decode.row.temperature,
         )
 
 

@@ -7,14 +7,14 @@ alone has its adapter merged into the weights instead (`merged_update`).
 
 Row independence (the transcript of a request must not depend on its neighbours):
 * the base product never sees more than `INVARIANT_ROWS` rows in one matmul;
-* LoRA runs row by row in float32 (`x_r @ A_r @ B_r`), the very operations a row alone gets:
+* LoRA runs row by row in float32 (`y_r += x_r @ A_r @ B_r`), the operations a row alone gets:
   batched bf16 matmuls were seen to change a row's bits with the batch, rarely but really;
 * attention (in the passes) runs per group of rows with identical shapes.
 Rows are views at offsets that are multiples of the model width (a multiple of 16 floats in
 every Whisper), so every row starts as aligned as a tensor of its own.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,17 +25,20 @@ from app.engine.lora import LoraLinear
 
 __all__ = [
     "BaseWeights",
+    "Factors",
     "Projection",
     "RowFactors",
     "fused",
     "fused_factors",
     "merged_update",
     "row_factors",
+    "slot_factors",
 ]
 
-RowFactors = dict[int, tuple[Tensor, Tensor]]
-"""Batch row -> its adapter's A [in, r] and B [r, out] (float32, LoRA scale folded into B);
-rows served by the base model are absent."""
+Factors = tuple[Tensor, Tensor]
+"""An adapter's A [in, r] and B [r, out] for one projection (float32, LoRA scale in B)."""
+RowFactors = dict[int, Factors]
+"""Batch row -> its adapter's factors; rows served by the base model are absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,6 @@ class Projection:
     weight: Tensor
     """[out, in] in the compute dtype."""
     bias: Tensor | None
-    lora: RowFactors = field(default_factory=dict)
     packed: Tensor | None = None
     """`weight` prepacked for repeated small products (decoder steps), where supported."""
 
@@ -67,7 +69,6 @@ class Projection:
         base: BaseWeights,
         dtype: torch.dtype,
         merged: Tensor | None = None,
-        lora: RowFactors | None = None,
         *,
         pack: bool = False,
     ) -> "Projection":
@@ -75,13 +76,16 @@ class Projection:
         `pack`: the projection will be applied many times to few rows."""
         weight = (base.weight if merged is None else base.weight + merged).to(dtype)
         bias = None if base.bias is None else base.bias.to(dtype)
-        return cls(weight, bias, lora or {}, prepack(weight) if pack else None)
+        return cls(weight, bias, prepack(weight) if pack else None)
 
-    def __call__(self, x: Tensor, *, chunked: bool = True) -> Tensor:
+    def __call__(
+        self, x: Tensor, *, chunked: bool = True, lora: RowFactors | None = None
+    ) -> Tensor:
         """[rows, tokens, in] float32 -> [rows, tokens, out] float32
 
         `chunked`: the rows belong to different requests, so no matmul may see more than
         `INVARIANT_ROWS` of them; one request's rows (an encoder window) go through whole.
+        `lora`: the adapted rows' factors.
         """
         inputs = x.to(self.weight.dtype)
         if self.packed is not None:
@@ -91,16 +95,9 @@ class Projection:
         else:
             output = functional.linear(inputs, self.weight, self.bias)
         output = output.float()
-        for row, (a, b) in self.lora.items():
-            output[row] += (x[row] @ a) @ b
+        for row, (a, b) in (lora or {}).items():
+            output[row].addmm_(x[row] @ a, b)
         return output
-
-    def rows(self, index: list[int]) -> "Projection":
-        """The same projection for a subset (or reordering, with repeats) of the batch rows."""
-        if not self.lora:
-            return self
-        lora = {new: self.lora[old] for new, old in enumerate(index) if old in self.lora}
-        return Projection(self.weight, self.bias, lora, self.packed)
 
     def _packed(self, x: Tensor) -> Tensor:
         assert self.packed is not None
@@ -122,36 +119,39 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.cat(chunks).reshape(*x.shape[:-1], weight.shape[0])
 
 
-def row_factors(module: nn.Module, slots: list[int]) -> RowFactors:
-    """Each adapted row's factors from the layer's bank (rows the base model serves here, slot
-    0 or an adapter that leaves this layer alone, are left out)."""
-    layer = module if isinstance(module, LoraLinear) else None
-    if layer is None or layer.bank_a is None or layer.bank_b is None:
-        return {}
-    factors: RowFactors = {}
-    cache: dict[int, tuple[Tensor, Tensor]] = {}
-    for row, slot in enumerate(slots):
-        rank = layer.bank_ranks[slot]
-        if rank == 0:
-            continue
-        if slot not in cache:
-            # The adapter's own rank, not the bank's zero padding: a product over more terms
-            # would round differently, and a row's bits would change as the bank grows.
-            a = layer.bank_a[slot, :, :rank].contiguous()
-            cache[slot] = (a, layer.bank_b[slot, :rank].contiguous())
-        factors[row] = cache[slot]
-    return factors
-
-
-def merged_update(module: nn.Module, slot: int) -> Tensor | None:
-    """The [out, in] float32 update of the adapter in bank `slot` (None for the base model)."""
+def slot_factors(module: nn.Module, slot: int) -> Factors | None:
+    """The factors of the adapter in bank `slot` for this layer, at the adapter's own rank
+    (None for the base model, or an adapter that leaves this layer alone)."""
     layer = module if isinstance(module, LoraLinear) else None
     if layer is None or layer.bank_a is None or layer.bank_b is None:
         return None
     rank = layer.bank_ranks[slot]
     if rank == 0:
         return None
-    update: Tensor = (layer.bank_a[slot, :, :rank] @ layer.bank_b[slot, :rank]).T
+    # The adapter's own rank, not the bank's zero padding: a product over more terms would
+    # round differently, and a row's bits would change as the bank grows.
+    return layer.bank_a[slot, :, :rank].contiguous(), layer.bank_b[slot, :rank].contiguous()
+
+
+def row_factors(module: nn.Module, slots: list[int]) -> RowFactors:
+    """Each adapted row's factors (rows the base model serves here are left out)."""
+    factors: RowFactors = {}
+    by_slot: dict[int, Factors | None] = {}
+    for row, slot in enumerate(slots):
+        if slot not in by_slot:
+            by_slot[slot] = slot_factors(module, slot)
+        found = by_slot[slot]
+        if found is not None:
+            factors[row] = found
+    return factors
+
+
+def merged_update(module: nn.Module, slot: int) -> Tensor | None:
+    """The [out, in] float32 update of the adapter in bank `slot` (None for the base model)."""
+    factors = slot_factors(module, slot)
+    if factors is None:
+        return None
+    update: Tensor = (factors[0] @ factors[1]).T
     return update
 
 
@@ -168,26 +168,20 @@ def fused(parts: list[BaseWeights]) -> BaseWeights:
     return BaseWeights(weight, torch.cat(biases))
 
 
-def fused_factors(parts: list[RowFactors], out_features: list[int]) -> RowFactors:
-    """Per-row factors of stacked projections: A side by side [in, sum r], B block diagonal
+def fused_factors(parts: list[Factors | None], out_features: list[int]) -> Factors | None:
+    """The factors of stacked projections: A side by side [in, sum r], B block diagonal
     [sum r, sum out], so each part's update lands in its own output range."""
-    fused_rows: RowFactors = {}
-    built: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}  # rows sharing an adapter share
-    for row in sorted({row for part in parts for row in part}):
-        key = tuple(id(part[row]) if row in part else 0 for part in parts)
-        if key in built:
-            fused_rows[row] = built[key]
-            continue
-        present = [part[row] for part in parts if row in part]
-        in_features, device = present[0][0].shape[0], present[0][0].device
-        ranks = [part[row][0].shape[1] if row in part else 0 for part in parts]
-        a = torch.zeros(in_features, sum(ranks), device=device)
-        b = torch.zeros(sum(ranks), sum(out_features), device=device)
-        r0 = o0 = 0
-        for part, rank, width in zip(parts, ranks, out_features, strict=True):
-            if row in part:
-                a[:, r0 : r0 + rank] = part[row][0]
-                b[r0 : r0 + rank, o0 : o0 + width] = part[row][1]
-            r0, o0 = r0 + rank, o0 + width
-        fused_rows[row] = built[key] = (a, b)
-    return fused_rows
+    present = [part for part in parts if part is not None]
+    if not present:
+        return None
+    in_features, device = present[0][0].shape[0], present[0][0].device
+    ranks = [part[0].shape[1] if part is not None else 0 for part in parts]
+    a = torch.zeros(in_features, sum(ranks), device=device)
+    b = torch.zeros(sum(ranks), sum(out_features), device=device)
+    r0 = o0 = 0
+    for part, rank, width in zip(parts, ranks, out_features, strict=True):
+        if part is not None:
+            a[:, r0 : r0 + rank] = part[0]
+            b[r0 : r0 + rank, o0 : o0 + width] = part[1]
+        r0, o0 = r0 + rank, o0 + width
+    return a, b

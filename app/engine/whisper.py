@@ -100,6 +100,8 @@ class TranscriptionTask:
         self.slot = slot
         self._steps = steps
         self.job: WindowJob | None = None
+        self.decoding: int | None = None
+        """The handle of the job's decode while it is in the decode batch."""
         self.result: Transcription | None = None
         self.error: BaseException | None = None
 
@@ -155,6 +157,8 @@ class WhisperEngine:
         """The encoder window of requests served by the base model (an adapter brings its own:
         the one it was trained on)."""
         self._decoder = BatchDecoder(loaded.model, self._tokens, self._dtype)
+        self._decoding: dict[int, TranscriptionTask] = {}
+        """Decode handle -> the task whose job it is."""
 
     @classmethod
     def load(
@@ -262,46 +266,53 @@ class WhisperEngine:
             return task
 
     def run_round(self, tasks: list[TranscriptionTask]) -> None:
-        """Advances every unfinished task by one job: all their windows in one batch."""
+        """Starts the new jobs of `tasks` (encoding their windows, joining the decode batch),
+        then advances every decode in the batch by one token. A task whose decode ends moves
+        on to its next job, or finishes, at once: nobody waits for a longer neighbour."""
         with self._lock:
-            running = [task for task in tasks if task.job is not None]
-            if not running:
-                return
             try:
-                answers = self._run_jobs(running)
+                self._start_jobs(tasks)
+                ended = self._decoder.step() if self._decoder.active else []
             except Exception as exc:  # a failed batch fails its requests, not the engine
-                logger.exception("batch failed", extra={"batch": len(running)})
-                for task in running:
-                    task.fail(exc)
-                    self._release_if_done(task)
+                logger.exception("batch failed", extra={"batch": self._decoder.active})
+                for handle in self._decoder.reset():
+                    self._finish(self._decoding.pop(handle), error=exc)
                 return
-            for task, answer in zip(running, answers, strict=True):
-                task.advance(answer)
+            for handle, result in ended:
+                task = self._decoding.pop(handle)
+                task.decoding = None
+                task.advance(result)
                 self._release_if_done(task)
+
+    def _start_jobs(self, tasks: list[TranscriptionTask]) -> None:
+        new = [t for t in tasks if t.job is not None and t.decoding is None and not t.done]
+        if not new:
+            return
+        self._encode_missing(new)
+        for task in new:
+            job = _job(task)
+            if job.detect_language:
+                [language] = self._decoder.detect_language([_encoded(task)], [task.slot])
+                task.advance(language)  # its first decode starts next round
+                self._release_if_done(task)
+                continue
+            try:
+                task.decoding = self._decoder.start(self._row(task))
+            except Exception as exc:  # this request fails, the batch goes on
+                logger.exception("decode failed to start")
+                self._finish(task, error=exc)
+                continue
+            self._decoding[task.decoding] = task
+
+    def _finish(self, task: TranscriptionTask, *, error: BaseException) -> None:
+        task.decoding = None
+        task.fail(error)
+        self._release_if_done(task)
 
     def _release_if_done(self, task: TranscriptionTask) -> None:
         if task.done and self._slots is not None:
             self._slots.release(task.slot)
             task.slot = 0
-
-    def _run_jobs(self, tasks: list[TranscriptionTask]) -> list[object]:
-        jobs = [task.job for task in tasks]
-        assert all(job is not None for job in jobs)
-        self._encode_missing(tasks)
-        answers: list[object] = [None] * len(tasks)
-        detect = [i for i, task in enumerate(tasks) if task.job and task.job.detect_language]
-        if detect:
-            languages = self._decoder.detect_language(
-                [_encoded(tasks[i]) for i in detect], [tasks[i].slot for i in detect]
-            )
-            for i, language in zip(detect, languages, strict=True):
-                answers[i] = language
-        decode = [i for i in range(len(tasks)) if i not in set(detect)]
-        if decode:
-            rows = [self._row(tasks[i]) for i in decode]
-            for i, result in zip(decode, self._decoder.decode(rows), strict=True):
-                answers[i] = result
-        return answers
 
     def _encode_missing(self, tasks: list[TranscriptionTask]) -> None:
         """Encodes the windows not encoded yet (a window is encoded once for all its decodes)."""

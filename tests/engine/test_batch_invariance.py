@@ -93,3 +93,30 @@ def test_the_same_request_repeated_in_one_batch_gets_the_same_result(
     results = _batched(nf4_engine, requests)
     assert results[:5] == [nf4_engine.transcribe(audio[1], GREEDY, adapters[1])] * 5
     assert results[5:] == [nf4_engine.transcribe(audio[1], GREEDY, None)] * 3
+
+
+@pytest.mark.slow
+def test_a_request_joining_mid_decode_leaves_first_with_its_solo_result(
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+) -> None:
+    long_audio = np.concatenate([audio[2], audio[0], audio[3]])
+    long_alone = nf4_engine.transcribe(long_audio, TIMESTAMPED, adapters[1])
+    short_alone = nf4_engine.transcribe(audio[1], GREEDY, adapters[3])
+
+    long_task = nf4_engine.open(long_audio, TIMESTAMPED, adapters[1])
+    assert long_task is not None
+    for _ in range(5):  # the long request is a few tokens into its decode
+        nf4_engine.run_round([long_task])
+    short_task = nf4_engine.open(audio[1], GREEDY, adapters[3])
+    assert short_task is not None
+    rounds = 0
+    while not short_task.done:
+        nf4_engine.run_round([long_task, short_task])
+        rounds += 1
+    assert not long_task.done, "the short request did not wait for the long one"
+    while not long_task.done:
+        nf4_engine.run_round([long_task])
+
+    assert short_task.outcome() == short_alone
+    assert long_task.outcome() == long_alone
+    assert rounds <= len(short_alone.segments[0].tokens) + 3
