@@ -353,6 +353,7 @@ def training_available() -> str | None:
 
 @dataclass(frozen=True)
 class Options:
+    report: Path | None
     suites: tuple[str, ...]
     synthetic: tuple[str, ...] | None
     fsdd: tuple[str, ...] | None
@@ -596,6 +597,24 @@ def _progress_line(result: SpeakerResult) -> str:
 # Report
 
 
+def gate(entry: dict[str, Any]) -> bool | None:
+    """Whether the service's acceptance gate activates this speaker's first adapter: its dev
+    WER must beat the base model's (None when no adapter was trained)."""
+    metrics = (entry.get("training") or {}).get("metrics") or {}
+    before, after = metrics.get("wer_before"), metrics.get("wer_after")
+    if before is None or after is None:
+        return None
+    return bool(after < before)
+
+
+def served_wer(entry: dict[str, Any], split: str) -> float | None:
+    """The WER the user is served: the adapter if the gate activates it, else the NF4 base."""
+    data = entry["splits"].get(split, {})
+    model = "pqm" if gate(entry) else "nf4"
+    value = data.get(model, {}).get("wer")
+    return None if value is None else float(value)
+
+
 def print_report(report: dict[str, Any]) -> None:
     by_suite: dict[str, list[dict[str, Any]]] = {}
     for entry in report["speakers"]:
@@ -604,8 +623,8 @@ def print_report(report: dict[str, Any]) -> None:
         splits = EVAL_SPLITS[kind]
         headers = ["speaker"]
         for split in splits:
-            headers += [f"{split} fp32", "nf4", "nf4w", "pqm", "rel"]
-        headers += ["adapter KiB", "params", "% base", "train s", "epoch"]
+            headers += [f"{split} fp32", "nf4", "nf4w", "pqm", "rel", "served"]
+        headers += ["gate", "adapter KiB", "params", "% base", "train s", "epoch"]
         rows: list[list[object]] = []
         for entry in entries:
             row: list[object] = [entry["speaker"]]
@@ -613,6 +632,9 @@ def print_report(report: dict[str, Any]) -> None:
                 data = entry["splits"].get(split, {})
                 row += [_fmt(data.get(m, {}).get("wer")) for m in MODELS]
                 row.append(_pct(data.get("relative_reduction_vs_fp32")))
+                row.append(_fmt(served_wer(entry, split)))
+            activated = gate(entry)
+            row.append("-" if activated is None else ("on" if activated else "off"))
             row += _adapter_cells(entry)
             rows.append(row)
         average: list[object] = ["mean"]
@@ -620,9 +642,13 @@ def print_report(report: dict[str, Any]) -> None:
             avg = report["suites"][kind]["averages"][split]
             average += [_fmt(avg[m]) for m in MODELS]
             average.append(_pct(avg["relative_reduction_vs_fp32"]))
-        average += _adapter_means(entries)
+            average.append(_fmt(mean(served_wer(e, split) for e in entries)))
+        average += [None, *_adapter_means(entries)]
         rows.append(average)
-        print(f"\n== {kind}: test WER (rel = WER reduction of pqm vs fp32)")
+        print(
+            f"\n== {kind}: test WER (rel = WER reduction of pqm vs fp32; served = pqm where "
+            "the acceptance gate activates the adapter, else nf4)"
+        )
         print_table(headers, rows)
     cross = report.get("cross_speaker")
     if cross:
@@ -767,6 +793,9 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         "--no-cache", action="store_true", help=f"re-measure the base models (cache: {CACHE_DIR})"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
+    parser.add_argument(
+        "--report", type=Path, help="only print the tables (and chart) of an earlier JSON report"
+    )
     args = parser.parse_args(argv)
     suites: tuple[str, ...] = SUITES if args.suite == "all" else (args.suite,)
     synthetic: tuple[str, ...] | None = QUICK_SYNTHETIC if args.quick else None
@@ -789,6 +818,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         if not suites:
             parser.error("none of --speakers belongs to the chosen --suite")
     options = Options(
+        report=args.report,
         suites=tuple(suites),
         synthetic=synthetic,
         fsdd=digits,
@@ -803,6 +833,12 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options, out = parse_options(argv)
+    if options.report is not None:
+        report = json.loads(options.report.read_text())
+        print_report(report)
+        chart = plot(report, options.report.with_suffix(".png"))
+        print(f"\nchart: {chart}")
+        return 0
     # The machine may be shared: spinning OpenMP workers then starve each other (measured: a 3 s
     # clip took 10 s instead of 1.4 s with two threads). Set before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -15,6 +15,7 @@ from app.services.transcription import TranscriptionOutcome, TranscriptionReques
 router = APIRouter(prefix="/v1/audio", tags=["audio"])
 
 ADAPTER_HEADER = "X-Adapter-Id"
+MAX_BEAM_SIZE = 8
 
 
 @router.post(
@@ -46,6 +47,9 @@ async def create_transcription(
     personalise: Annotated[
         bool, Form(description="false: use the base model even if an adapter is active.")
     ] = True,
+    beam_size: Annotated[
+        int, Form(ge=1, le=MAX_BEAM_SIZE, description="Beam search width (1: greedy).")
+    ] = 1,
 ) -> Response:
     transcription_request = TranscriptionRequest(
         audio=await file.read(),
@@ -58,6 +62,7 @@ async def create_transcription(
         stream=stream,
         user=user,
         personalise=personalise,
+        beam_size=beam_size,
     )
     outcome = await cancel_on_disconnect(
         request, state.transcription.transcribe(session, principal, transcription_request)

@@ -45,6 +45,8 @@ class TranscriptionRequest:
     """Admin only: transcribe as this user (with their adapter)."""
     personalise: bool = True
     """False forces the base model."""
+    beam_size: int = 1
+    """Beam search width at temperature 0 (an extension; 1 is greedy decoding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class TranscriptionService:
             prompt=request.prompt or None,
             temperature=request.temperature,
             with_timestamps=request.response_format in ("srt", "vtt", "verbose_json"),
+            beam_size=request.beam_size,
         )
 
     async def _decode(self, data: bytes) -> np.ndarray:

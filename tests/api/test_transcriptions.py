@@ -329,3 +329,14 @@ async def test_models_list(client: httpx.AsyncClient) -> None:
     assert body["object"] == "list"
     assert [model["id"] for model in body["data"]] == ["whisper-tiny.en"]
     assert json.dumps(body)
+
+
+async def test_beam_search_is_an_extension_field(
+    client: httpx.AsyncClient, fox_wav: bytes
+) -> None:
+    greedy = await transcribe(client, fox_wav)
+    beams = await transcribe(client, fox_wav, beam_size="5")
+    assert beams.status_code == 200, beams.text
+    assert wer([FOX], [beams.json()["text"]]) <= wer([FOX], [greedy.json()["text"]]) + 0.12
+    for bad in ("0", "9", "two"):
+        assert_openai_error(await transcribe(client, fox_wav, beam_size=bad), 422)

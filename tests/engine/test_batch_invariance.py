@@ -22,6 +22,8 @@ from tests.support.audio import speech_16k
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
 TIMESTAMPED = TranscriptionOptions(language="en", with_timestamps=True)
 PROMPTED = TranscriptionOptions(language="en", with_timestamps=False, prompt="Meeting notes.")
+BEAMS = TranscriptionOptions(language="en", with_timestamps=False, beam_size=4)
+BEAMS_TIMESTAMPED = TranscriptionOptions(language="en", with_timestamps=True, beam_size=3)
 SENTENCES = (
     ("The quick brown fox jumps over the lazy dog.", 130),
     ("Please call me back tomorrow morning.", 150),
@@ -76,6 +78,8 @@ def test_every_request_gets_its_solo_result_in_a_mixed_batch(
         (audio[1], TIMESTAMPED, adapters[0]),
         (audio[2], GREEDY, adapters[3]),
         (audio[3], GREEDY, adapters[2]),
+        (audio[0], BEAMS, adapters[2]),
+        (audio[2], BEAMS_TIMESTAMPED, adapters[0]),
     ]
     alone = [nf4_engine.transcribe(a, options, adapter) for a, options, adapter in requests]
     together = _batched(nf4_engine, requests)
