@@ -3,8 +3,9 @@
 Whisper always encodes 30 s (3000 mel frames), most of it padding for short utterances. Its
 positional embeddings are absolute, so a shorter window simply uses the first positions. The
 model was not trained that way: an adapter is served with exactly the window it was trained
-on (training and serving share `window_frames`), and the base model, if configured to use a
-short window at all, gets at least 10 s (`fit10`), measured not to cost accuracy.
+on (training and serving share `window_frames`). For the base model a short window is an
+option (`fit10`, at least 10 s), off by default: `bench/enrolment.py` found it neutral on
+synthetic sentences but badly worse on short real recordings (FSDD digit strings).
 """
 
 import math

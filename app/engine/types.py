@@ -8,8 +8,8 @@ ComputeDtype = Literal["auto", "float32", "bfloat16"]
 """What projections compute in (see `dense.compute_dtype`)."""
 EncoderWindow = Literal["full", "fit", "fit10"]
 """`full`: always 30 s. `fit`: the speech rounded up to whole seconds, plus a second of margin
-(at least 2 s; what adapters are trained on). `fit10`: the same, but at least 10 s (for the
-base model, which was never trained on short windows: below 10 s it starts to loop)."""
+(at least 2 s; what adapters are trained on). `fit10`: the same, but at least 10 s (an option
+for the base model, which was never trained on short windows; see `encoder`)."""
 
 
 @dataclass(frozen=True, slots=True)
