@@ -18,6 +18,7 @@ from app.config import MIB, Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
 from app.engine.batching import BatchScheduler
+from app.engine.compute_thread import in_fresh_thread
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.whisper import TranscriptionTask
 from app.errors import install_error_handlers
@@ -105,7 +106,7 @@ async def _start(
         settings.admin_key_file,
     )
     if recognizer is None:
-        recognizer = await asyncio.to_thread(load_recognizer, settings)
+        recognizer = await asyncio.to_thread(in_fresh_thread, lambda: load_recognizer(settings))
     scheduler = new_scheduler(settings, recognizer, metrics)
     adapter_store = adapter_store_for(settings, sessions)
     adapters = ActiveAdapters(
@@ -113,6 +114,7 @@ async def _start(
         recognizer,
         capacity_bytes=settings.adapters.host_cache_mb * MIB,
         metrics=metrics,
+        runner=scheduler,
     )
     transcription = TranscriptionService(
         recognizer,

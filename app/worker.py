@@ -7,6 +7,7 @@ import signal
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
+from app.engine.compute_thread import in_fresh_thread
 from app.main import adapter_store_for, new_scheduler
 from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
 from app.services.model_loading import load_recognizer
@@ -19,7 +20,7 @@ async def run_worker(settings: Settings) -> None:
     await asyncio.to_thread(upgrade_to_head, database_url)
     db_engine = create_engine(database_url)
     sessions = create_sessionmaker(db_engine)
-    recognizer = await asyncio.to_thread(load_recognizer, settings)
+    recognizer = await asyncio.to_thread(in_fresh_thread, lambda: load_recognizer(settings))
     scheduler = new_scheduler(settings, recognizer)
     store = adapter_store_for(settings, sessions)
     context = WorkerContext.create(settings, sessions, store, recognizer, scheduler)

@@ -62,7 +62,9 @@ class ServiceProcess:
                 **self.settings,
             }
         )
-        self._log = (data_dir / f"server-{self.port}.log").open("wb")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / f"server-{self.port}.log"
+        self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
             cwd=REPO_ROOT,
@@ -80,7 +82,8 @@ class ServiceProcess:
         start = time.monotonic()
         while time.monotonic() - start < READY_TIMEOUT_S:
             if self._process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self._process.returncode}")
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the server exited with {self._process.returncode}:\n{tail}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return time.monotonic() - start

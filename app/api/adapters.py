@@ -41,6 +41,7 @@ async def import_adapter(
         user_id,
         AdapterUpload(data=await file.read(limit + 1), activate=activate),
         limit,
+        state.scheduler,
     )
     return AdapterPublic.model_validate(adapter)
 

@@ -6,6 +6,13 @@ to join, and advances all admitted requests one window per round, each with its 
 A request that finishes leaves at once; newcomers join at the next round boundary. A model
 forward pass saturates the CPU cores by itself, so one thread running batches beats several
 running requests side by side.
+
+The inference thread is also the only thread that computes with torch (`call` runs other
+engine work there, between rounds). With OpenMP (torch's CPU threading), every thread that
+runs a parallel region keeps a pool of workers for the life of the thread; once the process
+holds more such workers than there are cores, libgomp stops letting idle workers spin, and
+every one of the thousands of small parallel regions of a decode pays a wake-up: measured here
+as a 50% slower transcription. One computing thread keeps the pool within the cores.
 """
 
 import asyncio
@@ -13,9 +20,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -23,7 +31,14 @@ from app.engine.adapter_file import AdapterWeights
 from app.engine.errors import EngineError
 from app.engine.types import Transcription, TranscriptionOptions
 
-__all__ = ["BatchObserver", "BatchScheduler", "BatchingEngine", "QueueFullError"]
+__all__ = [
+    "BatchObserver",
+    "BatchScheduler",
+    "BatchingEngine",
+    "EngineRunner",
+    "QueueFullError",
+    "ThreadRunner",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +55,7 @@ class BatchTask(Protocol):
 
 
 TaskT = TypeVar("TaskT", bound=BatchTask)
+T = TypeVar("T")
 
 
 class BatchingEngine(Protocol[TaskT]):
@@ -53,6 +69,19 @@ class BatchingEngine(Protocol[TaskT]):
     ) -> TaskT | None: ...
 
     def run_round(self, tasks: list[TaskT]) -> None: ...
+
+
+class EngineRunner(Protocol):
+    """Runs engine work (anything computing with torch) where it belongs."""
+
+    async def run(self, function: Callable[[], T]) -> T: ...
+
+
+class ThreadRunner:
+    """An `EngineRunner` for code without a scheduler (tools, tests): a worker thread."""
+
+    async def run(self, function: Callable[[], T]) -> T:
+        return await asyncio.to_thread(function)
 
 
 class BatchObserver(Protocol):
@@ -97,6 +126,7 @@ class BatchScheduler(Generic[TaskT]):
         self._max_pending = max_pending
         self._observer = observer
         self._waiting: deque[_Request] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._pending = 0
         self._lock = threading.Condition()
         self._stopping = False
@@ -147,6 +177,34 @@ class BatchScheduler(Generic[TaskT]):
             self._lock.notify()
             return future
 
+    def call(self, function: Callable[[], T]) -> Future[T]:
+        """Runs `function` on the inference thread, between rounds (see the module docstring:
+        engine work that computes with torch belongs there)."""
+        future: Future[T] = Future()
+        with self._lock:
+            if self._stopping:
+                raise QueueFullError("the inference queue is shutting down")
+            self._calls.append((function, future))
+            self._lock.notify()
+        return future
+
+    async def run(self, function: Callable[[], T]) -> T:
+        """`call`, awaited."""
+        return await asyncio.wrap_future(self.call(function), loop=asyncio.get_running_loop())
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._lock:
+                if not self._calls:
+                    return
+                function, future = self._calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function())
+            except BaseException as exc:  # handed to the caller
+                future.set_exception(exc)
+
     def _release(self, _: Future[Transcription]) -> None:
         with self._lock:
             self._pending -= 1
@@ -157,6 +215,9 @@ class BatchScheduler(Generic[TaskT]):
             for request in self._waiting:
                 request.future.cancel()
             self._waiting.clear()
+            for _, future in self._calls:
+                future.cancel()
+            self._calls.clear()
             self._lock.notify()
         self._thread.join(timeout=30)
 
@@ -166,6 +227,7 @@ class BatchScheduler(Generic[TaskT]):
             if not running and not self._wait_for_work():
                 return
             try:
+                self._run_calls()
                 running.extend(self._admit(len(running)))
                 if not running:  # every adapter slot is pinned elsewhere: let it drain
                     time.sleep(0.001)
@@ -189,10 +251,12 @@ class BatchScheduler(Generic[TaskT]):
     def _wait_for_work(self) -> bool:
         """Blocks until a request arrives, then gives others `max_wait_s` to join it."""
         with self._lock:
-            while not self._waiting and not self._stopping:
+            while not self._waiting and not self._calls and not self._stopping:
                 self._lock.wait()
             if self._stopping:
                 return False
+            if not self._waiting:
+                return True  # only calls to run
             deadline = self._waiting[0].submitted + self._max_wait
             while len(self._waiting) < self._max_batch and not self._stopping:
                 remaining = deadline - time.perf_counter()

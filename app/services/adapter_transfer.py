@@ -5,7 +5,6 @@ their own terms and against the served base model, then stored in canonical form
 stored is exactly what will be served and exporting it again gives the same bytes.
 """
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from app.engine.adapter_file import (
     dump_adapter,
     load_adapter,
 )
+from app.engine.batching import EngineRunner
 from app.engine.recognizer import SpeechRecognizer
 from app.errors import BadRequestError, DataIntegrityError, NotFoundError, PayloadTooLargeError
 from app.services.auth import Principal
@@ -95,6 +95,7 @@ async def import_adapter(
     user_id: str,
     upload: AdapterUpload,
     max_bytes: int,
+    runner: EngineRunner,
 ) -> Adapter:
     """Validates the file whole, then stores it, records it and (if asked) activates it in the
     session's transaction: a refused file leaves nothing behind."""
@@ -103,7 +104,7 @@ async def import_adapter(
         raise PayloadTooLargeError(
             f"The adapter file exceeds the {max_bytes} byte limit.", param="file"
         )
-    weights, data = await asyncio.to_thread(_canonical, upload.data, recognizer)
+    weights, data = await runner.run(lambda: _canonical(upload.data, recognizer))
     adapter_id = new_id()
     key = adapter_key(user_id, adapter_id)
     bound = store.bind(session)

@@ -13,6 +13,7 @@ from adapters_store.base import sha256_hex
 from app.db.models import Adapter
 from app.db.repositories.adapters import AdapterRepository
 from app.engine.adapter_file import AdapterFileError, AdapterWeights, load_adapter
+from app.engine.batching import EngineRunner, ThreadRunner
 from app.engine.recognizer import SpeechRecognizer
 from app.errors import ConflictError, NotFoundError
 from app.metrics import Metrics
@@ -92,9 +93,12 @@ class ActiveAdapters:
         recognizer: SpeechRecognizer,
         capacity_bytes: int = 64 * 2**20,
         metrics: Metrics | None = None,
+        runner: EngineRunner | None = None,
     ) -> None:
         self._store = store
         self._recognizer = recognizer
+        self._runner = runner or ThreadRunner()
+        """Where adapter files are parsed and checked (torch work: the inference thread)."""
         self._capacity_bytes = capacity_bytes
         self._metrics = metrics
         self._cache: OrderedDict[tuple[str, str], tuple[str, AdapterWeights]] = OrderedDict()
@@ -192,16 +196,20 @@ class ActiveAdapters:
             data = await self._store.get(row.blob_key)
             if len(data) != row.size_bytes or sha256_hex(data) != row.sha256:
                 raise AdapterFileError("stored weights differ from the recorded checksum")
-            weights = await asyncio.to_thread(load_adapter, data)
+            weights = await self._runner.run(lambda: self._parse(data))
             if weights.base_fingerprint != row.base_fingerprint:
                 raise AdapterFileError("file and database disagree on the base model")
-            self._recognizer.check_adapter(weights)
         except (StoreError, AdapterFileError) as exc:
             logger.error(
                 "adapter refused; serving the base model",
                 extra={"adapter_id": row.id, "user_id": row.user_id, "reason": str(exc)},
             )
             return None
+        return weights
+
+    def _parse(self, data: bytes) -> AdapterWeights:
+        weights = load_adapter(data)
+        self._recognizer.check_adapter(weights)
         return weights
 
 

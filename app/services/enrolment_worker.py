@@ -96,7 +96,7 @@ class EnrolmentWorker:
         self._ctx = context
         self.worker_id = worker_id or default_worker_id()
         self._active_adapters = ActiveAdapters(
-            context.store, context.recognizer, capacity_bytes=16 * 2**20
+            context.store, context.recognizer, capacity_bytes=16 * 2**20, runner=context.scheduler
         )
         self._stopping = asyncio.Event()
 
@@ -206,12 +206,18 @@ class EnrolmentWorker:
                 job.message = progress.message
         return True
 
+    def _stored_form(self, adapter: AdapterWeights) -> tuple[bytes, AdapterWeights]:
+        """The file to store and what it parses back to: what is stored is exactly what will
+        be served (torch work: run on the inference thread)."""
+        data = dump_adapter(adapter)
+        weights = load_adapter(data)
+        self._ctx.recognizer.check_adapter(weights)
+        return data, weights
+
     async def _complete(
         self, job_id: str, request: TrainingRequest, result: TrainingResult
     ) -> None:
-        data = dump_adapter(result.adapter)
-        weights = load_adapter(data)  # what is stored is exactly what will be served
-        self._ctx.recognizer.check_adapter(weights)
+        data, weights = await self._ctx.scheduler.run(lambda: self._stored_form(result.adapter))
         metrics: dict[str, Any] = dict(result.metrics)
         async with self._ctx.sessions() as session:
             job = await session.get(EnrolmentJob, job_id)

@@ -228,3 +228,19 @@ async def test_requests_wait_for_a_free_adapter_slot(engine: FakeEngine) -> None
 
     assert [r.text for r in results] == ["r1", "r2"]
     assert all(len(batch) == 1 for batch in engine.rounds)
+
+
+async def test_engine_work_runs_on_the_inference_thread(
+    scheduler: BatchScheduler[FakeTask],
+) -> None:
+    assert await scheduler.run(lambda: threading.current_thread().name) == "pqm-inference"
+
+    def broken() -> None:
+        raise ValueError("bad adapter")
+
+    with pytest.raises(ValueError, match="bad adapter"):
+        await scheduler.run(broken)
+    results = await asyncio.gather(
+        scheduler.transcribe(request(1, 3), OPTIONS), scheduler.run(lambda: "between rounds")
+    )
+    assert results[1] == "between rounds"
