@@ -17,7 +17,6 @@ Both use tiny.en NF4 (block 64) and the same threads; each path's first call is 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -210,7 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     report = run(args.requests, args.threads)
     print_report(report)
     write_json(args.out, report)

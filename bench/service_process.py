@@ -57,7 +57,6 @@ class ServiceProcess:
                 "PQM_MODEL__THREADS": str(threads),
                 "PQM_LOG_LEVEL": "WARNING",
                 "OMP_NUM_THREADS": str(threads),
-                "OMP_WAIT_POLICY": "PASSIVE",
                 "TOKENIZERS_PARALLELISM": "false",
                 **self.settings,
             }

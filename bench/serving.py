@@ -77,6 +77,9 @@ MODELS_DIR = RESULTS_DIR / "models"
 ENROL_SPEAKER = "de-m3"
 LATENCY_SECONDS = (4.0, 6.0)
 """Utterance lengths kept for the latency comparison ("5 s utterances")."""
+PAUSE_S = 0.2
+"""Between timed requests of the latency comparison, so that neither system's idle OpenMP
+threads (which spin for a moment after work) compete with the other's request."""
 SYNTHETIC_STRENGTH = 0.0004
 """Scale of the random B factors: changes a word here and there, keeps transcripts sane."""
 
@@ -280,11 +283,14 @@ async def phase_latency(
         await transcribe(client, server.url, clips[0].wav, user["api_key"])
     for repeat in range(repeats):
         for index, clip in enumerate(clips):
+            await asyncio.sleep(PAUSE_S)
             text, seconds = faster.transcribe(clip)
             theirs[index].append(seconds)
+            await asyncio.sleep(PAUSE_S)
             mine = await transcribe(client, server.url, clip.wav, user["api_key"])
             ours[index].append(mine.seconds)
             adapter_ids.add(mine.adapter_id)
+            await asyncio.sleep(PAUSE_S)
             plain = await transcribe(client, server.url, clip.wav, admin_key)
             base[index].append(plain.seconds)
             if repeat == 0:
@@ -458,21 +464,23 @@ async def phase_scale(
     concurrency: int,
 ) -> dict[str, Any]:
     """Round-robin over every user, then cold / swap / resident latency on the same clip."""
-    warm = users[:concurrency]
-    for key, _ in warm:  # allocate the banks and the engine's working memory first
-        await transcribe(client, server.url, clips[0].wav, key)
-    await transcribe(client, server.url, clips[0].wav, admin_key)
-    baseline = server.rss_bytes()
-    peak = baseline
-    samples: list[int] = []
+    # Warm-up: the same concurrent load on the base model, so the working memory of requests
+    # in flight is in the baseline; what the users add on top is the adapter tiers.
+    warm_peak = 0
+
+    async def warm(index: int) -> None:
+        nonlocal warm_peak
+        await transcribe(client, server.url, clips[index % len(clips)].wav, admin_key)
+        warm_peak = max(warm_peak, server.rss_bytes())
+
+    await gather_limited(concurrency, *(warm(i) for i in range(8 * concurrency)))
+    baseline = peak = warm_peak
     start = time.perf_counter()
 
     async def one(index: int, key: str) -> Any:
         nonlocal peak
         reply = await transcribe(client, server.url, clips[index % len(clips)].wav, key)
-        rss = server.rss_bytes()
-        samples.append(rss)
-        peak = max(peak, rss)
+        peak = max(peak, server.rss_bytes())
         return reply
 
     replies = await gather_limited(concurrency, *(one(i, key) for i, (key, _) in enumerate(users)))
@@ -480,6 +488,11 @@ async def phase_scale(
     failed = sum(r.status != 200 for r in replies)
     wrong = sum(r.adapter_id != adapter for r, (_, adapter) in zip(replies, users, strict=True))
     text = await metrics_text(client, server.url)
+    slot_bytes = metric(text, 'pqm_adapter_cache_bytes{tier="slots"}') or 0.0
+    budget = budget_mb * MIB + int(slot_bytes)
+    end = server.rss_bytes()
+    await asyncio.sleep(3)  # idle: the engine gives freed memory back
+    after_idle = server.rss_bytes()
     latencies = await _tier_latencies(client, server, users, clips[0], admin_key)
     return {
         "users": len(users),
@@ -489,11 +502,15 @@ async def phase_scale(
         "wall_seconds": round(wall, 1),
         "requests_per_second": len(users) / wall,
         "rss_baseline_bytes": baseline,
+        "rss_baseline_note": "peak RSS under the same concurrent load on the base model",
         "rss_peak_bytes": peak,
-        "rss_end_bytes": server.rss_bytes(),
+        "rss_end_bytes": end,
+        "rss_after_idle_bytes": after_idle,
         "rss_growth_bytes": peak - baseline,
         "host_cache_budget_bytes": budget_mb * MIB,
-        "growth_within_budget": peak - baseline <= budget_mb * MIB,
+        "slot_bank_bytes": int(slot_bytes),
+        "budget_bytes": budget,
+        "growth_within_budget": peak - baseline <= budget,
         "adapter_load_ms": {
             "p50": _ms(histogram_quantile(text, "pqm_adapter_load_seconds", 0.5)),
             "p99": _ms(histogram_quantile(text, "pqm_adapter_load_seconds", 0.99)),
@@ -584,7 +601,10 @@ async def run(options: Options, work: Path) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         main = ServiceProcess(data_dir, model_dir, options.threads, _server_settings(options))
         with main:
-            report["enrolment"] = await phase_enrolment(client, main, clips_5s[:3], ADMIN_KEY)
+            probe = render_clips(
+                _speaker("us-clean"), speakers.heldout_sentences()[:3], AUDIO_DIR, "probe"
+            )
+            report["enrolment"] = await phase_enrolment(client, main, probe, ADMIN_KEY)
             user = report["enrolment"]["user"]
             report["latency"] = await phase_latency(
                 client, main, faster, clips_5s, user, ADMIN_KEY, options.repeats
@@ -784,7 +804,7 @@ def print_report(report: dict[str, Any]) -> None:
             "RSS base MiB",
             "peak MiB",
             "growth MiB",
-            "budget MiB",
+            "budget MiB (host + slots)",
             "load p50 ms",
             "load p99 ms",
         ],
@@ -794,7 +814,7 @@ def print_report(report: dict[str, Any]) -> None:
                 round(scale["rss_baseline_bytes"] / MIB),
                 round(scale["rss_peak_bytes"] / MIB),
                 round(scale["rss_growth_bytes"] / MIB),
-                round(scale["host_cache_budget_bytes"] / MIB),
+                round(scale["budget_bytes"] / MIB),
                 scale["adapter_load_ms"]["p50"],
                 scale["adapter_load_ms"]["p99"],
             ]
@@ -851,7 +871,6 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options, out, keep = parse_options(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     work = Path(tempfile.mkdtemp(prefix="pqm-serving-"))
     try:
         report = asyncio.run(run(options, work))

@@ -70,6 +70,11 @@ class BatchingEngine(Protocol[TaskT]):
 
     def run_round(self, tasks: list[TaskT]) -> None: ...
 
+    def tidy(self) -> None:
+        """Called on the inference thread between rounds now and then, and once nothing has
+        run for a while: release what is not needed now (memory, cached weights)."""
+        ...
+
 
 class EngineRunner(Protocol):
     """Runs engine work (anything computing with torch) where it belongs."""
@@ -117,6 +122,8 @@ class BatchScheduler(Generic[TaskT]):
         max_pending: int = 32,
         observer: BatchObserver | None = None,
         thread_name: str = "pqm-inference",
+        idle_after_s: float = 1.0,
+        tidy_every_s: float = 0.25,
     ) -> None:
         if max_batch_size < 1 or max_pending < 1:
             raise ValueError("max_batch_size and max_pending must be >= 1")
@@ -125,6 +132,9 @@ class BatchScheduler(Generic[TaskT]):
         self._max_wait = max_wait_s
         self._max_pending = max_pending
         self._observer = observer
+        self._idle_after = idle_after_s
+        self._tidy_every = tidy_every_s
+        self._tidied = time.monotonic()
         self._waiting: deque[_Request] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._pending = 0
@@ -237,10 +247,22 @@ class BatchScheduler(Generic[TaskT]):
                 if running:
                     self._round(running)
                     running = self._settle(running)
+                if time.monotonic() - self._tidied > self._tidy_every:
+                    self._tidy()
             except Exception as exc:  # a scheduler bug must not leave requests waiting forever
                 logger.exception("inference round failed", extra={"batch": len(running)})
                 self._fail(running, exc)
                 running = []
+
+    def _tidy(self) -> None:
+        self._tidied = time.monotonic()
+        try:
+            self._engine.tidy()
+        except Exception:
+            logger.exception("engine tidy-up failed")
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._calls or self._stopping)
 
     @staticmethod
     def _fail(running: list[_Running[TaskT]], error: BaseException) -> None:
@@ -249,10 +271,17 @@ class BatchScheduler(Generic[TaskT]):
                 item.request.future.set_exception(error)
 
     def _wait_for_work(self) -> bool:
-        """Blocks until a request arrives, then gives others `max_wait_s` to join it."""
+        """Blocks until a request arrives, then gives others `max_wait_s` to join it. Lets the
+        engine tidy up once nothing has arrived for `idle_after_s`."""
         with self._lock:
-            while not self._waiting and not self._calls and not self._stopping:
-                self._lock.wait()
+            if not self._lock.wait_for(self._has_work, timeout=self._idle_after):
+                self._lock.release()
+                try:
+                    self._tidy()
+                finally:
+                    self._lock.acquire()
+            self._lock.wait_for(self._has_work)
+            self._tidied = time.monotonic()  # the busy spell starts now
             if self._stopping:
                 return False
             if not self._waiting:

@@ -74,6 +74,7 @@ class BatchDecoder:
         self._head = OutputHead(model, dtype)
         self._rules = LogitRules(tokens, model.config.vocab_size, model.device)
         self._batch = DecodeBatch(model, self._head, dtype)
+        self._encoder_weights: EncoderWeights | None = None
         self._live: list[tuple[int, _Decode]] = []
         """Requests in the batch, in its group order, with their handles."""
         self._handles = 0
@@ -99,13 +100,17 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def encode(self, mels: list[Tensor], slots: list[int]) -> list[Tensor]:
-        """Each [n_mels, frames] window -> [frames // 2, d_model], with its row's adapter; the
-        base weights are dequantised once for all of them."""
-        weights = EncoderWeights(self._model.model.encoder)
+        """Each [n_mels, frames] window -> [frames // 2, d_model], with its row's adapter."""
+        if self._encoder_weights is None:  # kept until `release`: the engine is busy
+            self._encoder_weights = EncoderWeights(self._model.model.encoder, self._dtype)
         return [
-            encode_window(weights, mel.to(self.device), slot, self._dtype)
+            encode_window(self._encoder_weights, mel.to(self.device), slot)
             for mel, slot in zip(mels, slots, strict=True)
         ]
+
+    def release(self) -> None:
+        """Drops the compute weights held while busy (the engine went idle)."""
+        self._encoder_weights = None
 
     @torch.inference_mode()
     def detect_language(self, encoded: list[Tensor], slots: list[int]) -> list[str]:

@@ -1,116 +1,109 @@
-"""Whisper's encoder for serving: one window of one request at a time, its adapter merged in.
+"""Whisper's encoder for serving: one window of one request at a time, with its adapter.
 
 The encoder is compute-bound (hundreds to thousands of frames per window), so batching windows
 of different requests buys nothing, while encoding each alone keeps its output independent of
-whatever else is in flight. The base weights are dequantised once per round (`EncoderWeights`)
-and each request's adapter is folded into them (`W + B A`): serving an adapter costs the
-encoder nothing per frame. Training encodes through the modules instead (`encoder.encode`).
+whatever else is in flight. The base weights are dequantised into compute weights once while
+the engine is busy (`EncoderWeights`); a request's adapter adds its low-rank update on the
+frames (`x A B`, a few percent of the encoder's arithmetic) rather than being merged into a
+copy of every weight, which would allocate tens of megabytes per request. Training encodes
+through the modules instead (`encoder.encode`).
 """
 
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional
 
-from app.engine.projections import BaseWeights, Projection, fused, merged_update
+from app.engine.projections import (
+    BaseWeights,
+    Factors,
+    Projection,
+    fused,
+    fused_factors,
+    slot_factors,
+)
 
 __all__ = ["EncoderWeights", "encode_window"]
 
 
 class EncoderWeights:
-    """The encoder's dense base weights (float32), computed on first use and kept for a round."""
+    """The encoder's compute weights: every projection dequantised (q, k, v stacked), the
+    convolutions cast, in the compute dtype."""
 
-    def __init__(self, encoder: Any) -> None:
-        self._encoder = encoder
-        self._layers: list[dict[str, BaseWeights]] | None = None
-
-    @property
-    def encoder(self) -> Any:
-        return self._encoder
-
-    def layers(self) -> list[dict[str, BaseWeights]]:
-        if self._layers is None:
-            self._layers = [_layer_weights(layer) for layer in self._encoder.layers]
-        return self._layers
+    def __init__(self, encoder: Any, dtype: torch.dtype) -> None:
+        self.encoder = encoder
+        self.dtype = dtype
+        self.conv = [_conv_weights(encoder.conv1, dtype), _conv_weights(encoder.conv2, dtype)]
+        self.layers = [_layer_weights(layer, dtype) for layer in encoder.layers]
 
 
-def _layer_weights(layer: Any) -> dict[str, BaseWeights]:
+def _conv_weights(conv: Any, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+    return conv.weight.detach().to(dtype), bias
+
+
+def _layer_weights(layer: Any, dtype: torch.dtype) -> dict[str, Projection]:
     attention = layer.self_attn
+    qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
     return {
-        "qkv": fused(
-            [
-                BaseWeights.of(attention.q_proj),
-                BaseWeights.of(attention.k_proj),
-                BaseWeights.of(attention.v_proj),
-            ]
-        ),
-        "out_proj": BaseWeights.of(attention.out_proj),
-        "fc1": BaseWeights.of(layer.fc1),
-        "fc2": BaseWeights.of(layer.fc2),
+        "qkv": Projection.build(fused([BaseWeights.of(m) for m in qkv]), dtype),
+        "out_proj": Projection.build(BaseWeights.of(attention.out_proj), dtype),
+        "fc1": Projection.build(BaseWeights.of(layer.fc1), dtype),
+        "fc2": Projection.build(BaseWeights.of(layer.fc2), dtype),
     }
 
 
-def encode_window(weights: EncoderWeights, mel: Tensor, slot: int, dtype: torch.dtype) -> Tensor:
+def _layer_factors(layer: Any, slot: int) -> dict[str, Factors | None]:
+    attention = layer.self_attn
+    qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
+    return {
+        "qkv": fused_factors([slot_factors(m, slot) for m in qkv], [m.out_features for m in qkv]),
+        "out_proj": slot_factors(attention.out_proj, slot),
+        "fc1": slot_factors(layer.fc1, slot),
+        "fc2": slot_factors(layer.fc2, slot),
+    }
+
+
+def encode_window(weights: EncoderWeights, mel: Tensor, slot: int) -> Tensor:
     """[n_mels, frames] -> [frames // 2, d_model] (float32), with bank `slot`'s adapter."""
-    encoder = weights.encoder
-    x = mel[None].to(dtype)
-    hidden = functional.gelu(_conv(encoder.conv1, x, dtype))
-    hidden = functional.gelu(_conv(encoder.conv2, hidden, dtype))
+    encoder, dtype = weights.encoder, weights.dtype
+    hidden = mel[None].to(dtype)
+    for conv, (weight, bias) in zip((encoder.conv1, encoder.conv2), weights.conv, strict=True):
+        hidden = functional.gelu(
+            functional.conv1d(hidden, weight, bias, conv.stride, conv.padding, conv.dilation)
+        )
     hidden = hidden.permute(0, 2, 1).float()  # [1, positions, d_model]
     hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-    for layer, base in zip(encoder.layers, weights.layers(), strict=True):
-        hidden = _layer(layer, base, hidden, slot, dtype)
+    for layer, projections in zip(encoder.layers, weights.layers, strict=True):
+        hidden = _layer(layer, projections, _layer_factors(layer, slot), hidden, dtype)
     output: Tensor = encoder.layer_norm(hidden)[0]
     return output
 
 
-def _conv(conv: nn.Conv1d, x: Tensor, dtype: torch.dtype) -> Tensor:
-    bias = None if conv.bias is None else conv.bias.to(dtype)
-    return functional.conv1d(
-        x, conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation, conv.groups
-    )
-
-
 def _layer(
-    layer: Any, base: dict[str, BaseWeights], hidden: Tensor, slot: int, dtype: torch.dtype
+    layer: Any,
+    projections: dict[str, Projection],
+    factors: dict[str, Factors | None],
+    hidden: Tensor,
+    dtype: torch.dtype,
 ) -> Tensor:
-    attention = layer.self_attn
-    qkv = Projection.build(base["qkv"], dtype, _merged_qkv(attention, slot))
-    out = _projection(base["out_proj"], attention.out_proj, slot, dtype)
-    fc1 = _projection(base["fc1"], layer.fc1, slot, dtype)
-    fc2 = _projection(base["fc2"], layer.fc2, slot, dtype)
+    def project(name: str, x: Tensor) -> Tensor:
+        own = factors[name]
+        return projections[name](x, chunked=False, lora=None if own is None else {0: own})
 
+    attention = layer.self_attn
     heads = attention.num_heads
-    q, k, v = qkv(layer.self_attn_layer_norm(hidden), chunked=False).chunk(3, dim=-1)
+    q, k, v = project("qkv", layer.self_attn_layer_norm(hidden)).chunk(3, dim=-1)
     attended = functional.scaled_dot_product_attention(
         _split(q, heads, dtype),
         _split(k, heads, dtype),
         _split(v, heads, dtype),
         scale=attention.scaling,
     )
-    hidden = hidden + out(_merge(attended), chunked=False)
-    ffn = layer.activation_fn(fc1(layer.final_layer_norm(hidden), chunked=False))
-    hidden = hidden + fc2(ffn, chunked=False)
-    return hidden
-
-
-def _projection(base: BaseWeights, module: nn.Module, slot: int, dtype: torch.dtype) -> Projection:
-    return Projection.build(base, dtype, merged_update(module, slot))
-
-
-def _merged_qkv(attention: Any, slot: int) -> Tensor | None:
-    parts = [merged_update(m, slot) for m in (attention.q_proj, attention.k_proj, attention.v_proj)]
-    if all(part is None for part in parts):
-        return None
-    modules = (attention.q_proj, attention.k_proj, attention.v_proj)
-    device = next(part for part in parts if part is not None).device
-    return torch.cat(
-        [
-            part if part is not None else torch.zeros(m.out_features, m.in_features, device=device)
-            for part, m in zip(parts, modules, strict=True)
-        ]
-    )
+    hidden = hidden + project("out_proj", _merge(attended))
+    ffn = layer.activation_fn(project("fc1", layer.final_layer_norm(hidden)))
+    return hidden + project("fc2", ffn)
 
 
 def _split(x: Tensor, heads: int, dtype: torch.dtype) -> Tensor:

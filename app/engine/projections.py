@@ -2,8 +2,7 @@
 
 The serving path never calls the model's linear modules. For each pass it builds `Projection`s:
 the dequantised base weight in the compute dtype (see `dense`) and, for the rows of the batch
-that use an adapter, that row's low-rank factors from the adapter bank. A request encoded
-alone has its adapter merged into the weights instead (`merged_update`).
+that use an adapter, that row's low-rank factors from the adapter bank.
 
 Row independence (the transcript of a request must not depend on its neighbours):
 * the base product never sees more than `INVARIANT_ROWS` rows in one matmul;
@@ -30,7 +29,6 @@ __all__ = [
     "RowFactors",
     "fused",
     "fused_factors",
-    "merged_update",
     "row_factors",
     "slot_factors",
 ]
@@ -144,15 +142,6 @@ def row_factors(module: nn.Module, slots: list[int]) -> RowFactors:
         if found is not None:
             factors[row] = found
     return factors
-
-
-def merged_update(module: nn.Module, slot: int) -> Tensor | None:
-    """The [out, in] float32 update of the adapter in bank `slot` (None for the base model)."""
-    factors = slot_factors(module, slot)
-    if factors is None:
-        return None
-    update: Tensor = (factors[0] @ factors[1]).T
-    return update
 
 
 def fused(parts: list[BaseWeights]) -> BaseWeights:

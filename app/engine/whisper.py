@@ -33,6 +33,7 @@ from app.engine.encoder import EncoderWindow, window_frames
 from app.engine.features import HOP_LENGTH, SAMPLE_RATE, WINDOW_FRAMES, log_mel, pad_or_trim
 from app.engine.loading import LoadedModel, load_model, weight_bytes
 from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, inject_lora
+from app.engine.memory import release_free_memory
 from app.engine.model_import import describe_model_dir
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
@@ -283,6 +284,14 @@ class WhisperEngine:
                 task.decoding = None
                 task.advance(result)
                 self._release_if_done(task)
+
+    def tidy(self) -> None:
+        """Gives freed memory back to the OS; when nothing is decoding, also drops the compute
+        weights kept while busy (see `memory`)."""
+        with self._lock:
+            if not self._decoder.active:
+                self._decoder.release()
+            release_free_memory()
 
     def _start_jobs(self, tasks: list[TranscriptionTask]) -> None:
         new = [t for t in tasks if t.job is not None and t.decoding is None and not t.done]

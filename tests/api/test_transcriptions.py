@@ -331,9 +331,7 @@ async def test_models_list(client: httpx.AsyncClient) -> None:
     assert json.dumps(body)
 
 
-async def test_beam_search_is_an_extension_field(
-    client: httpx.AsyncClient, fox_wav: bytes
-) -> None:
+async def test_beam_search_is_an_extension_field(client: httpx.AsyncClient, fox_wav: bytes) -> None:
     greedy = await transcribe(client, fox_wav)
     beams = await transcribe(client, fox_wav, beam_size="5")
     assert beams.status_code == 200, beams.text

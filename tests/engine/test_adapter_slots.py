@@ -7,9 +7,15 @@ from torch import nn
 from app.engine.adapter_file import AdapterWeights
 from app.engine.adapter_slots import BASE_SLOT, AdapterSlots
 from app.engine.lora import LoraLinear
-from app.engine.projections import merged_update, row_factors
+from app.engine.projections import row_factors, slot_factors
 
 IN, OUT = 16, 12
+
+
+def merged_update(layer: LoraLinear, slot: int) -> torch.Tensor | None:
+    """The [out, in] update the slot's adapter adds to the layer's weight."""
+    factors = slot_factors(layer, slot)
+    return None if factors is None else (factors[0] @ factors[1]).T
 
 
 def layers() -> dict[str, LoraLinear]:

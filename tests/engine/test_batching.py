@@ -44,6 +44,7 @@ class FakeEngine:
     opened: list[str] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
     free_slots: int = 1_000
+    tidies: int = 0
 
     def open(
         self,
@@ -60,6 +61,9 @@ class FakeEngine:
         self.opened.append(name)
         rounds = int(audio[0]) if len(audio) else 1
         return FakeTask(name, rounds, fail_in_round=name == "r7")
+
+    def tidy(self) -> None:
+        self.tidies += 1
 
     def run_round(self, tasks: list[FakeTask]) -> None:
         self.gate.wait(10)
@@ -244,3 +248,24 @@ async def test_engine_work_runs_on_the_inference_thread(
         scheduler.transcribe(request(1, 3), OPTIONS), scheduler.run(lambda: "between rounds")
     )
     assert results[1] == "between rounds"
+
+
+async def test_the_engine_tidies_up_when_idle_and_now_and_then_when_busy(
+    engine: FakeEngine,
+) -> None:
+    scheduler = BatchScheduler(
+        engine, max_batch_size=2, max_wait_s=0.0, idle_after_s=0.05, tidy_every_s=0.1
+    )
+    try:
+        await scheduler.transcribe(request(1), OPTIONS)
+        assert engine.tidies == 0
+        await asyncio.sleep(0.2)
+        assert engine.tidies == 1, "once per quiet spell, not once per timeout"
+        await scheduler.transcribe(request(2), OPTIONS)
+        await asyncio.sleep(0.2)
+        assert engine.tidies == 2
+        engine.round_s = 0.02
+        await scheduler.transcribe(request(3, rounds=20), OPTIONS)  # busy for ~0.4 s
+        assert engine.tidies >= 5, "busy: tidied every 0.1 s between rounds"
+    finally:
+        scheduler.shutdown()
