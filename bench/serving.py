@@ -137,14 +137,23 @@ def latency_clips(speaker: speakers.Speaker, count: int) -> list[Clip]:
     return [clip for clip in rendered if low <= clip.seconds <= high][:count]
 
 
+LOAD_VOICES = (
+    speakers.Speaker("load-us-m1", "en-us+m1", pitch=45, speed=155),
+    speakers.Speaker("load-gb-f2", "en-gb+f2", pitch=60, speed=150),
+    speakers.Speaker("load-us-f4", "en-us+f4", pitch=55, speed=165),
+    speakers.Speaker("load-gb-m3", "en-gb-x-rp+m3", pitch=40, speed=150),
+)
+"""Clear voices for the load tests: every request should cost about what a real one does,
+not send the base model (or a random adapter) into fallback after fallback."""
+
+
 def throughput_clips(count: int) -> list[Clip]:
-    """`count` different prompt sentences, each in one of the synthetic voices in turn."""
+    """`count` different prompt sentences, each in one of `LOAD_VOICES` in turn."""
     prompts = (Path(speakers.__file__).parent.parent / "app" / "data" / "prompts.txt").read_text()
     sentences = [line.strip() for line in prompts.splitlines() if line.strip()][-count:]
-    voices = speakers.SPEAKERS
     clips = []
     for index, text in enumerate(sentences):
-        speaker = voices[index % len(voices)]
+        speaker = LOAD_VOICES[index % len(LOAD_VOICES)]
         path = AUDIO_DIR / "load" / f"{index:03d}-{speaker.name}.wav"
         if not path.exists():
             speakers.render(speaker, text, path)

@@ -25,10 +25,14 @@ from app.engine.dense import prepack
 from app.engine.projections import (
     BaseWeights,
     Factors,
+    LoraStack,
     Projection,
+    RowFactors,
     fused,
     fused_factors,
+    lora_stacks,
     row_factors,
+    with_factors,
 )
 
 __all__ = ["DecodeBatch", "OutputHead"]
@@ -121,6 +125,8 @@ class DecodeBatch:
         self._scaling = self._layers[0].self_attn.scaling
         self._weights: list[dict[str, Projection]] | None = None
         self._groups: list[_Group] = []
+        self._lora: list[dict[str, list[LoraStack]]] | None = None
+        """Per layer, the batch's LoRA stacks per projection; rebuilt when rows change."""
 
     @property
     def rows(self) -> int:
@@ -143,10 +149,8 @@ class DecodeBatch:
         cross_v: list[Tensor] = []
         for layer_weights, layer_factors in zip(weights, factors, strict=True):
             for name, cache in (("cross_k", cross_k), ("cross_v", cross_v)):
-                own = layer_factors[name]
-                lora = {} if own is None else {0: own}
-                output = layer_weights[name](encoded[None], chunked=False, lora=lora)
-                cache.append(self._split(output))
+                output = layer_weights[name](encoded[None], chunked=False)
+                cache.append(self._split(with_factors(output, encoded[None], layer_factors[name])))
         shape = (1, self._heads, len(prefix) + capacity, encoded.shape[1] // self._heads)
         group = _Group(
             rows=1,
@@ -158,15 +162,19 @@ class DecodeBatch:
             factors=factors,
         )
         tokens = torch.tensor([prefix], device=encoded.device)
-        hidden = self._forward(tokens, [group], prefix=True)  # [1, prefix, d_model]
+        own_lora = [_chunks([group], layer) for layer in range(len(self._layers))]
+        hidden = self._forward(tokens, [group], own_lora)  # [1, prefix, d_model]
         self._groups.append(group)
+        self._lora = None
         picked = hidden[0, torch.tensor(wanted, device=encoded.device)]
         logits: Tensor = self._head(self._decoder.layer_norm(picked)[None])[0]
         return logits
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feeds one token per row ([rows]); returns the next logits [rows, vocab]."""
-        hidden = self._forward(tokens[:, None], self._groups, prefix=False)
+        if self._lora is None:
+            self._lora = [_chunks(self._groups, layer) for layer in range(len(self._layers))]
+        hidden = self._forward(tokens[:, None], self._groups, self._lora)
         logits: Tensor = self._head(self._decoder.layer_norm(hidden))[:, 0]
         return logits
 
@@ -175,6 +183,8 @@ class DecodeBatch:
         request, `[0, 0, 1]` forks a beam. Caches are compacted accordingly."""
         if len(rows) != len(self._groups):
             raise ValueError("keep needs one entry per group")
+        if all(local == list(range(g.rows)) for g, local in zip(self._groups, rows, strict=True)):
+            return  # every row stays where it is
         kept: list[_Group] = []
         for group, local in zip(self._groups, rows, strict=True):
             if not local:
@@ -189,6 +199,7 @@ class DecodeBatch:
                 group.rows = len(local)
             kept.append(group)
         self._groups = kept
+        self._lora = None
         if not kept:
             self._weights = None  # idle: the dense weights are released
 
@@ -197,9 +208,11 @@ class DecodeBatch:
             self._weights = [_base_projections(layer, self._dtype) for layer in self._layers]
         return self._weights
 
-    def _forward(self, tokens: Tensor, groups: list[_Group], prefix: bool) -> Tensor:
+    def _forward(
+        self, tokens: Tensor, groups: list[_Group], lora: list[dict[str, list[LoraStack]]]
+    ) -> Tensor:
         """`tokens` [rows, new] through the decoder layers: a prefix pass of one group, or one
-        step of every group. Returns hidden states [rows, new, d_model]."""
+        step of every group, with their LoRA chunks. Returns hidden states [rows, new, d]."""
         decoder = self._decoder
         weights = self._dense_weights()
         new = tokens.shape[1]
@@ -209,21 +222,21 @@ class DecodeBatch:
         positions = starts[:, None] + torch.arange(new, device=tokens.device)[None]
         hidden: Tensor = decoder.embed_tokens(tokens) + decoder.embed_positions.weight[positions]
         for index, (layer, layer_weights) in enumerate(zip(self._layers, weights, strict=True)):
-            lora = _batch_lora(groups, index)
+            chunks = lora[index]
             h = layer.self_attn_layer_norm(hidden)
-            qkv = layer_weights["self_qkv"](h, lora=lora["self_qkv"])
+            qkv = layer_weights["self_qkv"](h, lora=chunks["self_qkv"])
             attended = self._self_attention(qkv, groups, index, new)
-            hidden = hidden + layer_weights["self_out"](attended, lora=lora["self_out"])
+            hidden = hidden + layer_weights["self_out"](attended, lora=chunks["self_out"])
             q = self._split(
                 layer_weights["cross_q"](
-                    layer.encoder_attn_layer_norm(hidden), lora=lora["cross_q"]
+                    layer.encoder_attn_layer_norm(hidden), lora=chunks["cross_q"]
                 )
             )
             attended = self._cross_attention(q, groups, index)
-            hidden = hidden + layer_weights["cross_out"](attended, lora=lora["cross_out"])
+            hidden = hidden + layer_weights["cross_out"](attended, lora=chunks["cross_out"])
             h = layer.final_layer_norm(hidden)
-            ffn = layer.activation_fn(layer_weights["fc1"](h, lora=lora["fc1"]))
-            hidden = hidden + layer_weights["fc2"](ffn, lora=lora["fc2"])
+            ffn = layer.activation_fn(layer_weights["fc1"](h, lora=chunks["fc1"]))
+            hidden = hidden + layer_weights["fc2"](ffn, lora=chunks["fc2"])
         for group in groups:
             group.length += new
         return hidden
@@ -279,14 +292,15 @@ def _rows_of(cache: Tensor, rows: int) -> Tensor:
     return cache[:1].expand(rows, -1, -1, -1).contiguous()
 
 
-def _batch_lora(groups: list[_Group], layer: int) -> dict[str, dict[int, Factors]]:
-    """Per projection, the factors of every adapted batch row (rows of a request share them)."""
-    out: dict[str, dict[int, Factors]] = {name: {} for name in ("self_qkv", *_MODULES)}
+def _chunks(groups: list[_Group], layer: int) -> dict[str, list[LoraStack]]:
+    """Per projection, the LoRA stacks of the rows of `groups` (numbered as in the batch they
+    form; a request's rows share its factors)."""
+    rows: dict[str, RowFactors] = {name: {} for name in ("self_qkv", *_MODULES)}
     first = 0
     for group in groups:
         for name, factors in group.factors[layer].items():
             if factors is not None:
                 for row in range(first, first + group.rows):
-                    out[name][row] = factors
+                    rows[name][row] = factors
         first += group.rows
-    return out
+    return {name: lora_stacks(factors, first) for name, factors in rows.items()}

@@ -3,10 +3,9 @@
 The encoder is compute-bound (hundreds to thousands of frames per window), so batching windows
 of different requests buys nothing, while encoding each alone keeps its output independent of
 whatever else is in flight. The base weights are dequantised into compute weights once while
-the engine is busy (`EncoderWeights`); a request's adapter adds its low-rank update on the
-frames (`x A B`, a few percent of the encoder's arithmetic) rather than being merged into a
-copy of every weight, which would allocate tens of megabytes per request. Training encodes
-through the modules instead (`encoder.encode`).
+the engine is busy (`EncoderWeights`); a request's adapter is merged into them layer by layer
+(`W + B^T A^T`, one small matmul each: a fixed cost, far below applying `x A B` to every
+frame). Training encodes through the modules instead (`encoder.encode`).
 """
 
 from typing import Any
@@ -76,7 +75,7 @@ def encode_window(weights: EncoderWeights, mel: Tensor, slot: int) -> Tensor:
     hidden = hidden.permute(0, 2, 1).float()  # [1, positions, d_model]
     hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
     for layer, projections in zip(encoder.layers, weights.layers, strict=True):
-        hidden = _layer(layer, projections, _layer_factors(layer, slot), hidden, dtype)
+        hidden = _layer(layer, projections, _layer_factors(layer, slot), hidden)
     output: Tensor = encoder.layer_norm(hidden)[0]
     return output
 
@@ -86,33 +85,30 @@ def _layer(
     projections: dict[str, Projection],
     factors: dict[str, Factors | None],
     hidden: Tensor,
-    dtype: torch.dtype,
 ) -> Tensor:
-    def project(name: str, x: Tensor) -> Tensor:
-        own = factors[name]
-        return projections[name](x, chunked=False, lora=None if own is None else {0: own})
-
+    """One encoder layer. The residual stream stays float32; everything between two residual
+    additions (attention, the activation) stays in the compute dtype, cast once."""
     attention = layer.self_attn
     heads = attention.num_heads
-    q, k, v = project("qkv", layer.self_attn_layer_norm(hidden)).chunk(3, dim=-1)
-    attended = functional.scaled_dot_product_attention(
-        _split(q, heads, dtype),
-        _split(k, heads, dtype),
-        _split(v, heads, dtype),
-        scale=attention.scaling,
-    )
-    hidden = hidden + project("out_proj", _merge(attended))
+
+    def project(name: str, x: Tensor) -> Tensor:
+        return projections[name].in_compute_dtype(x, factors[name])
+
+    qkv = project("qkv", layer.self_attn_layer_norm(hidden))
+    q, k, v = (_split(part, heads) for part in qkv.chunk(3, dim=-1))
+    attended = functional.scaled_dot_product_attention(q, k, v, scale=attention.scaling)
+    hidden = hidden + project("out_proj", _merge(attended)).float()
     ffn = layer.activation_fn(project("fc1", layer.final_layer_norm(hidden)))
-    return hidden + project("fc2", ffn)
+    return hidden + project("fc2", ffn).float()
 
 
-def _split(x: Tensor, heads: int, dtype: torch.dtype) -> Tensor:
-    """[batch, tokens, d_model] -> [batch, heads, tokens, head_dim] in `dtype`"""
+def _split(x: Tensor, heads: int) -> Tensor:
+    """[batch, tokens, d_model] -> [batch, heads, tokens, head_dim]"""
     batch, tokens, d_model = x.shape
-    return x.to(dtype).view(batch, tokens, heads, d_model // heads).transpose(1, 2)
+    return x.view(batch, tokens, heads, d_model // heads).transpose(1, 2)
 
 
 def _merge(x: Tensor) -> Tensor:
-    """[batch, heads, tokens, head_dim] -> [batch, tokens, d_model] float32"""
+    """[batch, heads, tokens, head_dim] -> [batch, tokens, d_model]"""
     batch, heads, tokens, head_dim = x.shape
-    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim).float()
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)

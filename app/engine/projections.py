@@ -6,8 +6,11 @@ that use an adapter, that row's low-rank factors from the adapter bank.
 
 Row independence (the transcript of a request must not depend on its neighbours):
 * the base product never sees more than `INVARIANT_ROWS` rows in one matmul;
-* LoRA runs row by row in float32 (`y_r += x_r @ A_r @ B_r`), the operations a row alone gets:
-  batched bf16 matmuls were seen to change a row's bits with the batch, rarely but really;
+* LoRA runs in float32 as batched matmuls of a fixed batch size (`LORA_BATCH` rows, the
+  batch zero-padded to whole blocks, one stack of factors per adapter rank): every row then
+  goes through the very same kernel, whatever its neighbours. (A bmm whose batch size varies
+  with the load changes a row's bits: measured, for fp32 between one and two rows, and rarely
+  for bf16 at any size.)
 * attention (in the passes) runs per group of rows with identical shapes.
 Rows are views at offsets that are multiples of the model width (a multiple of 16 floats in
 every Whisper), so every row starts as aligned as a tensor of its own.
@@ -23,20 +26,57 @@ from app.engine.dense import INVARIANT_ROWS, dense_weight, packed_linear, prepac
 from app.engine.lora import LoraLinear
 
 __all__ = [
+    "LORA_BATCH",
     "BaseWeights",
     "Factors",
+    "LoraStack",
     "Projection",
     "RowFactors",
     "fused",
     "fused_factors",
+    "lora_stacks",
+    "padded_rows",
     "row_factors",
     "slot_factors",
+    "with_factors",
 ]
 
 Factors = tuple[Tensor, Tensor]
 """An adapter's A [in, r] and B [r, out] for one projection (float32, LoRA scale in B)."""
 RowFactors = dict[int, Factors]
 """Batch row -> its adapter's factors; rows served by the base model are absent."""
+
+LORA_BATCH = 8
+"""Rows per LoRA matmul, always (padded with zero rows)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoraStack:
+    """One projection's factors for every row of a batch padded to whole blocks of
+    `LORA_BATCH` rows: the factors of rows whose adapter has this rank, zeros for the others."""
+
+    a: Tensor  # [padded rows, in, r]
+    b: Tensor  # [padded rows, r, out]
+
+
+def padded_rows(rows: int) -> int:
+    return -(-rows // LORA_BATCH) * LORA_BATCH
+
+
+def lora_stacks(factors: RowFactors, rows: int) -> list[LoraStack]:
+    """The adapted rows' factors as stacks over the padded batch, one stack per rank."""
+    by_rank: dict[int, list[int]] = {}
+    for row in sorted(factors):
+        by_rank.setdefault(factors[row][0].shape[1], []).append(row)
+    stacks = []
+    for members in by_rank.values():
+        first_a, first_b = factors[members[0]]
+        a = first_a.new_zeros(padded_rows(rows), *first_a.shape)
+        b = first_b.new_zeros(padded_rows(rows), *first_b.shape)
+        for row in members:
+            a[row], b[row] = factors[row]
+        stacks.append(LoraStack(a, b))
+    return stacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +117,31 @@ class Projection:
         return cls(weight, bias, prepack(weight) if pack else None)
 
     def __call__(
-        self, x: Tensor, *, chunked: bool = True, lora: RowFactors | None = None
+        self, x: Tensor, *, chunked: bool = True, lora: list[LoraStack] | None = None
     ) -> Tensor:
         """[rows, tokens, in] float32 -> [rows, tokens, out] float32
 
         `chunked`: the rows belong to different requests, so no matmul may see more than
         `INVARIANT_ROWS` of them; one request's rows (an encoder window) go through whole.
-        `lora`: the adapted rows' factors.
+        `lora`: the batch rows' factors (`lora_stacks`).
         """
+        output = self._base(x, chunked)
+        if lora:
+            _add_lora(output, x, lora)
+        return output
+
+    def in_compute_dtype(self, x: Tensor, factors: Factors | None = None) -> Tensor:
+        """`x @ weight.T + bias` for one request's rows (one matmul), left in the compute dtype
+        (for a consumer that computes in it too: attention, the activation, the next
+        projection). `factors`: the request's adapter, merged into the weight first
+        (`W + B^T A^T` in one matmul)."""
+        weight = self.weight
+        if factors is not None:
+            a, b = (factor.to(weight.dtype) for factor in factors)
+            weight = torch.addmm(weight, b.T, a.T)
+        return functional.linear(x.to(weight.dtype), weight, self.bias)
+
+    def _base(self, x: Tensor, chunked: bool) -> Tensor:
         inputs = x.to(self.weight.dtype)
         if self.packed is not None:
             output = self._packed(inputs)
@@ -92,10 +149,7 @@ class Projection:
             output = _linear(inputs, self.weight, self.bias)
         else:
             output = functional.linear(inputs, self.weight, self.bias)
-        output = output.float()
-        for row, (a, b) in (lora or {}).items():
-            output[row].addmm_(x[row] @ a, b)
-        return output
+        return output.float()
 
     def _packed(self, x: Tensor) -> Tensor:
         assert self.packed is not None
@@ -106,6 +160,29 @@ class Projection:
         ]
         output = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return output.reshape(*x.shape[:-1], self.weight.shape[0])
+
+
+def _add_lora(output: Tensor, x: Tensor, stacks: list[LoraStack]) -> None:
+    """Adds every row's low-rank update to `output`: the rows, padded with zero rows to whole
+    blocks of `LORA_BATCH`, go through two fixed-size batched matmuls per block."""
+    rows = x.shape[0]
+    padding = padded_rows(rows) - rows
+    padded = torch.cat([x, x.new_zeros(padding, *x.shape[1:])]) if padding else x
+    for stack in stacks:
+        for start in range(0, rows, LORA_BATCH):
+            block = slice(start, start + LORA_BATCH)
+            low = torch.bmm(padded[block], stack.a[block])  # [LORA_BATCH, tokens, r]
+            update = torch.bmm(low, stack.b[block])  # [LORA_BATCH, tokens, out]
+            count = min(LORA_BATCH, rows - start)
+            output[start : start + count] += update[:count]
+
+
+def with_factors(output: Tensor, x: Tensor, factors: Factors | None) -> Tensor:
+    """`output` ([1, t, out] float32, one request's rows) plus that request's own low-rank
+    update of `x` ([1, t, in]); for work that is never batched with other requests."""
+    if factors is not None:
+        output[0].addmm_(x[0] @ factors[0], factors[1])
+    return output
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
