@@ -55,7 +55,7 @@ class ServiceProcess:
                 "PQM_ADMIN_KEY": ADMIN_KEY,
                 "PQM_MODEL__PATH": str(model_dir),
                 "PQM_MODEL__THREADS": str(threads),
-                "PQM_LOG_LEVEL": "WARNING",
+                "PQM_LOG_LEVEL": os.environ.get("PQM_BENCH_SERVER_LOG_LEVEL", "WARNING"),
                 "OMP_NUM_THREADS": str(threads),
                 "TOKENIZERS_PARALLELISM": "false",
                 **self.settings,
