@@ -119,6 +119,7 @@ async def _start(
     transcription = TranscriptionService(
         recognizer,
         scheduler,
+        sessions,
         adapters,
         metrics,
         max_audio_seconds=settings.max_audio_seconds,

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from app.api.deps import PrincipalDep, SessionDep, StateDep
+from app.api.deps import PrincipalDep, StateDep
 from app.api.disconnect import cancel_on_disconnect
 from app.api.schemas import TranscriptionJson, error_responses
 from app.services import formats
@@ -29,7 +29,6 @@ MAX_BEAM_SIZE = 8
 async def create_transcription(
     request: Request,
     state: StateDep,
-    session: SessionDep,
     principal: PrincipalDep,
     file: Annotated[UploadFile, File(description="Audio: wav, flac, mp3, ogg, webm, m4a, ...")],
     model: Annotated[str, Form()],
@@ -65,7 +64,7 @@ async def create_transcription(
         beam_size=beam_size,
     )
     outcome = await cancel_on_disconnect(
-        request, state.transcription.transcribe(session, principal, transcription_request)
+        request, state.transcription.transcribe(principal, transcription_request)
     )
     return _render(outcome, response_format)
 

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.session import transaction
 from app.services.auth import Principal, authenticate
 from app.state import ServiceState
 
@@ -20,11 +21,13 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the route returns, rolled back on error."""
-    async with state.sessions() as session, session.begin():
+    async with transaction(state.sessions) as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the commit happens before the response is sent, so a client that reads
+# right after a write (POST then GET) sees it.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 def _bearer_token(request: Request) -> str | None:
@@ -32,8 +35,10 @@ def _bearer_token(request: Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def get_principal(request: Request, state: StateDep, session: SessionDep) -> Principal:
-    return await authenticate(session, _bearer_token(request), state.admin_key)
+async def get_principal(request: Request, state: StateDep) -> Principal:
+    # A session of its own, closed at once: a long route (a transcription) holds no connection.
+    async with state.sessions() as session:
+        return await authenticate(session, _bearer_token(request), state.admin_key)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -52,12 +52,11 @@ class OutputHead:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held beyond the model's own weights."""
-        if self._own:
-            return 0
-        weight = self._projection.packed
-        weight = weight if weight is not None else self._projection.weight
-        return weight.numel() * weight.element_size()
+        """Bytes held beyond the model's own weights (a converted copy, a prepacked one)."""
+        held = [] if self._own else [self._projection.weight]
+        if self._projection.packed is not None:
+            held.append(self._projection.packed)
+        return sum(tensor.numel() * tensor.element_size() for tensor in held)
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """[rows, n, d_model] -> [rows, n, vocab] float32 logits"""

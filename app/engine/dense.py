@@ -4,13 +4,13 @@ Weights stay quantised at rest (NF4 or int8: the memory the service promises). F
 pass they are dequantised once into a transient dense matrix of the *compute dtype* and used
 with the platform's matmul: bfloat16 on CPUs with AVX512-BF16/AMX and on CUDA, float32
 elsewhere. bitsandbytes' own CPU kernels dequantise inside every call (once per decoded token)
-and run at a fraction of oneDNN's bf16 speed.
+and run at a fraction of oneDNN's speed.
 
-Batch invariance: with bf16 on this path, a row's result does not depend on the other rows of
-the matmul (oneDNN, up to `INVARIANT_ROWS` rows, checked by the engine tests), which is what
-lets a request be decoded alone or in any batch with the same transcript. fp32 (MKL) switches
-kernels with the row count, so fp32 serving is deterministic per batch, not across batches.
-"""
+Batch invariance: with a weight `prepack`ed for oneDNN (bf16 where the CPU has it, fp32 on
+any x86 CPU), a row's result does not depend on the other rows of the matmul (up to
+`INVARIANT_ROWS` rows, checked by the engine tests), which is what lets a request be decoded
+alone or in any batch with the same transcript. A plain fp32 `linear` (MKL) switches kernels
+with the row count, so its rows are deterministic per batch, not across batches."""
 
 from typing import Any
 
@@ -97,12 +97,15 @@ def prepack(weight: Tensor, rows_hint: int = 8) -> Tensor | None:
 
     A plain bf16 matmul on CPU reorders its weight on every call, which for a decoder step (a
     handful of rows) costs more than the product itself; a weight used for a whole decode is
-    reordered once instead. The products are bit-identical to `functional.linear`.
+    reordered once instead. bf16 products are bit-identical to `functional.linear`; fp32 ones
+    differ from MKL's in the last bits, and unlike MKL's do not depend on the row count.
     """
-    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return None
     if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return None
+    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None  # oneDNN has no bf16 kernels for this CPU (no AVX512BW/VL/DQ)
     packed: Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
     return packed
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.engine.audio import decode_audio
 from app.engine.batching import BatchScheduler, QueueFullError
@@ -61,6 +61,7 @@ class TranscriptionService:
         self,
         recognizer: SpeechRecognizer,
         scheduler: BatchScheduler[TranscriptionTask],
+        sessions: async_sessionmaker[AsyncSession],
         adapters: ActiveAdapters,
         metrics: Metrics,
         *,
@@ -70,6 +71,7 @@ class TranscriptionService:
     ) -> None:
         self._recognizer = recognizer
         self._scheduler = scheduler
+        self._sessions = sessions
         self._adapters = adapters
         self._metrics = metrics
         self._max_audio_seconds = max_audio_seconds
@@ -85,12 +87,14 @@ class TranscriptionService:
             )
 
     async def transcribe(
-        self, session: AsyncSession, principal: Principal, request: TranscriptionRequest
+        self, principal: Principal, request: TranscriptionRequest
     ) -> TranscriptionOutcome:
         self.check_model(request.model)
         options = self._options(request)
-        user_id = await self._speaker(session, principal, request)
-        adapter = await self._adapters.resolve(session, user_id) if user_id else None
+        # The session closes before inference: a queued request holds no database connection.
+        async with self._sessions() as session:
+            user_id = await self._speaker(session, principal, request)
+            adapter = await self._adapters.resolve(session, user_id) if user_id else None
         audio = await self._decode(request.audio)
         weights = adapter.weights if adapter else None
         submitted = time.perf_counter()
