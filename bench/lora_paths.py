@@ -134,7 +134,8 @@ def peft_paths(
         [a for a in audio], sampling_rate=16000, return_tensors="pt"
     ).input_features
     names = [f"a{i}" for i in range(len(audio))]
-    kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "language": "en"}
+    # tiny.en is English-only: `generate` refuses a language (or task) for it.
+    kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}
 
     def mixed() -> list[str]:
         with torch.inference_mode():

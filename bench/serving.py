@@ -14,12 +14,15 @@ loopback (each engine variant in its own process, so its memory is its own):
 3. **Throughput**, `--clients` concurrent clients, every request a different audio file:
    (a) all on the base model, (b) every client a different user with a different adapter,
    (a') the base model on the same engine with LoRA support switched off; each also served
-   one request at a time, and (c) with batching switched off. Every concurrent transcript must
-   equal the one-at-a-time transcript of the same request, with the right `X-Adapter-Id`.
+   one request at a time, and (c) with batching switched off. The engines run side by side in
+   `--rounds` interleaved rounds, each on new audio. Every concurrent transcript must equal the
+   one-at-a-time transcript of the same request, with the right `X-Adapter-Id`.
 4. **Scale**: `--users` users with imported adapters served round-robin; the server's RSS
-   against its configured cache budget, the adapter load time from the store (p50/p99, from the
-   server's histogram), and the latency of a request whose adapter is cold (in no tier), only
-   in host memory (a slot swap), or resident, against the base model on the same audio.
+   growth over a baseline warmed up with a few adapter users (the adapter path's one-time
+   working memory is reported apart) against what the cache tiers may still take, the adapter
+   load time from the store (p50/p99, from the server's histogram), and the latency of a
+   request whose adapter is cold (in no tier), only in host memory (a slot swap), or resident,
+   against the base model on the same audio.
 
 Synthetic adapters (for 3 and 4) have the trained adapter's shapes and random factors (seeded),
 strong enough to change transcripts, with the base model's encoder window so that (a) and (b)
@@ -45,6 +48,7 @@ from typing import Any
 
 import httpx
 
+from app.config import AdapterCacheSettings
 from bench import speakers
 from bench.common import (
     MIB,
@@ -99,6 +103,8 @@ class Options:
     host_cache_mb: int
     base_window: str
     quick: bool
+    rounds: int = 3
+    """Throughput rounds: every engine's loads in turn, each round on new audio."""
 
 
 @dataclass(frozen=True)
@@ -388,7 +394,33 @@ async def run_load(
         "requests_per_second": len(replies) / wall,
         "audio_seconds_per_second": sum(plan[c][k].clip.seconds for (c, k) in results) / wall,
         "latency_ms": latency_stats_ms([r.seconds for r in replies]),
+        "seconds": [r.seconds for r in replies],
         "texts": {f"{c}/{k}": r.text for (c, k), r in sorted(results.items())},
+    }
+
+
+def combine_loads(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of `run_load` as one: rates over the summed wall time, latencies over every
+    request, texts keyed `round:client/k`."""
+    wall = sum(run["wall_seconds"] for run in runs)
+    seconds = [value for run in runs for value in run["seconds"]]
+    audio = sum(run["audio_seconds_per_second"] * run["wall_seconds"] for run in runs)
+    return {
+        "requests": sum(run["requests"] for run in runs),
+        "failed": sum(run["failed"] for run in runs),
+        "failures": [failure for run in runs for failure in run["failures"]][:5],
+        "wrong_adapter_id": sum(run["wrong_adapter_id"] for run in runs),
+        "wall_seconds": round(wall, 2),
+        "requests_per_second": sum(run["requests"] for run in runs) / wall,
+        "audio_seconds_per_second": audio / wall,
+        "latency_ms": latency_stats_ms(seconds),
+        "rounds_requests_per_second": [round(run["requests_per_second"], 3) for run in runs],
+        "seconds": seconds,
+        "texts": {
+            f"{index}:{key}": text
+            for index, run in enumerate(runs)
+            for key, text in run["texts"].items()
+        },
     }
 
 
@@ -404,33 +436,56 @@ def compare_texts(concurrent: dict[str, Any], alone: dict[str, Any]) -> dict[str
 
 
 def _strip_texts(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "texts"}
+    return {k: v for k, v in result.items() if k not in ("texts", "seconds")}
+
+
+@dataclass(frozen=True)
+class Engine:
+    server: ServiceProcess
+    loads: tuple[str, ...]
 
 
 async def phase_throughput(
     client: httpx.AsyncClient,
-    server: ServiceProcess,
-    plans: dict[str, list[list[Request]]],
+    engines: dict[str, Engine],
+    rounds: list[dict[str, list[list[Request]]]],
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, plan in plans.items():
-        concurrent = await run_load(client, server.url, plan, concurrent=True)
-        alone = await run_load(client, server.url, plan, concurrent=False)
-        out[name] = {
+    """Every engine's loads, concurrent then one at a time, in turn within each round (engine
+    A base, engine B base, ..., A adapters, ...), so a noisy machine's drift hits all alike;
+    each round on audio of its own."""
+    for engine in engines.values():  # one-time costs (first batches, first adapters) go first
+        for load in engine.loads:
+            warm_up = [requests[:1] for requests in rounds[0][load]]
+            await run_load(client, engine.server.url, warm_up, concurrent=True)
+    runs: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for index, plans in enumerate(rounds):
+        for load in plans:
+            for name, engine in engines.items():
+                if load not in engine.loads:
+                    continue
+                concurrent = await run_load(client, engine.server.url, plans[load], True)
+                alone = await run_load(client, engine.server.url, plans[load], False)
+                runs.setdefault((name, load), []).append((concurrent, alone))
+                log(
+                    f"round {index + 1}/{len(rounds)} {name} {load}: "
+                    f"{concurrent['requests_per_second']:.2f} req/s concurrent, "
+                    f"{alone['requests_per_second']:.2f} alone"
+                )
+    out: dict[str, Any] = {name: {} for name in engines}
+    for (name, load), pairs in runs.items():
+        concurrent = combine_loads([c for c, _ in pairs])
+        alone = combine_loads([a for _, a in pairs])
+        out[name][load] = {
             "concurrent": _strip_texts(concurrent),
             "one_at_a_time": _strip_texts(alone),
             "same_as_alone": compare_texts(concurrent, alone),
             "distinct_transcripts": len(set(concurrent["texts"].values())),
         }
-        log(
-            f"{name}: {concurrent['requests_per_second']:.2f} req/s concurrent, "
-            f"{alone['requests_per_second']:.2f} alone, "
-            f"{out[name]['same_as_alone']['mismatches']} mismatches"
-        )
-    text = await metrics_text(client, server.url)
-    out["batch_size_mean"] = _histogram_mean(text, "pqm_batch_size")
-    out["queue_wait_p50_s"] = histogram_quantile(text, "pqm_queue_wait_seconds", 0.5)
-    out["rss_bytes"] = server.rss_bytes()
+    for name, engine in engines.items():
+        text = await metrics_text(client, engine.server.url)
+        out[name]["batch_size_mean"] = _histogram_mean(text, "pqm_batch_size")
+        out[name]["queue_wait_p50_s"] = histogram_quantile(text, "pqm_queue_wait_seconds", 0.5)
+        out[name]["rss_bytes"] = engine.server.rss_bytes()
     return out
 
 
@@ -473,17 +528,17 @@ async def phase_scale(
     concurrency: int,
 ) -> dict[str, Any]:
     """Round-robin over every user, then cold / swap / resident latency on the same clip."""
-    # Warm-up: the same concurrent load on the base model, so the working memory of requests
-    # in flight is in the baseline; what the users add on top is the adapter tiers.
-    warm_peak = 0
-
-    async def warm(index: int) -> None:
-        nonlocal warm_peak
-        await transcribe(client, server.url, clips[index % len(clips)].wav, admin_key)
-        warm_peak = max(warm_peak, server.rss_bytes())
-
-    await gather_limited(concurrency, *(warm(i) for i in range(8 * concurrency)))
-    baseline = peak = warm_peak
+    base_keys = [admin_key] * (8 * concurrency)
+    base_peak = await _warm_peak(client, server, clips, base_keys, concurrency)
+    # The first adapter requests pay a one-time cost (the adapter path's working memory and the
+    # slot bank); a few adapter users in the warm-up put it in the baseline, so what is left to
+    # grow with the number of users is the adapter tiers.
+    warm_users = users[:concurrency]
+    warm_keys = [key for key, _ in warm_users] * 4
+    baseline = await _warm_peak(client, server, clips, [admin_key, *warm_keys], concurrency)
+    warm_text = await metrics_text(client, server.url)
+    warm_tiers = {tier: _tier_bytes(warm_text, tier) for tier in ("host", "slots")}
+    peak = baseline
     start = time.perf_counter()
 
     async def one(index: int, key: str) -> Any:
@@ -497,8 +552,9 @@ async def phase_scale(
     failed = sum(r.status != 200 for r in replies)
     wrong = sum(r.adapter_id != adapter for r, (_, adapter) in zip(replies, users, strict=True))
     text = await metrics_text(client, server.url)
-    slot_bytes = metric(text, 'pqm_adapter_cache_bytes{tier="slots"}') or 0.0
-    budget = budget_mb * MIB + int(slot_bytes)
+    slot_bytes = _tier_bytes(text, "slots")
+    # What may still grow after the warm-up: the rest of the host cache and of the slot bank.
+    budget = budget_mb * MIB - warm_tiers["host"] + slot_bytes - warm_tiers["slots"]
     end = server.rss_bytes()
     await asyncio.sleep(3)  # idle: the engine gives freed memory back
     after_idle = server.rss_bytes()
@@ -510,14 +566,20 @@ async def phase_scale(
         "wrong_adapter_id": wrong,
         "wall_seconds": round(wall, 1),
         "requests_per_second": len(users) / wall,
+        "rss_base_only_bytes": base_peak,
         "rss_baseline_bytes": baseline,
-        "rss_baseline_note": "peak RSS under the same concurrent load on the base model",
+        "rss_baseline_note": (
+            f"peak RSS under the same concurrent load on the base model and {len(warm_users)}"
+            " adapter users (their adapters are in the baseline and in the cache tiers)"
+        ),
+        "adapter_path_fixed_bytes": baseline - base_peak,
+        "warmup_tier_bytes": warm_tiers,
         "rss_peak_bytes": peak,
         "rss_end_bytes": end,
         "rss_after_idle_bytes": after_idle,
         "rss_growth_bytes": peak - baseline,
         "host_cache_budget_bytes": budget_mb * MIB,
-        "slot_bank_bytes": int(slot_bytes),
+        "slot_bank_bytes": slot_bytes,
         "budget_bytes": budget,
         "growth_within_budget": peak - baseline <= budget,
         "adapter_load_ms": {
@@ -535,6 +597,29 @@ async def phase_scale(
         },
         "latency_by_tier_ms": latencies,
     }
+
+
+async def _warm_peak(
+    client: httpx.AsyncClient,
+    server: ServiceProcess,
+    clips: list[Clip],
+    keys: list[str],
+    concurrency: int,
+) -> int:
+    """Peak RSS while `keys` are served concurrently (one request each)."""
+    peak = 0
+
+    async def one(index: int, key: str) -> None:
+        nonlocal peak
+        await transcribe(client, server.url, clips[index % len(clips)].wav, key)
+        peak = max(peak, server.rss_bytes())
+
+    await gather_limited(concurrency, *(one(i, key) for i, key in enumerate(keys)))
+    return peak
+
+
+def _tier_bytes(text: str, tier: str) -> int:
+    return int(metric(text, f'pqm_adapter_cache_bytes{{tier="{tier}"}}') or 0.0)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -601,7 +686,7 @@ async def run(options: Options, work: Path) -> dict[str, Any]:
     model_dir = import_bundled_model("tiny.en", MODELS_DIR)
     speaker = _speaker(ENROL_SPEAKER)
     clips_5s = latency_clips(speaker, options.latency_clips)
-    load_clips = throughput_clips(2 * options.clients * options.requests_per_client)
+    load_clips = throughput_clips(options.rounds * options.clients * options.requests_per_client)
     log(f"{len(clips_5s)} latency clips, {len(load_clips)} load clips")
     faster = FasterWhisper(options.threads)
     data_dir = work / "data"
@@ -626,40 +711,51 @@ async def run(options: Options, work: Path) -> dict[str, Any]:
             report["adapter_diversity"] = await adapter_diversity(
                 client, main.url, load_clips[0], keys
             )
-            plans = _plans(options, load_clips, keys)
-            report["throughput"] = {"lora": await phase_throughput(client, main, plans)}
-            report["memory"] = {"lora_rss_bytes": main.rss_bytes()}
-        plain = ServiceProcess(
-            data_dir,
-            model_dir,
-            options.threads,
-            _server_settings(options, PQM_ADAPTERS__ENABLED="false"),
-        )
-        with plain:
-            base_plan = {"base": plans["base"]}
-            report["throughput"]["no_lora"] = await phase_throughput(client, plain, base_plan)
-            report["memory"]["no_lora_rss_bytes"] = plain.rss_bytes()
-        unbatched = ServiceProcess(
-            data_dir,
-            model_dir,
-            options.threads,
-            _server_settings(options, PQM_QUEUE__MAX_BATCH_SIZE="1"),
-        )
-        with unbatched:
-            report["throughput"]["no_batching"] = await phase_throughput(client, unbatched, plans)
+            plain = ServiceProcess(
+                data_dir,
+                model_dir,
+                options.threads,
+                _server_settings(options, PQM_ADAPTERS__ENABLED="false"),
+            )
+            unbatched = ServiceProcess(
+                data_dir,
+                model_dir,
+                options.threads,
+                _server_settings(options, PQM_QUEUE__MAX_BATCH_SIZE="1"),
+            )
+            with plain, unbatched:
+                engines = {
+                    "lora": Engine(main, ("base", "adapters")),
+                    "no_lora": Engine(plain, ("base",)),
+                    "no_batching": Engine(unbatched, ("base", "adapters")),
+                }
+                rounds = _rounds(options, load_clips, keys)
+                report["throughput"] = await phase_throughput(client, engines, rounds)
+            report["memory"] = {name: report["throughput"][name]["rss_bytes"] for name in engines}
         report["scale"] = await _scale(client, options, data_dir, model_dir, template)
     report.update(_summary(report))
     report["meta"] = _meta(options, started)
     return report
 
 
-def _plans(options: Options, clips: list[Clip], keys: list[tuple[str, str]]) -> dict[str, Any]:
+def _rounds(
+    options: Options, clips: list[Clip], keys: list[tuple[str, str]]
+) -> list[dict[str, list[list[Request]]]]:
+    """Per round, the base and the adapter load over that round's clips (the same audio for
+    both, so they do the same work)."""
     clients, per_client = options.clients, options.requests_per_client
+    size = clients * per_client
     base_keys = [(ADMIN_KEY, "none")] * clients
-    return {
-        "base": _requests(clips, base_keys, clients, per_client),
-        "adapters": _requests(clips, keys, clients, per_client),
-    }
+    rounds = []
+    for index in range(options.rounds):
+        own = clips[index * size : (index + 1) * size]
+        rounds.append(
+            {
+                "base": _requests(own, base_keys, clients, per_client),
+                "adapters": _requests(own, keys, clients, per_client),
+            }
+        )
+    return rounds
 
 
 async def _scale(
@@ -690,6 +786,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     mismatches = sum(lora[k]["same_as_alone"]["mismatches"] for k in ("base", "adapters"))
     failures = sum(lora[k]["concurrent"]["failed"] for k in ("base", "adapters"))
     wrong = sum(lora[k]["concurrent"]["wrong_adapter_id"] for k in ("base", "adapters"))
+    scale_failures = report["scale"]["failed"] + report["scale"]["wrong_adapter_id"]
     ratio = report["latency"]["ratio_ours_to_faster_whisper"]["median"]
     return {
         "acceptance": {
@@ -700,7 +797,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
             "base_over_no_lora": base_rps / plain_rps,
             "base_over_no_lora_ok": base_rps >= 0.95 * plain_rps,
             "concurrent_equals_alone": mismatches == 0,
-            "no_failures": failures == 0 and wrong == 0,
+            "no_failures": failures == 0 and wrong == 0 and scale_failures == 0,
             "scale_rss_within_budget": report["scale"]["growth_within_budget"],
         }
     }
@@ -810,16 +907,20 @@ def print_report(report: dict[str, Any]) -> None:
     print_table(
         [
             "req/s",
-            "RSS base MiB",
+            "RSS base-only MiB",
+            "+ adapter path MiB",
+            "baseline MiB",
             "peak MiB",
             "growth MiB",
-            "budget MiB (host + slots)",
+            "budget MiB (host + slots left)",
             "load p50 ms",
             "load p99 ms",
         ],
         [
             [
                 round(scale["requests_per_second"], 2),
+                round(scale["rss_base_only_bytes"] / MIB),
+                round(scale["adapter_path_fixed_bytes"] / MIB),
                 round(scale["rss_baseline_bytes"] / MIB),
                 round(scale["rss_peak_bytes"] / MIB),
                 round(scale["rss_growth_bytes"] / MIB),
@@ -858,7 +959,13 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--host-cache-mb", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds")
+    parser.add_argument(
+        "--host-cache-mb",
+        type=int,
+        default=AdapterCacheSettings().host_cache_mb,
+        help="the host tier's budget (default: the service's); 32 rank-8 adapters take 66 MiB",
+    )
     parser.add_argument("--base-window", choices=("full", "fit10"), default="full")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -871,6 +978,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
         users=60 if quick else args.users,
         latency_clips=6 if quick else 20,
         repeats=2 if quick else 3,
+        rounds=2 if quick else args.rounds,
         host_cache_mb=args.host_cache_mb,
         base_window=args.base_window,
         quick=quick,

@@ -1,11 +1,13 @@
-"""The serving benchmark's bookkeeping: Prometheus parsing, request plans, transcript checks."""
+"""The serving benchmark's bookkeeping: Prometheus parsing, request plans, rounds, transcript
+checks."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.service_process import histogram_quantile, metric
-from bench.serving import Clip, _requests, compare_texts
+from bench.serving import Clip, Options, _requests, _rounds, combine_loads, compare_texts
 
 METRICS = """\
 # HELP pqm_adapter_load_seconds Loading an adapter.
@@ -46,3 +48,45 @@ def test_compare_texts_counts_every_difference() -> None:
     concurrent = {"texts": {"0/0": "a", "0/1": "b", "1/0": "c"}}
     alone = {"texts": {"0/0": "a", "0/1": "B", "1/0": "c"}}
     assert compare_texts(concurrent, alone) == {"compared": 3, "mismatches": 1, "keys": ["0/1"]}
+
+
+def test_rounds_use_new_audio_and_the_same_audio_for_both_loads() -> None:
+    clips = [Clip(Path(f"{i}.wav"), f"text {i}", b"", 1.0) for i in range(12)]
+    keys = [(f"key{c}", f"adapter{c}") for c in range(3)]
+    options = Options(2, 3, 2, 0, 0, 0, 0, "full", False, rounds=2)
+    rounds = _rounds(options, clips, keys)
+
+    def paths(plan: list[list[Any]]) -> list[Path]:
+        return [request.clip.path for requests in plan for request in requests]
+
+    assert [paths(r["base"]) for r in rounds] == [paths(r["adapters"]) for r in rounds]
+    first, second = (set(paths(r["base"])) for r in rounds)
+    assert len(first) == len(second) == 6
+    assert not first & second
+    adapter_keys = {r.key for requests in rounds[0]["adapters"] for r in requests}
+    assert adapter_keys == {"key0", "key1", "key2"}
+
+
+def _run(requests: int, wall: float, seconds: list[float], texts: dict[str, str]) -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "failed": 0,
+        "failures": [],
+        "wrong_adapter_id": 0,
+        "wall_seconds": wall,
+        "requests_per_second": requests / wall,
+        "audio_seconds_per_second": requests / wall,
+        "seconds": seconds,
+        "texts": texts,
+    }
+
+
+def test_combined_rounds_rate_over_total_wall_time_and_keep_every_text() -> None:
+    combined = combine_loads(
+        [_run(2, 1.0, [0.1, 0.2], {"0/0": "a", "1/0": "b"}), _run(2, 3.0, [0.3, 0.4], {"0/0": "c"})]
+    )
+    assert combined["requests"] == 4
+    assert combined["requests_per_second"] == pytest.approx(1.0)
+    assert combined["rounds_requests_per_second"] == [2.0, pytest.approx(0.667, abs=1e-3)]
+    assert combined["texts"] == {"0:0/0": "a", "0:1/0": "b", "1:0/0": "c"}
+    assert combined["latency_ms"]["p50"] == pytest.approx(250)
