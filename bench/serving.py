@@ -472,8 +472,9 @@ async def phase_throughput(
                     f"{alone['requests_per_second']:.2f} alone"
                 )
     out: dict[str, Any] = {name: {} for name in engines}
+    combined: dict[tuple[str, str], dict[str, Any]] = {}
     for (name, load), pairs in runs.items():
-        concurrent = combine_loads([c for c, _ in pairs])
+        concurrent = combined[name, load] = combine_loads([c for c, _ in pairs])
         alone = combine_loads([a for _, a in pairs])
         out[name][load] = {
             "concurrent": _strip_texts(concurrent),
@@ -482,6 +483,11 @@ async def phase_throughput(
             "distinct_transcripts": len(set(concurrent["texts"].values())),
         }
     for name, engine in engines.items():
+        if (name, "base") in combined and (name, "adapters") in combined:
+            # The same clips in the same order: how often an adapter changed the transcript.
+            out[name]["adapters_differ_from_base"] = compare_texts(
+                combined[name, "adapters"], combined[name, "base"]
+            )["mismatches"]
         text = await metrics_text(client, engine.server.url)
         out[name]["batch_size_mean"] = _histogram_mean(text, "pqm_batch_size")
         out[name]["queue_wait_p50_s"] = histogram_quantile(text, "pqm_queue_wait_seconds", 0.5)
