@@ -86,6 +86,7 @@ PAUSE_S = 0.2
 threads (which spin for a moment after work) compete with the other's request."""
 SYNTHETIC_STRENGTH = 0.0004
 """Scale of the random B factors: changes a word here and there, keeps transcripts sane."""
+JITTER = 0.5
 
 
 def log(message: str) -> None:
@@ -104,6 +105,8 @@ class Options:
     base_window: str
     quick: bool
     rounds: int = 3
+    synthetic: str = "random"
+    """`random` factors, or `jittered`: the trained adapter's, each entry scaled by 1 + noise."""
     """Throughput rounds: every engine's loads in turn, each round on new audio."""
 
 
@@ -171,8 +174,12 @@ def throughput_clips(count: int) -> list[Clip]:
 # Synthetic adapters
 
 
-def synthetic_adapters(template: bytes, count: int, window: str, seed: int = 0) -> list[bytes]:
-    """`count` adapter files shaped like `template`, with seeded random factors."""
+def synthetic_adapters(
+    template: bytes, count: int, window: str, seed: int = 0, kind: str = "random"
+) -> list[bytes]:
+    """`count` adapter files shaped like `template`, with seeded random factors (`random`), or
+    the template's own factors with every entry scaled by `1 + JITTER * noise` (`jittered`:
+    adapters that behave like trained ones, yet differ)."""
     import torch
 
     from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
@@ -185,11 +192,14 @@ def synthetic_adapters(template: bytes, count: int, window: str, seed: int = 0) 
         for name in sorted(shape.tensors):
             rows, cols = shape.tensors[name].shape
             values = torch.randn(rows, cols, generator=generator)
-            tensors[name] = values * SYNTHETIC_STRENGTH if name.endswith("lora_B") else values
+            if kind == "jittered":
+                tensors[name] = shape.tensors[name].float() * (1 + JITTER * values)
+            else:
+                tensors[name] = values * SYNTHETIC_STRENGTH if name.endswith("lora_B") else values
         weights = AdapterWeights(
             tensors=tensors,
             rank=shape.rank,
-            alpha=float(shape.rank),
+            alpha=shape.alpha if kind == "jittered" else float(shape.rank),
             base_fingerprint=shape.base_fingerprint,
             encoder_window=window,  # type: ignore[arg-type]
         )
@@ -712,7 +722,9 @@ async def run(options: Options, work: Path) -> dict[str, Any]:
             log(f"latency ratio {report['latency']['ratio_ours_to_faster_whisper']}")
             adapter_id = report["enrolment"]["job"]["adapter_id"]
             template = await export_adapter(client, main.url, user["id"], adapter_id)
-            synthetic = synthetic_adapters(template, options.clients, options.base_window)
+            synthetic = synthetic_adapters(
+                template, options.clients, options.base_window, kind=options.synthetic
+            )
             keys = await import_users(client, main.url, synthetic, "load")
             report["adapter_diversity"] = await adapter_diversity(
                 client, main.url, load_clips[0], keys
@@ -770,7 +782,9 @@ async def _scale(
     importer = ServiceProcess(data_dir, model_dir, options.threads, _server_settings(options))
     with importer:
         start = time.perf_counter()
-        files = synthetic_adapters(template, options.users, options.base_window, seed=10_000)
+        files = synthetic_adapters(
+            template, options.users, options.base_window, seed=10_000, kind=options.synthetic
+        )
         users = await import_users(client, importer.url, files, "scale")
         imported = time.perf_counter() - start
         log(f"imported {len(users)} adapters in {imported:.0f} s")
@@ -967,6 +981,12 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds")
     parser.add_argument(
+        "--synthetic-adapters",
+        choices=("random", "jittered"),
+        default="random",
+        help="imported adapters: random factors, or the trained adapter's, jittered",
+    )
+    parser.add_argument(
         "--host-cache-mb",
         type=int,
         default=AdapterCacheSettings().host_cache_mb,
@@ -987,6 +1007,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
         rounds=2 if quick else args.rounds,
         host_cache_mb=args.host_cache_mb,
         base_window=args.base_window,
+        synthetic=args.synthetic_adapters,
         quick=quick,
     )
     return options, args.out, args.keep

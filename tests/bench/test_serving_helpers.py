@@ -5,9 +5,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
 from bench.service_process import histogram_quantile, metric
-from bench.serving import Clip, Options, _requests, _rounds, combine_loads, compare_texts
+from bench.serving import (
+    Clip,
+    Options,
+    _requests,
+    _rounds,
+    combine_loads,
+    compare_texts,
+    synthetic_adapters,
+)
 
 METRICS = """\
 # HELP pqm_adapter_load_seconds Loading an adapter.
@@ -90,3 +100,25 @@ def test_combined_rounds_rate_over_total_wall_time_and_keep_every_text() -> None
     assert combined["rounds_requests_per_second"] == [2.0, pytest.approx(0.667, abs=1e-3)]
     assert combined["texts"] == {"0:0/0": "a", "0:1/0": "b", "1:0/0": "c"}
     assert combined["latency_ms"]["p50"] == pytest.approx(250)
+
+
+def test_jittered_adapters_keep_the_templates_shapes_and_scale_yet_differ() -> None:
+    name = "model.encoder.layers.0.self_attn.q_proj"
+    template = AdapterWeights(
+        tensors={f"{name}.lora_A": torch.ones(2, 6), f"{name}.lora_B": torch.full((4, 2), 0.5)},
+        rank=2,
+        alpha=16.0,
+        base_fingerprint="sha256:base",
+    )
+    first, second = (
+        load_adapter(data)
+        for data in synthetic_adapters(dump_adapter(template), 2, "full", kind="jittered")
+    )
+    for adapter in (first, second):
+        assert adapter.alpha == 16.0
+        assert {k: v.shape for k, v in adapter.tensors.items()} == {
+            k: v.shape for k, v in template.tensors.items()
+        }
+        a = adapter.tensors[f"{name}.lora_A"]
+        assert 0.3 < float(a.mean()) < 1.7  # the template's entries, scaled around 1
+    assert not torch.equal(first.tensors[f"{name}.lora_A"], second.tensors[f"{name}.lora_A"])
