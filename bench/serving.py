@@ -105,9 +105,9 @@ class Options:
     base_window: str
     quick: bool
     rounds: int = 3
+    """Throughput rounds: every engine's loads in turn, each round on new audio."""
     synthetic: str = "random"
     """`random` factors, or `jittered`: the trained adapter's, each entry scaled by 1 + noise."""
-    """Throughput rounds: every engine's loads in turn, each round on new audio."""
 
 
 @dataclass(frozen=True)
