@@ -7,7 +7,7 @@ elsewhere. bitsandbytes' own CPU kernels dequantise inside every call (once per 
 and run at a fraction of oneDNN's speed.
 
 Batch invariance: with a weight `prepack`ed for oneDNN (bf16 where the CPU has it, fp32 on
-any x86 CPU), a row's result does not depend on the other rows of the matmul (up to
+any x86 CPU), a row's result does not depend on the other rows of the matmul (from two up to
 `INVARIANT_ROWS` rows, checked by the engine tests), which is what lets a request be decoded
 alone or in any batch with the same transcript. A plain fp32 `linear` (MKL) switches kernels
 with the row count, so its rows are deterministic per batch, not across batches."""
@@ -111,6 +111,14 @@ def prepack(weight: Tensor, rows_hint: int = 8) -> Tensor | None:
 
 
 def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    """`x @ weight.T + bias` ([rows, in] -> [rows, out]) with a `prepack`ed weight."""
+    """`x @ weight.T + bias` ([rows, in] -> [rows, out]) with a `prepack`ed weight.
+
+    A lone row goes through as the first of two: oneDNN's one-row kernel may sum in another
+    order than its kernel for several rows (seen for K = 1536 on an AMD EPYC with AVX512-BF16,
+    in about one row in ten), and a request decoded alone would then not get the bits it gets
+    in a batch."""
+    if x.shape[0] == 1:
+        pair = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        return packed_linear(pair, packed, bias)[:1]
     output: Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     return output
