@@ -55,6 +55,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.windows = Counter(
+            "pqm_decoded_windows_total",
+            "30 s windows transcribed, by the temperature of the decode kept: one above the "
+            "request's own was decoded again at each fallback temperature before it.",
+            ["temperature", "personalised"],
+            registry=r,
+        )
         self.audio_seconds = Counter(
             "pqm_audio_seconds_total", "Seconds of audio transcribed.", registry=r
         )

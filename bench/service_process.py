@@ -209,6 +209,16 @@ def metric(text: str, sample: str) -> float | None:
     return None if match is None else float(match.group(1))
 
 
+def decode_passes(text: str, step: float = 0.2) -> float:
+    """Decoder passes behind `pqm_decoded_windows_total`: a window kept at temperature t was
+    decoded at 0, `step`, ..., t (the default fallback schedule, for requests at 0)."""
+    pattern = r'^pqm_decoded_windows_total{[^}]*temperature="([^"]+)"[^}]*} (\S+)$'
+    return sum(
+        (round(float(temperature) / step) + 1) * float(count)
+        for temperature, count in re.findall(pattern, text, flags=re.MULTILINE)
+    )
+
+
 def histogram_quantile(text: str, name: str, quantile: float) -> float | None:
     """Prometheus-style quantile (linear within the bucket) of histogram `name`."""
     buckets: list[tuple[float, float]] = []

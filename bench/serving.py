@@ -62,8 +62,10 @@ from bench.common import (
 )
 from bench.service_process import (
     ADMIN_KEY,
+    Reply,
     ServiceProcess,
     create_user,
+    decode_passes,
     enrol,
     export_adapter,
     gather_limited,
@@ -87,6 +89,8 @@ threads (which spin for a moment after work) compete with the other's request.""
 SYNTHETIC_STRENGTH = 0.0004
 """Scale of the random B factors: changes a word here and there, keeps transcripts sane."""
 JITTER = 0.5
+RSS_SAMPLE_S = 0.02
+"""How often the scale phase samples the server's RSS (its peaks last milliseconds)."""
 
 
 def log(message: str) -> None:
@@ -358,14 +362,31 @@ class Request:
     clip: Clip
     key: str
     expected_adapter: str
+    personalise: bool = True
+    """False: the user asks for the base model (`personalise=false`), as base traffic does."""
 
 
 def _requests(
-    clips: list[Clip], keys: list[tuple[str, str]], clients: int, per_client: int
+    clips: list[Clip],
+    keys: list[tuple[str, str]],
+    clients: int,
+    per_client: int,
+    *,
+    personalise: bool = True,
 ) -> list[list[Request]]:
-    """Client c sends clips c, c + clients, ...: every request a different file."""
+    """Client c sends clips c, c + clients, ...: every request a different file. Without
+    `personalise`, the users ask for the base model (their adapter id expected: none)."""
     return [
-        [Request(c, clips[c + clients * k], keys[c][0], keys[c][1]) for k in range(per_client)]
+        [
+            Request(
+                c,
+                clips[c + clients * k],
+                keys[c][0],
+                keys[c][1] if personalise else "none",
+                personalise,
+            )
+            for k in range(per_client)
+        ]
         for c in range(clients)
     ]
 
@@ -380,7 +401,11 @@ async def run_load(
     async def run_client(requests: list[Request]) -> None:
         for k, request in enumerate(requests):
             results[request.client, k] = await transcribe(
-                client, url, request.clip.wav, request.key
+                client,
+                url,
+                request.clip.wav,
+                request.key,
+                personalise=str(request.personalise).lower(),
             )
 
     start = time.perf_counter()
@@ -420,6 +445,8 @@ def combine_loads(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "failed": sum(run["failed"] for run in runs),
         "failures": [failure for run in runs for failure in run["failures"]][:5],
         "wrong_adapter_id": sum(run["wrong_adapter_id"] for run in runs),
+        "decode_passes_per_request": sum(run["decode_passes"] for run in runs)
+        / sum(run["requests"] for run in runs),
         "wall_seconds": round(wall, 2),
         "requests_per_second": sum(run["requests"] for run in runs) / wall,
         "audio_seconds_per_second": audio / wall,
@@ -473,8 +500,8 @@ async def phase_throughput(
             for name, engine in engines.items():
                 if load not in engine.loads:
                     continue
-                concurrent = await run_load(client, engine.server.url, plans[load], True)
-                alone = await run_load(client, engine.server.url, plans[load], False)
+                concurrent = await _counted_load(client, engine.server.url, plans[load], True)
+                alone = await _counted_load(client, engine.server.url, plans[load], False)
                 runs.setdefault((name, load), []).append((concurrent, alone))
                 log(
                     f"round {index + 1}/{len(rounds)} {name} {load}: "
@@ -503,6 +530,16 @@ async def phase_throughput(
         out[name]["queue_wait_p50_s"] = histogram_quantile(text, "pqm_queue_wait_seconds", 0.5)
         out[name]["rss_bytes"] = engine.server.rss_bytes()
     return out
+
+
+async def _counted_load(
+    client: httpx.AsyncClient, url: str, plan: list[list[Request]], concurrent: bool
+) -> dict[str, Any]:
+    """`run_load`, with the decoder passes the server made for it (fallbacks included)."""
+    before = decode_passes(await metrics_text(client, url))
+    result = await run_load(client, url, plan, concurrent)
+    result["decode_passes"] = decode_passes(await metrics_text(client, url)) - before
+    return result
 
 
 def _histogram_mean(text: str, name: str) -> float | None:
@@ -543,33 +580,30 @@ async def phase_scale(
     budget_mb: int,
     concurrency: int,
 ) -> dict[str, Any]:
-    """Round-robin over every user, then cold / swap / resident latency on the same clip."""
-    base_keys = [admin_key] * (8 * concurrency)
-    base_peak = await _warm_peak(client, server, clips, base_keys, concurrency)
-    # The first adapter requests pay a one-time cost (the adapter path's working memory and the
-    # slot bank); a few adapter users in the warm-up put it in the baseline, so what is left to
-    # grow with the number of users is the adapter tiers.
-    warm_users = users[:concurrency]
-    warm_keys = [key for key, _ in warm_users] * 4
-    baseline = await _warm_peak(client, server, clips, [admin_key, *warm_keys], concurrency)
+    """The same round-robin load twice, its RSS sampled alike: over `concurrency` users (the
+    control: their adapters stay in the cache tiers) and over every user; what the number of
+    users adds is the difference of the two peaks. Then cold / swap / resident latency."""
+    requests = len(users)
+    _, base_peak, _ = await _load_peak(
+        client, server, clips, [admin_key] * (8 * concurrency), concurrency
+    )
+    control = [users[index % concurrency] for index in range(requests)]
+    control_replies, baseline, _ = await _load_peak(
+        client, server, clips, [key for key, _ in control], concurrency
+    )
     warm_text = await metrics_text(client, server.url)
     warm_tiers = {tier: _tier_bytes(warm_text, tier) for tier in ("host", "slots")}
-    peak = baseline
-    start = time.perf_counter()
-
-    async def one(index: int, key: str) -> Any:
-        nonlocal peak
-        reply = await transcribe(client, server.url, clips[index % len(clips)].wav, key)
-        peak = max(peak, server.rss_bytes())
-        return reply
-
-    replies = await gather_limited(concurrency, *(one(i, key) for i, (key, _) in enumerate(users)))
-    wall = time.perf_counter() - start
-    failed = sum(r.status != 200 for r in replies)
-    wrong = sum(r.adapter_id != adapter for r, (_, adapter) in zip(replies, users, strict=True))
+    replies, peak, wall = await _load_peak(
+        client, server, clips, [key for key, _ in users], concurrency
+    )
+    failed = sum(r.status != 200 for r in [*control_replies, *replies])
+    wrong = sum(
+        r.adapter_id != adapter
+        for r, (_, adapter) in zip([*control_replies, *replies], [*control, *users], strict=True)
+    )
     text = await metrics_text(client, server.url)
     slot_bytes = _tier_bytes(text, "slots")
-    # What may still grow after the warm-up: the rest of the host cache and of the slot bank.
+    # What may still grow after the control run: the rest of the host cache and slot bank.
     budget = budget_mb * MIB - warm_tiers["host"] + slot_bytes - warm_tiers["slots"]
     end = server.rss_bytes()
     await asyncio.sleep(3)  # idle: the engine gives freed memory back
@@ -585,8 +619,9 @@ async def phase_scale(
         "rss_base_only_bytes": base_peak,
         "rss_baseline_bytes": baseline,
         "rss_baseline_note": (
-            f"peak RSS under the same concurrent load on the base model and {len(warm_users)}"
-            " adapter users (their adapters are in the baseline and in the cache tiers)"
+            f"peak RSS of the control: the same {requests} requests at the same concurrency,"
+            f" round-robin over {concurrency} adapter users (their adapters stay cached);"
+            f" RSS sampled every {RSS_SAMPLE_S * 1000:.0f} ms in both runs"
         ),
         "adapter_path_fixed_bytes": baseline - base_peak,
         "warmup_tier_bytes": warm_tiers,
@@ -615,23 +650,38 @@ async def phase_scale(
     }
 
 
-async def _warm_peak(
+async def _load_peak(
     client: httpx.AsyncClient,
     server: ServiceProcess,
     clips: list[Clip],
     keys: list[str],
     concurrency: int,
-) -> int:
-    """Peak RSS while `keys` are served concurrently (one request each)."""
-    peak = 0
+) -> tuple[list[Reply], int, float]:
+    """Serves one request per key (clip `i` for key `i`), `concurrency` at a time, while
+    sampling the server's RSS every `RSS_SAMPLE_S`: the replies, the peak RSS, the wall time."""
+    peak = server.rss_bytes()
+    done = asyncio.Event()
 
-    async def one(index: int, key: str) -> None:
+    async def sample() -> None:
         nonlocal peak
-        await transcribe(client, server.url, clips[index % len(clips)].wav, key)
-        peak = max(peak, server.rss_bytes())
+        while not done.is_set():
+            peak = max(peak, server.rss_bytes())
+            await asyncio.sleep(RSS_SAMPLE_S)
 
-    await gather_limited(concurrency, *(one(i, key) for i, key in enumerate(keys)))
-    return peak
+    sampler = asyncio.create_task(sample())
+    start = time.perf_counter()
+    try:
+        replies: list[Reply] = await gather_limited(
+            concurrency,
+            *(
+                transcribe(client, server.url, clips[index % len(clips)].wav, key)
+                for index, key in enumerate(keys)
+            ),
+        )
+    finally:
+        done.set()
+        await sampler
+    return replies, peak, time.perf_counter() - start
 
 
 def _tier_bytes(text: str, tier: str) -> int:
@@ -759,17 +809,16 @@ async def run(options: Options, work: Path) -> dict[str, Any]:
 def _rounds(
     options: Options, clips: list[Clip], keys: list[tuple[str, str]]
 ) -> list[dict[str, list[list[Request]]]]:
-    """Per round, the base and the adapter load over that round's clips (the same audio for
-    both, so they do the same work)."""
+    """Per round, the base and the adapter load over that round's clips: the same users and
+    audio for both (so they do the same work), the base load asking for the base model."""
     clients, per_client = options.clients, options.requests_per_client
     size = clients * per_client
-    base_keys = [(ADMIN_KEY, "none")] * clients
     rounds = []
     for index in range(options.rounds):
         own = clips[index * size : (index + 1) * size]
         rounds.append(
             {
-                "base": _requests(own, base_keys, clients, per_client),
+                "base": _requests(own, keys, clients, per_client, personalise=False),
                 "adapters": _requests(own, keys, clients, per_client),
             }
         )

@@ -70,9 +70,10 @@ class BatchingEngine(Protocol[TaskT]):
 
     def run_round(self, tasks: list[TaskT]) -> None: ...
 
-    def tidy(self) -> None:
-        """Called on the inference thread between rounds now and then, and once nothing has
-        run for a while: release what is not needed now (memory, cached weights)."""
+    def tidy(self, *, idle: bool) -> None:
+        """Called on the inference thread between rounds now and then (`idle` False), and once
+        nothing has run for a while (`idle` True): give back free memory, and when idle also
+        what is only kept to be fast while busy (compute weights)."""
         ...
 
 
@@ -248,16 +249,16 @@ class BatchScheduler(Generic[TaskT]):
                     self._round(running)
                     running = self._settle(running)
                 if time.monotonic() - self._tidied > self._tidy_every:
-                    self._tidy()
+                    self._tidy(idle=False)
             except Exception as exc:  # a scheduler bug must not leave requests waiting forever
                 logger.exception("inference round failed", extra={"batch": len(running)})
                 self._fail(running, exc)
                 running = []
 
-    def _tidy(self) -> None:
+    def _tidy(self, *, idle: bool) -> None:
         self._tidied = time.monotonic()
         try:
-            self._engine.tidy()
+            self._engine.tidy(idle=idle)
         except Exception:
             logger.exception("engine tidy-up failed")
 
@@ -277,7 +278,7 @@ class BatchScheduler(Generic[TaskT]):
             if not self._lock.wait_for(self._has_work, timeout=self._idle_after):
                 self._lock.release()
                 try:
-                    self._tidy()
+                    self._tidy(idle=True)
                 finally:
                     self._lock.acquire()
             self._lock.wait_for(self._has_work)

@@ -10,8 +10,8 @@ batching never changes a transcript.
 
 A request joins with a prefix pass over its own rows (`add`), leaves when its search ends
 (`keep` drops its rows, or reorders them for beam search). The decoder's weights are
-dequantised once while the batch is busy (not once per token); each group preallocates the
-self-attention cache it can need.
+dequantised once while the engine is busy (not once per token, nor once per request: see
+`release`); each group preallocates the self-attention cache it can need.
 """
 
 from dataclasses import dataclass
@@ -25,14 +25,11 @@ from app.engine.dense import prepack
 from app.engine.projections import (
     BaseWeights,
     Factors,
-    LoraStack,
     Projection,
-    RowFactors,
+    RowSpan,
     fused,
     fused_factors,
-    lora_stacks,
     row_factors,
-    with_factors,
 )
 
 __all__ = ["DecodeBatch", "OutputHead"]
@@ -124,8 +121,8 @@ class DecodeBatch:
         self._scaling = self._layers[0].self_attn.scaling
         self._weights: list[dict[str, Projection]] | None = None
         self._groups: list[_Group] = []
-        self._lora: list[dict[str, list[LoraStack]]] | None = None
-        """Per layer, the batch's LoRA stacks per projection; rebuilt when rows change."""
+        self._lora: list[dict[str, list[RowSpan]]] | None = None
+        """Per layer and projection, the adapted requests' rows; rebuilt when rows change."""
 
     @property
     def rows(self) -> int:
@@ -148,8 +145,11 @@ class DecodeBatch:
         cross_v: list[Tensor] = []
         for layer_weights, layer_factors in zip(weights, factors, strict=True):
             for name, cache in (("cross_k", cross_k), ("cross_v", cross_v)):
-                output = layer_weights[name](encoded[None], chunked=False)
-                cache.append(self._split(with_factors(output, encoded[None], layer_factors[name])))
+                own = layer_factors[name]
+                lora = [] if own is None else [RowSpan(0, 1, own)]
+                cache.append(
+                    self._split(layer_weights[name](encoded[None], chunked=False, lora=lora))
+                )
         shape = (1, self._heads, len(prefix) + capacity, encoded.shape[1] // self._heads)
         group = _Group(
             rows=1,
@@ -161,7 +161,7 @@ class DecodeBatch:
             factors=factors,
         )
         tokens = torch.tensor([prefix], device=encoded.device)
-        own_lora = [_chunks([group], layer) for layer in range(len(self._layers))]
+        own_lora = [_spans([group], layer) for layer in range(len(self._layers))]
         hidden = self._forward(tokens, [group], own_lora)  # [1, prefix, d_model]
         self._groups.append(group)
         self._lora = None
@@ -172,7 +172,7 @@ class DecodeBatch:
     def step(self, tokens: Tensor) -> Tensor:
         """Feeds one token per row ([rows]); returns the next logits [rows, vocab]."""
         if self._lora is None:
-            self._lora = [_chunks(self._groups, layer) for layer in range(len(self._layers))]
+            self._lora = [_spans(self._groups, layer) for layer in range(len(self._layers))]
         hidden = self._forward(tokens[:, None], self._groups, self._lora)
         logits: Tensor = self._head(self._decoder.layer_norm(hidden))[:, 0]
         return logits
@@ -199,8 +199,16 @@ class DecodeBatch:
             kept.append(group)
         self._groups = kept
         self._lora = None
-        if not kept:
-            self._weights = None  # idle: the dense weights are released
+
+    @property
+    def holds_weights(self) -> bool:
+        return self._weights is not None
+
+    def release(self) -> None:
+        """Drops the dense weights (the engine went idle); the next request rebuilds them."""
+        if self._groups:
+            raise RuntimeError("the decode batch is busy")
+        self._weights = None
 
     def _dense_weights(self) -> list[dict[str, Projection]]:
         if self._weights is None:
@@ -208,10 +216,10 @@ class DecodeBatch:
         return self._weights
 
     def _forward(
-        self, tokens: Tensor, groups: list[_Group], lora: list[dict[str, list[LoraStack]]]
+        self, tokens: Tensor, groups: list[_Group], lora: list[dict[str, list[RowSpan]]]
     ) -> Tensor:
         """`tokens` [rows, new] through the decoder layers: a prefix pass of one group, or one
-        step of every group, with their LoRA chunks. Returns hidden states [rows, new, d]."""
+        step of every group, with their LoRA spans. Returns hidden states [rows, new, d]."""
         decoder = self._decoder
         weights = self._dense_weights()
         new = tokens.shape[1]
@@ -221,21 +229,21 @@ class DecodeBatch:
         positions = starts[:, None] + torch.arange(new, device=tokens.device)[None]
         hidden: Tensor = decoder.embed_tokens(tokens) + decoder.embed_positions.weight[positions]
         for index, (layer, layer_weights) in enumerate(zip(self._layers, weights, strict=True)):
-            chunks = lora[index]
+            spans = lora[index]
             h = layer.self_attn_layer_norm(hidden)
-            qkv = layer_weights["self_qkv"](h, lora=chunks["self_qkv"])
+            qkv = layer_weights["self_qkv"](h, lora=spans["self_qkv"])
             attended = self._self_attention(qkv, groups, index, new)
-            hidden = hidden + layer_weights["self_out"](attended, lora=chunks["self_out"])
+            hidden = hidden + layer_weights["self_out"](attended, lora=spans["self_out"])
             q = self._split(
                 layer_weights["cross_q"](
-                    layer.encoder_attn_layer_norm(hidden), lora=chunks["cross_q"]
+                    layer.encoder_attn_layer_norm(hidden), lora=spans["cross_q"]
                 )
             )
             attended = self._cross_attention(q, groups, index)
-            hidden = hidden + layer_weights["cross_out"](attended, lora=chunks["cross_out"])
+            hidden = hidden + layer_weights["cross_out"](attended, lora=spans["cross_out"])
             h = layer.final_layer_norm(hidden)
-            ffn = layer.activation_fn(layer_weights["fc1"](h, lora=chunks["fc1"]))
-            hidden = hidden + layer_weights["fc2"](ffn, lora=chunks["fc2"])
+            ffn = layer.activation_fn(layer_weights["fc1"](h, lora=spans["fc1"]))
+            hidden = hidden + layer_weights["fc2"](ffn, lora=spans["fc2"])
         for group in groups:
             group.length += new
         return hidden
@@ -291,15 +299,14 @@ def _rows_of(cache: Tensor, rows: int) -> Tensor:
     return cache[:1].expand(rows, -1, -1, -1).contiguous()
 
 
-def _chunks(groups: list[_Group], layer: int) -> dict[str, list[LoraStack]]:
-    """Per projection, the LoRA stacks of the rows of `groups` (numbered as in the batch they
-    form; a request's rows share its factors)."""
-    rows: dict[str, RowFactors] = {name: {} for name in ("self_qkv", *_MODULES)}
+def _spans(groups: list[_Group], layer: int) -> dict[str, list[RowSpan]]:
+    """Per projection, the rows of each adapted request of `groups` (numbered as in the batch
+    they form; a request's rows share its factors)."""
+    spans: dict[str, list[RowSpan]] = {name: [] for name in ("self_qkv", *_MODULES)}
     first = 0
     for group in groups:
         for name, factors in group.factors[layer].items():
             if factors is not None:
-                for row in range(first, first + group.rows):
-                    rows[name][row] = factors
+                spans[name].append(RowSpan(first, group.rows, factors))
         first += group.rows
-    return {name: lora_stacks(factors, first) for name, factors in rows.items()}
+    return spans

@@ -98,6 +98,11 @@ class BatchDecoder:
         """Requests in the batch."""
         return len(self._live)
 
+    @property
+    def holds_weights(self) -> bool:
+        """Whether dense compute weights are held (kept while busy, until `release`)."""
+        return self._encoder_weights is not None or self._batch.holds_weights
+
     @torch.inference_mode()
     def encode(self, mels: list[Tensor], slots: list[int]) -> list[Tensor]:
         """Each [n_mels, frames] window -> [frames // 2, d_model], with its row's adapter."""
@@ -111,6 +116,7 @@ class BatchDecoder:
     def release(self) -> None:
         """Drops the compute weights held while busy (the engine went idle)."""
         self._encoder_weights = None
+        self._batch.release()
 
     @torch.inference_mode()
     def detect_language(self, encoded: list[Tensor], slots: list[int]) -> list[str]:

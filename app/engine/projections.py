@@ -5,17 +5,20 @@ the dequantised base weight in the compute dtype (see `dense`) and, for the rows
 that use an adapter, that row's low-rank factors from the adapter bank.
 
 Row independence (the transcript of a request must not depend on its neighbours):
-* the base product never sees more than `INVARIANT_ROWS` rows in one matmul;
-* LoRA runs in float32 as batched matmuls of a fixed batch size (`LORA_BATCH` rows, the
-  batch zero-padded to whole blocks, one stack of factors per adapter rank): every row then
-  goes through the very same kernel, whatever its neighbours. (A bmm whose batch size varies
-  with the load changes a row's bits: measured, for fp32 between one and two rows, and rarely
-  for bf16 at any size.)
+* the base product never sees more than `INVARIANT_ROWS` rows in one matmul (nor one row
+  alone, see `dense.packed_linear`);
+* LoRA runs in float32, one pair of matmuls per request over exactly that request's rows
+  (`RowSpan`): the same shapes, so the same kernel and bits, whether the request runs alone
+  or in any batch. (A matmul over several requests' rows changes a row's bits with the row
+  count: measured, for fp32 between one and two rows.) The per-request products are tiny,
+  and the batches of a CPU server hold few requests, so this costs less than padding every
+  batch to a fixed-size batched matmul, which it replaced;
 * attention (in the passes) runs per group of rows with identical shapes.
 Rows are views at offsets that are multiples of the model width (a multiple of 16 floats in
 every Whisper), so every row starts as aligned as a tensor of its own.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,19 +29,15 @@ from app.engine.dense import INVARIANT_ROWS, dense_weight, packed_linear, prepac
 from app.engine.lora import LoraLinear
 
 __all__ = [
-    "LORA_BATCH",
     "BaseWeights",
     "Factors",
-    "LoraStack",
     "Projection",
     "RowFactors",
+    "RowSpan",
     "fused",
     "fused_factors",
-    "lora_stacks",
-    "padded_rows",
     "row_factors",
     "slot_factors",
-    "with_factors",
 ]
 
 Factors = tuple[Tensor, Tensor]
@@ -46,37 +45,15 @@ Factors = tuple[Tensor, Tensor]
 RowFactors = dict[int, Factors]
 """Batch row -> its adapter's factors; rows served by the base model are absent."""
 
-LORA_BATCH = 8
-"""Rows per LoRA matmul, always (padded with zero rows)."""
-
 
 @dataclass(frozen=True, slots=True)
-class LoraStack:
-    """One projection's factors for every row of a batch padded to whole blocks of
-    `LORA_BATCH` rows: the factors of rows whose adapter has this rank, zeros for the others."""
+class RowSpan:
+    """Consecutive rows of a batch that belong to one request (its beam hypotheses), with
+    that request's adapter factors for one projection."""
 
-    a: Tensor  # [padded rows, in, r]
-    b: Tensor  # [padded rows, r, out]
-
-
-def padded_rows(rows: int) -> int:
-    return -(-rows // LORA_BATCH) * LORA_BATCH
-
-
-def lora_stacks(factors: RowFactors, rows: int) -> list[LoraStack]:
-    """The adapted rows' factors as stacks over the padded batch, one stack per rank."""
-    by_rank: dict[int, list[int]] = {}
-    for row in sorted(factors):
-        by_rank.setdefault(factors[row][0].shape[1], []).append(row)
-    stacks = []
-    for members in by_rank.values():
-        first_a, first_b = factors[members[0]]
-        a = first_a.new_zeros(padded_rows(rows), *first_a.shape)
-        b = first_b.new_zeros(padded_rows(rows), *first_b.shape)
-        for row in members:
-            a[row], b[row] = factors[row]
-        stacks.append(LoraStack(a, b))
-    return stacks
+    first: int
+    rows: int
+    factors: Factors
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +93,16 @@ class Projection:
         bias = None if base.bias is None else base.bias.to(dtype)
         return cls(weight, bias, prepack(weight) if pack else None)
 
-    def __call__(
-        self, x: Tensor, *, chunked: bool = True, lora: list[LoraStack] | None = None
-    ) -> Tensor:
+    def __call__(self, x: Tensor, *, chunked: bool = True, lora: Sequence[RowSpan] = ()) -> Tensor:
         """[rows, tokens, in] float32 -> [rows, tokens, out] float32
 
         `chunked`: the rows belong to different requests, so no matmul may see more than
         `INVARIANT_ROWS` of them; one request's rows (an encoder window) go through whole.
-        `lora`: the batch rows' factors (`lora_stacks`).
+        `lora`: the adapted requests' rows and factors (rows of no span get the base model).
         """
         output = self._base(x, chunked)
-        if lora:
-            _add_lora(output, x, lora)
+        for span in lora:
+            _add_lora(output, x, span)
         return output
 
     def in_compute_dtype(self, x: Tensor, factors: Factors | None = None) -> Tensor:
@@ -162,27 +137,13 @@ class Projection:
         return output.reshape(*x.shape[:-1], self.weight.shape[0])
 
 
-def _add_lora(output: Tensor, x: Tensor, stacks: list[LoraStack]) -> None:
-    """Adds every row's low-rank update to `output`: the rows, padded with zero rows to whole
-    blocks of `LORA_BATCH`, go through two fixed-size batched matmuls per block."""
-    rows = x.shape[0]
-    padding = padded_rows(rows) - rows
-    padded = torch.cat([x, x.new_zeros(padding, *x.shape[1:])]) if padding else x
-    for stack in stacks:
-        for start in range(0, rows, LORA_BATCH):
-            block = slice(start, start + LORA_BATCH)
-            low = torch.bmm(padded[block], stack.a[block])  # [LORA_BATCH, tokens, r]
-            update = torch.bmm(low, stack.b[block])  # [LORA_BATCH, tokens, out]
-            count = min(LORA_BATCH, rows - start)
-            output[start : start + count] += update[:count]
-
-
-def with_factors(output: Tensor, x: Tensor, factors: Factors | None) -> Tensor:
-    """`output` ([1, t, out] float32, one request's rows) plus that request's own low-rank
-    update of `x` ([1, t, in]); for work that is never batched with other requests."""
-    if factors is not None:
-        output[0].addmm_(x[0] @ factors[0], factors[1])
-    return output
+def _add_lora(output: Tensor, x: Tensor, span: RowSpan) -> None:
+    """Adds one request's low-rank update of its rows of `x` to its rows of `output`."""
+    rows = slice(span.first, span.first + span.rows)
+    a, b = span.factors
+    inputs = x[rows].reshape(-1, x.shape[-1])
+    # A leading-dimension slice of a contiguous tensor: the view writes into `output`.
+    output[rows].view(-1, output.shape[-1]).addmm_(inputs @ a, b)
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -114,7 +114,7 @@ class Search:
     def _single(self, scores: Tensor) -> list[tuple[int, int]]:
         if self._temperature > 0.0:
             probs = (scores / self._temperature).softmax(dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self._generator)[0])
+            token = int(torch.multinomial(probs, 1, replacement=True, generator=self._generator)[0])
         else:
             token = int(scores.argmax())
         hypothesis = self.live[0]

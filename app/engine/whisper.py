@@ -216,6 +216,11 @@ class WhisperEngine:
     def supports_adapters(self) -> bool:
         return self._slots is not None
 
+    @property
+    def holds_compute_weights(self) -> bool:
+        """Whether dequantised compute weights are held (while busy, until an idle `tidy`)."""
+        return self._decoder.holds_weights
+
     def slot_stats(self) -> SlotStats | None:
         return self._slots.stats() if self._slots is not None else None
 
@@ -285,11 +290,11 @@ class WhisperEngine:
                 task.advance(result)
                 self._release_if_done(task)
 
-    def tidy(self) -> None:
-        """Gives freed memory back to the OS; when nothing is decoding, also drops the compute
-        weights kept while busy (see `memory`)."""
+    def tidy(self, *, idle: bool = True) -> None:
+        """Gives freed memory back to the OS (see `memory`); when `idle`, also drops the
+        compute weights kept while busy (rebuilt by the next request, in a few milliseconds)."""
         with self._lock:
-            if not self._decoder.active:
+            if idle and not self._decoder.active:
                 self._decoder.release()
             release_free_memory()
 

@@ -133,6 +133,9 @@ class TranscriptionService:
         self._metrics.transcriptions.labels("ok", str(personalised)).inc()
         self._metrics.transcription_latency.labels(str(personalised)).observe(latency)
         self._metrics.audio_seconds.inc(transcription.duration)
+        windows = {segment.seek: segment.temperature for segment in transcription.segments}
+        for temperature in windows.values():
+            self._metrics.windows.labels(f"{temperature:.1f}", str(personalised)).inc()
 
     def _options(self, request: TranscriptionRequest) -> TranscriptionOptions:
         if request.stream:

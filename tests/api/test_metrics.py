@@ -19,6 +19,14 @@ def _value(text: str, sample: str) -> float:
     return float(match.group(1))
 
 
+def _total(text: str, name: str, label: str) -> float:
+    """The sum of `name`'s samples that carry `label`."""
+    pattern = rf"^{re.escape(name)}{{[^}}]*{re.escape(label)}[^}}]*}} (\S+)$"
+    values = [float(value) for value in re.findall(pattern, text, flags=re.MULTILINE)]
+    assert values, f"{name} with {label} missing from /metrics"
+    return sum(values)
+
+
 async def test_metrics_report_requests_batches_caches_and_jobs(
     client: httpx.AsyncClient, state: ServiceState, nf4_engine: WhisperEngine
 ) -> None:
@@ -52,6 +60,9 @@ async def test_metrics_report_requests_batches_caches_and_jobs(
     assert _value(text, f'pqm_http_requests_total{{method="POST",{route},status="400"}}') == 1
     assert _value(text, 'pqm_transcription_seconds_count{personalised="True"}') == 2
     assert _value(text, "pqm_batch_size_count") >= 3
+    # One 30 s window per request, whatever temperature its decode ended at.
+    assert _total(text, "pqm_decoded_windows_total", 'personalised="True"') == 2
+    assert _total(text, "pqm_decoded_windows_total", 'personalised="False"') == 1
     assert _value(text, "pqm_queue_wait_seconds_count") == 3
     assert _value(text, 'pqm_adapter_cache_events_total{event="miss",tier="host"}') == 1
     assert _value(text, 'pqm_adapter_cache_events_total{event="hit",tier="host"}') == 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
-from bench.service_process import histogram_quantile, metric
+from bench.service_process import decode_passes, histogram_quantile, metric
 from bench.serving import (
     Clip,
     Options,
@@ -29,6 +29,9 @@ pqm_adapter_load_seconds_bucket{le="+Inf"} 100.0
 pqm_adapter_load_seconds_count 100.0
 pqm_adapter_load_seconds_sum 2.0
 pqm_adapters_resident{tier="slots"} 16.0
+pqm_decoded_windows_total{personalised="True",temperature="0.0"} 10.0
+pqm_decoded_windows_total{personalised="False",temperature="0.0"} 5.0
+pqm_decoded_windows_total{personalised="True",temperature="0.4"} 2.0
 """
 
 
@@ -36,6 +39,11 @@ def test_metric_reads_one_sample() -> None:
     assert metric(METRICS, 'pqm_adapters_resident{tier="slots"}') == 16
     assert metric(METRICS, "pqm_adapter_load_seconds_count") == 100
     assert metric(METRICS, "pqm_missing") is None
+
+
+def test_decode_passes_count_every_fallback_temperature_tried() -> None:
+    assert decode_passes(METRICS) == 10 + 5 + 2 * 3  # 0.4 after 0.0 and 0.2
+    assert decode_passes("") == 0
 
 
 def test_histogram_quantiles_interpolate_within_buckets() -> None:
@@ -75,6 +83,12 @@ def test_rounds_use_new_audio_and_the_same_audio_for_both_loads() -> None:
     assert not first & second
     adapter_keys = {r.key for requests in rounds[0]["adapters"] for r in requests}
     assert adapter_keys == {"key0", "key1", "key2"}
+    # The same users send the base load, asking for the base model.
+    base = [r for requests in rounds[0]["base"] for r in requests]
+    assert {r.key for r in base} == adapter_keys
+    assert all(not r.personalise and r.expected_adapter == "none" for r in base)
+    adapted = [r for requests in rounds[0]["adapters"] for r in requests]
+    assert all(r.personalise and r.expected_adapter == f"adapter{r.client}" for r in adapted)
 
 
 def _run(requests: int, wall: float, seconds: list[float], texts: dict[str, str]) -> dict[str, Any]:
@@ -83,6 +97,7 @@ def _run(requests: int, wall: float, seconds: list[float], texts: dict[str, str]
         "failed": 0,
         "failures": [],
         "wrong_adapter_id": 0,
+        "decode_passes": requests + 1,
         "wall_seconds": wall,
         "requests_per_second": requests / wall,
         "audio_seconds_per_second": requests / wall,
@@ -100,6 +115,7 @@ def test_combined_rounds_rate_over_total_wall_time_and_keep_every_text() -> None
     assert combined["rounds_requests_per_second"] == [2.0, pytest.approx(0.667, abs=1e-3)]
     assert combined["texts"] == {"0:0/0": "a", "0:1/0": "b", "1:0/0": "c"}
     assert combined["latency_ms"]["p50"] == pytest.approx(250)
+    assert combined["decode_passes_per_request"] == pytest.approx(6 / 4)
 
 
 def test_jittered_adapters_keep_the_templates_shapes_and_scale_yet_differ() -> None:

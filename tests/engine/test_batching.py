@@ -45,6 +45,7 @@ class FakeEngine:
     gate: threading.Event = field(default_factory=threading.Event)
     free_slots: int = 1_000
     tidies: int = 0
+    idle_tidies: int = 0
 
     def open(
         self,
@@ -62,8 +63,9 @@ class FakeEngine:
         rounds = int(audio[0]) if len(audio) else 1
         return FakeTask(name, rounds, fail_in_round=name == "r7")
 
-    def tidy(self) -> None:
+    def tidy(self, *, idle: bool) -> None:
         self.tidies += 1
+        self.idle_tidies += idle
 
     def run_round(self, tasks: list[FakeTask]) -> None:
         self.gate.wait(10)
@@ -260,12 +262,13 @@ async def test_the_engine_tidies_up_when_idle_and_now_and_then_when_busy(
         await scheduler.transcribe(request(1), OPTIONS)
         assert engine.tidies == 0
         await asyncio.sleep(0.2)
-        assert engine.tidies == 1, "once per quiet spell, not once per timeout"
+        assert engine.tidies == engine.idle_tidies == 1, "once per quiet spell, not per timeout"
         await scheduler.transcribe(request(2), OPTIONS)
         await asyncio.sleep(0.2)
-        assert engine.tidies == 2
+        assert engine.tidies == engine.idle_tidies == 2
         engine.round_s = 0.02
         await scheduler.transcribe(request(3, rounds=20), OPTIONS)  # busy for ~0.4 s
         assert engine.tidies >= 5, "busy: tidied every 0.1 s between rounds"
+        assert engine.idle_tidies == 2, "busy tidies keep what makes the engine fast"
     finally:
         scheduler.shutdown()

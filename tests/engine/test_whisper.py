@@ -98,6 +98,21 @@ def test_transcription_is_deterministic(nf4_engine: WhisperEngine) -> None:
     assert nf4_engine.transcribe(audio, TranscriptionOptions()) == first
 
 
+def test_compute_weights_stay_while_busy_and_go_when_idle(nf4_engine: WhisperEngine) -> None:
+    text, voice, speed = SENTENCES[0]
+    audio = speech_16k(text, voice=voice, speed=speed)
+    nf4_engine.transcribe(audio, GREEDY)
+    # Between two requests of a busy spell the dense weights stay (no rebuild per request)...
+    assert nf4_engine.holds_compute_weights
+    nf4_engine.tidy(idle=False)
+    assert nf4_engine.holds_compute_weights
+    # ...and go once the engine is idle; the next request rebuilds them, same transcript.
+    first = nf4_engine.transcribe(audio, GREEDY)
+    nf4_engine.tidy(idle=True)
+    assert not nf4_engine.holds_compute_weights
+    assert nf4_engine.transcribe(audio, GREEDY) == first
+
+
 def test_long_audio_windows_follow_the_speech(nf4_engine: WhisperEngine) -> None:
     fox = speech_16k(SENTENCES[0][0], speed=120)
     audio = np.concatenate([silence(28.0), fox, silence(40.0), fox])
