@@ -55,7 +55,8 @@ class AdapterCacheSettings(BaseModel):
     """Adapters held in the model's LoRA banks (device memory), least recently used evicted;
     at least `queue.max_batch_size`, so that a full batch of different users fits."""
     host_cache_mb: int = Field(default=128, ge=1)
-    """Budget for deserialised adapters in host memory, least recently used evicted."""
+    """Budget for deserialised adapters in host memory, least recently used evicted; adapter
+    loads in flight (the file and its parsed copy) count against it too."""
 
 
 class EnrolmentSettings(BaseModel):

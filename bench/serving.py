@@ -11,18 +11,22 @@ loopback (each engine variant in its own process, so its memory is its own):
 2. **Latency**, one request at a time, ~5 s utterances of that speaker: this service over HTTP
    with the speaker's adapter applied, against faster-whisper int8 in this process (same
    threads, beam 1, no timestamps, `language="en"`, no VAD), alternating request by request.
-3. **Throughput**, `--clients` concurrent clients, every request a different audio file:
-   (a) all on the base model, (b) every client a different user with a different adapter,
-   (a') the base model on the same engine with LoRA support switched off; each also served
-   one request at a time, and (c) with batching switched off. The engines run side by side in
-   `--rounds` interleaved rounds, each on new audio. Every concurrent transcript must equal the
-   one-at-a-time transcript of the same request, with the right `X-Adapter-Id`.
+3. **Throughput**, `--clients` concurrent clients, every client a different user and every
+   request a different audio file: (a) all asking for the base model (`personalise=false`),
+   (b) every user with a different adapter, (a') the base model on the same engine with LoRA
+   support switched off; each also served one request at a time, and (c) with batching
+   switched off. The engines run side by side in `--rounds` interleaved rounds, each on new
+   audio. Every concurrent transcript must equal the one-at-a-time transcript of the same
+   request, with the right `X-Adapter-Id`; the decoder passes per request (fallbacks to
+   higher temperatures included, from `pqm_decoded_windows_total`) show whether the loads
+   did the same work.
 4. **Scale**: `--users` users with imported adapters served round-robin; the server's RSS
-   growth over a baseline warmed up with a few adapter users (the adapter path's one-time
-   working memory is reported apart) against what the cache tiers may still take, the adapter
-   load time from the store (p50/p99, from the server's histogram), and the latency of a
-   request whose adapter is cold (in no tier), only in host memory (a slot swap), or resident,
-   against the base model on the same audio.
+   (sampled every 20 ms) against a control run of the same requests over only as many users
+   as there are clients (their adapters stay cached): the growth the number of users causes,
+   against what the cache tiers may still take; the adapter load time from the store
+   (p50/p99, from the server's histogram), and the latency of a request whose adapter is cold
+   (in no tier), only in host memory (a slot swap), or resident, against the base model on
+   the same audio.
 
 Synthetic adapters (for 3 and 4) have the trained adapter's shapes and random factors (seeded),
 strong enough to change transcripts, with the base model's encoder window so that (a) and (b)
@@ -963,12 +967,24 @@ def print_report(report: dict[str, Any]) -> None:
                         round(result["requests_per_second"], 2),
                         round(result["latency_ms"]["p50"]),
                         round(result["latency_ms"]["p95"]),
+                        round(result["decode_passes_per_request"], 3),
                         result["failed"],
                         runs[load]["same_as_alone"]["mismatches"] if mode == "concurrent" else "-",
                     ]
                 )
     print_table(
-        ["engine", "load", "mode", "requests", "req/s", "p50 ms", "p95 ms", "failed", "mismatches"],
+        [
+            "engine",
+            "load",
+            "mode",
+            "requests",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "decodes/req",
+            "failed",
+            "mismatches",
+        ],
         rows,
     )
     scale = report["scale"]

@@ -138,7 +138,27 @@ def _parse(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
         metadata = _metadata(data)
     except (SafetensorError, ValueError) as exc:
         raise AdapterFileError(f"not a safetensors file: {exc}") from exc
-    return dict(tensors), metadata
+    return _in_one_buffer(tensors), metadata
+
+
+def _in_one_buffer(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors as views of one buffer per dtype. safetensors gives every tensor its own
+    small allocation; an adapter cache churning through thousands of adapters would scatter
+    them over the heap, which then holds more than the cache counts."""
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for name, tensor in tensors.items():
+        by_dtype.setdefault(tensor.dtype, []).append(name)
+    packed: dict[str, Tensor] = {}
+    for dtype, names in by_dtype.items():
+        buffer = torch.empty(sum(tensors[name].numel() for name in names), dtype=dtype)
+        offset = 0
+        for name in names:
+            source = tensors[name]
+            view = buffer[offset : offset + source.numel()].view(source.shape)
+            view.copy_(source)
+            packed[name] = view
+            offset += source.numel()
+    return packed
 
 
 def _metadata(data: bytes) -> dict[str, str]:

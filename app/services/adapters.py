@@ -22,6 +22,12 @@ from app.services.auth import Principal
 
 logger = logging.getLogger(__name__)
 
+LOAD_CONCURRENCY = 2
+"""Adapter loads in flight at once: one can read from the store while another is parsed (on
+the inference thread, one at a time anyway)."""
+LOAD_COPIES = 2
+"""Copies of an adapter a load holds at its peak: the file and the parsed weights."""
+
 
 async def list_adapters(session: AsyncSession, principal: Principal, user_id: str) -> list[Adapter]:
     principal.require_access_to(user_id)
@@ -85,7 +91,8 @@ class ActiveAdapters:
     checksum; concurrent first requests for the same adapter share one load. When a user's
     active adapter changes, or an adapter leaves this tier, it is dropped from the model's slots
     too. All bookkeeping is per cached adapter, so memory is bounded by the budget, however many
-    users there are.
+    users there are; at most `LOAD_CONCURRENCY` loads hold a file and its parsed copy at once,
+    however many new users arrive together, and room for them is made in the budget first.
     """
 
     def __init__(
@@ -105,9 +112,12 @@ class ActiveAdapters:
         self._cache: OrderedDict[tuple[str, str], tuple[str, AdapterWeights]] = OrderedDict()
         """(adapter id, sha256) -> (user id, weights), least recently used first."""
         self._cached_bytes = 0
+        self._reserved_bytes = 0
+        """Room held for loads in flight (`LOAD_COPIES` times the file each)."""
         self._cached_for: dict[str, tuple[str, str]] = {}
         """user id -> key of their adapter in the cache (users with a cached adapter only)."""
         self._loading: dict[tuple[str, str], asyncio.Future[AdapterWeights | None]] = {}
+        self._load_gate = asyncio.Semaphore(LOAD_CONCURRENCY)
 
     @property
     def cached_bytes(self) -> int:
@@ -153,7 +163,8 @@ class ActiveAdapters:
         self._loading[key] = future
         started = time.perf_counter()
         try:
-            weights = await self._load(row)
+            async with self._load_gate:
+                weights = await self._reserved_load(row)
         except BaseException as exc:  # the requests sharing this load fail with it
             future.set_exception(exc)
             future.exception()  # retrieved here: a load nobody else awaited is not an error
@@ -170,16 +181,34 @@ class ActiveAdapters:
         self._keep(key, row.user_id, weights)
         return weights
 
+    async def _reserved_load(self, row: Adapter) -> AdapterWeights | None:
+        """`_load`, with room made in the budget first for what the load holds at its peak
+        (the file and its parsed copy), so the tier stays within its budget, loads included."""
+        reservation = LOAD_COPIES * row.size_bytes
+        self._reserved_bytes += reservation
+        try:
+            self._evict_over_budget(keep=0)
+            return await self._load(row)
+        finally:
+            self._reserved_bytes -= reservation
+
     def _keep(self, key: tuple[str, str], user_id: str, weights: AdapterWeights) -> None:
         if key in self._cache:  # loaded twice (a load raced an eviction): keep one
             self._drop(key)
         self._cache[key] = (user_id, weights)
         self._cached_for[user_id] = key
         self._cached_bytes += _size(weights)
-        while self._cached_bytes > self._capacity_bytes and len(self._cache) > 1:
+        self._evict_over_budget(keep=1)
+        self._publish()
+
+    def _evict_over_budget(self, keep: int) -> None:
+        """Evicts least recently used adapters while over budget, keeping at least `keep`."""
+        while (
+            self._cached_bytes + self._reserved_bytes > self._capacity_bytes
+            and len(self._cache) > keep
+        ):
             self._drop(next(iter(self._cache)))
             self._count("eviction")
-        self._publish()
 
     def _publish(self) -> None:
         if self._metrics is not None:
