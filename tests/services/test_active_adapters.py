@@ -15,7 +15,7 @@ from app.db.session import transaction
 from app.engine.adapter_file import AdapterWeights
 from app.engine.whisper import WhisperEngine
 from app.metrics import Metrics
-from app.services.adapters import ActiveAdapters
+from app.services.adapters import TENSOR_OVERHEAD_BYTES, ActiveAdapters
 from app.state import ServiceState
 from tests.conftest import create_user
 from tests.support.adapters import install_adapter, random_adapter
@@ -51,7 +51,9 @@ class CountingStore:
 
 
 def _size(weights: AdapterWeights) -> int:
-    return sum(t.numel() * t.element_size() for t in weights.tensors.values())
+    """What the host tier counts for an adapter: its data and its tensors' objects."""
+    data = sum(t.numel() * t.element_size() for t in weights.tensors.values())
+    return data + TENSOR_OVERHEAD_BYTES * len(weights.tensors)
 
 
 async def _users_with_adapters(
