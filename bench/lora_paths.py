@@ -187,7 +187,7 @@ def run(requests: int, threads: int) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     rows = [
-        ["engine batch (bank slots, per-row LoRA)", report["engine"]["batch_s"]],
+        ["engine batch (bank slots, per-request LoRA)", report["engine"]["batch_s"]],
         ["engine one by one", report["engine"]["one_by_one_s"]],
     ]
     if report["peft"]:
