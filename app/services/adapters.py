@@ -191,6 +191,7 @@ class ActiveAdapters:
         self._reserved_bytes += reservation
         try:
             self._evict_over_budget(keep=0)
+            self._publish()
             return await self._load(row)
         finally:
             self._reserved_bytes -= reservation
@@ -245,7 +246,8 @@ class ActiveAdapters:
         self._recognizer.check_adapter(weights)
         # A cold load follows an eviction (or soon will): under a stream of new users the
         # freed adapters and blobs would otherwise pile up in the heap between the engine's
-        # own tidy-ups (measured: 30 MB less peak RSS over 300 users; ~5 ms per cold load).
+        # own tidy-ups (one run over 300 users: 149 instead of 178 MiB peak growth; ~5 ms per
+        # cold load, on the inference thread).
         release_free_memory()
         return weights
 
