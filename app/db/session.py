@@ -49,11 +49,19 @@ def ensure_sqlite_parent(url: URL) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+SQLITE_PAGE_CACHE_KIB = 256
+"""Page cache per SQLite connection. SQLite's default (2 MiB) ends up full of adapter blob
+pages on every pooled connection once many users' adapters are read: memory that grows with
+the pool, outside the adapter cache's budget (measured: 8 connections reading 200 distinct
+1.2 MB blobs kept +20 MiB with the default, +6 MiB with 256 KiB). The other tables are small."""
+
+
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_PAGE_CACHE_KIB}")
     cursor.close()
 
 

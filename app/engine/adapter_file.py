@@ -1,9 +1,9 @@
 """The adapter file: LoRA factors in safetensors, with what they fit in the header metadata.
 
-Files are untrusted input when imported: `load_adapter` parses with safetensors (no pickle) and
-checks the file on its own terms; `check_compatible` refuses anything that does not fit the
-served base model exactly. `dump_adapter` is byte-reproducible: the same weights always give
-the same file.
+Files are untrusted input when imported: `load_adapter` reads the safetensors format (no
+pickle; see `tensor_file`) and checks the file on its own terms; `check_compatible` refuses
+anything that does not fit the served base model exactly. `dump_adapter` is
+byte-reproducible: the same weights always give the same file.
 """
 
 import json
@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import cast, get_args
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from app.engine.encoder import EncoderWindow
 from app.engine.errors import EngineError
 from app.engine.lora import LoraLinear
+from app.engine.tensor_file import TensorFileError, read_tensors
 
 __all__ = [
     "ADAPTER_FORMAT",
@@ -134,51 +133,9 @@ def load_adapter(data: bytes) -> AdapterWeights:
 
 def _parse(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
-        tensors = load_safetensors(data)
-        metadata = _metadata(data)
-    except (SafetensorError, ValueError) as exc:
+        return read_tensors(data)
+    except TensorFileError as exc:
         raise AdapterFileError(f"not a safetensors file: {exc}") from exc
-    return _in_one_buffer(tensors), metadata
-
-
-def _in_one_buffer(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The tensors as views of one buffer per dtype. safetensors gives every tensor its own
-    small allocation; an adapter cache churning through thousands of adapters would scatter
-    them over the heap, which then holds more than the cache counts."""
-    by_dtype: dict[torch.dtype, list[str]] = {}
-    for name, tensor in tensors.items():
-        by_dtype.setdefault(tensor.dtype, []).append(name)
-    packed: dict[str, Tensor] = {}
-    for dtype, names in by_dtype.items():
-        buffer = torch.empty(sum(tensors[name].numel() for name in names), dtype=dtype)
-        offset = 0
-        for name in names:
-            source = tensors[name]
-            view = buffer[offset : offset + source.numel()].view(source.shape)
-            view.copy_(source)
-            packed[name] = view
-            offset += source.numel()
-    return packed
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    header_length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_length], object_pairs_hook=_unique_keys)
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise ValueError("metadata must map strings to strings")
-    return dict(metadata)
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    seen: dict[str, object] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"the header names {key!r} twice")
-        seen[key] = value
-    return seen
 
 
 def _required(metadata: dict[str, str], key: str) -> str:

@@ -1,0 +1,143 @@
+"""The safetensors reader: what safetensors writes reads back exactly, in one buffer; anything
+malformed is refused, as the safetensors library refuses it."""
+
+import json
+from collections.abc import Callable
+
+import pytest
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from app.engine.tensor_file import MAX_HEADER_BYTES, TensorFileError, read_tensors
+
+
+def sample_tensors() -> dict[str, Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "a.weight": torch.randn(3, 5, generator=generator),
+        "b.half": torch.randn(4, generator=generator).half(),
+        "c.bf16": torch.randn(2, 2, generator=generator).bfloat16(),
+        "d.ids": torch.arange(7, dtype=torch.int64),
+        "e.flags": torch.tensor([True, False, True]),
+        "f.scalar": torch.tensor(2.5),
+        "g.empty": torch.zeros(0, 4),
+    }
+
+
+def file_of(header: dict[str, object], payload: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + payload
+
+
+def split(data: bytes) -> tuple[dict[str, object], bytes]:
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
+
+
+def test_what_safetensors_writes_reads_back_exactly_with_its_metadata() -> None:
+    tensors = sample_tensors()
+    data = save_safetensors(tensors, metadata={"note": "x"})
+    read, metadata = read_tensors(data)
+    assert metadata == {"note": "x"}
+    assert read.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert read[name].dtype == tensor.dtype
+        assert read[name].shape == tensor.shape
+        assert torch.equal(read[name], tensor)
+
+
+def test_the_tensors_share_one_buffer_that_does_not_alias_the_file() -> None:
+    data = bytearray(save_safetensors(sample_tensors()))
+    read, _ = read_tensors(bytes(data))
+    storages = {t.untyped_storage().data_ptr() for t in read.values() if t.numel()}
+    assert len(storages) == 1
+    before = read["a.weight"].clone()
+    data[-1] ^= 0xFF  # the caller's bytes may go away or change: the tensors are a copy
+    assert torch.equal(read["a.weight"], before)
+
+
+def test_a_misaligned_tensor_is_read_through_its_own_copy() -> None:
+    value = torch.tensor([1.5, -2.0])
+    header: dict[str, object] = {
+        "byte": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+        "value": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]},
+    }
+    data = file_of(header, b"\x07" + value.numpy().tobytes())
+    read, metadata = read_tensors(data)
+    assert metadata == {}
+    assert read["byte"].tolist() == [7]
+    assert torch.equal(read["value"], value)
+    assert torch.equal(load_safetensors(data)["value"], value)
+
+
+def _shift_second(header: dict[str, object], by: int) -> None:
+    entry = header["b"]
+    assert isinstance(entry, dict)
+    begin, end = entry["data_offsets"]
+    entry["data_offsets"] = [begin + by, end + by]
+
+
+def _edit(change: Callable[[dict[str, object]], None], extra: bytes = b"") -> bytes:
+    data = save_safetensors({"a": torch.ones(2), "b": torch.zeros(3)})
+    header, payload = split(data)
+    change(header)
+    return file_of(header, payload + extra)
+
+
+def _entry(name: str, **fields: object) -> Callable[[dict[str, object]], None]:
+    def change(header: dict[str, object]) -> None:
+        entry = header[name]
+        assert isinstance(entry, dict)
+        entry.update(fields)
+        for key, value in fields.items():
+            if value is None:
+                del entry[key]
+
+    return change
+
+
+MALFORMED = {
+    "empty": (b"", "shorter than its header length"),
+    "header-past-the-end": ((1000).to_bytes(8, "little") + b"{}", "runs past the end"),
+    "header-too-large": (
+        (MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b"{}",
+        "over the limit",
+    ),
+    "not-utf8": ((2).to_bytes(8, "little") + b"\xff\xfe", "not valid JSON"),
+    "not-json": ((5).to_bytes(8, "little") + b"{nope", "not valid JSON"),
+    "a-list": ((2).to_bytes(8, "little") + b"[]", "not a JSON object"),
+    "gap": (_edit(lambda h: _shift_second(h, 4), b"\0" * 4), "does not start where"),
+    "overlap": (_edit(lambda h: _shift_second(h, -4)), "does not start where"),
+    "trailing-bytes": (_edit(lambda h: None, b"\0" * 4), "the data section 24"),
+    "truncated": (save_safetensors({"a": torch.ones(4)})[:-1], "the data section 15"),
+    "shape-mismatch": (_edit(_entry("a", shape=[3])), "shape and data_offsets disagree"),
+    "negative-shape": (_edit(_entry("a", shape=[-2])), "invalid shape"),
+    "reversed-offsets": (_edit(_entry("a", data_offsets=[8, 0])), "invalid data_offsets"),
+    "unknown-dtype": (_edit(_entry("a", dtype="F8_E9M9")), "unsupported dtype 'F8_E9M9'"),
+    "missing-field": (_edit(_entry("a", shape=None)), "exactly dtype, shape and data_offsets"),
+    "metadata-not-strings": (
+        _edit(lambda h: h.update({"__metadata__": {"rank": 8}})),
+        "metadata must map strings to strings",
+    ),
+}
+
+
+@pytest.mark.parametrize(("data", "message"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_files_are_refused_as_safetensors_refuses_them(data: bytes, message: str) -> None:
+    with pytest.raises(TensorFileError, match=message):
+        read_tensors(data)
+    with pytest.raises((SafetensorError, ValueError, TypeError)):
+        load_safetensors(data)
+
+
+def test_a_name_given_twice_is_refused_where_safetensors_keeps_the_last() -> None:
+    header, payload = split(save_safetensors({"a": torch.ones(2)}))
+    entry = json.dumps(header["a"])
+    text = json.dumps(header)[:-1] + f', "a": {entry}}}'
+    data = len(text).to_bytes(8, "little") + text.encode() + payload
+    assert load_safetensors(data)["a"].tolist() == [1.0, 1.0]
+    with pytest.raises(TensorFileError, match="names 'a' twice"):
+        read_tensors(data)
