@@ -127,10 +127,21 @@ class ActiveAdapters:
         return self._cached_bytes
 
     async def resolve(self, session: AsyncSession, user_id: str) -> ResolvedAdapter | None:
+        """`active` then `weights_of`; `session` stays open while a cold adapter loads."""
+        row = await self.active(session, user_id)
+        return await self.weights_of(row) if row is not None else None
+
+    async def active(self, session: AsyncSession, user_id: str) -> Adapter | None:
+        """The user's active adapter row, read now (what the cache holds for the user
+        otherwise is dropped). Needs no session after: see `weights_of`."""
         row = await AdapterRepository(session).active_for_user(user_id)
         self._note_served(user_id, (row.id, row.sha256) if row is not None else None)
-        if row is None:
-            return None
+        return row
+
+    async def weights_of(self, row: Adapter) -> ResolvedAdapter | None:
+        """The row's weights, from the cache or loaded (None when they cannot be used). A
+        cold load may wait for other loads and for the inference thread: callers should not
+        hold a database connection meanwhile, or a burst of new users exhausts the pool."""
         weights = await self._weights(row)
         return ResolvedAdapter(row.id, weights) if weights is not None else None
 

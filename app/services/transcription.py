@@ -91,10 +91,12 @@ class TranscriptionService:
     ) -> TranscriptionOutcome:
         self.check_model(request.model)
         options = self._options(request)
-        # The session closes before inference: a queued request holds no database connection.
+        # The session closes before the adapter loads and before inference: a request waiting
+        # for either holds no database connection (a cold load takes its own, briefly).
         async with self._sessions() as session:
             user_id = await self._speaker(session, principal, request)
-            adapter = await self._adapters.resolve(session, user_id) if user_id else None
+            row = await self._adapters.active(session, user_id) if user_id else None
+        adapter = await self._adapters.weights_of(row) if row is not None else None
         audio = await self._decode(request.audio)
         weights = adapter.weights if adapter else None
         submitted = time.perf_counter()
