@@ -2,14 +2,11 @@
 every tier dropped when the user's active adapter changes (whoever changed it)."""
 
 import asyncio
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
 from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from adapters_store import AdapterStore, StoredBlob
 from app.db.models import Adapter
 from app.db.session import transaction
 from app.engine.adapter_file import AdapterWeights
@@ -19,35 +16,7 @@ from app.services.adapters import TENSOR_OVERHEAD_BYTES, ActiveAdapters
 from app.state import ServiceState
 from tests.conftest import create_user
 from tests.support.adapters import install_adapter, random_adapter
-
-
-@dataclass
-class CountingStore:
-    """The real store, counting reads, optionally slow (to hold loads in flight)."""
-
-    inner: AdapterStore
-    delay_s: float = 0.0
-    reads: list[str] = field(default_factory=list)
-
-    async def get(self, key: str) -> bytes:
-        self.reads.append(key)
-        await asyncio.sleep(self.delay_s)
-        return await self.inner.get(key)
-
-    async def put(self, key: str, data: bytes) -> StoredBlob:
-        return await self.inner.put(key, data)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    async def exists(self, key: str) -> bool:
-        return await self.inner.exists(key)
-
-    async def delete_prefix(self, prefix: str) -> int:
-        return await self.inner.delete_prefix(prefix)
-
-    def bind(self, session: AsyncSession) -> AdapterStore:
-        return self
+from tests.support.stores import CountingStore
 
 
 def _size(weights: AdapterWeights) -> int:

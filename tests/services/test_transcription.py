@@ -1,11 +1,10 @@
 """The transcription use case: what a request holds while it waits."""
 
 import asyncio
-from dataclasses import dataclass, field
 
 import httpx
+from sqlalchemy.pool import QueuePool
 
-from adapters_store import AdapterStore, StoredBlob
 from app.engine.whisper import WhisperEngine
 from app.metrics import Metrics
 from app.services.adapters import LOAD_CONCURRENCY, ActiveAdapters
@@ -15,35 +14,7 @@ from app.state import ServiceState
 from tests.conftest import create_user
 from tests.support.adapters import install_adapter, random_adapter
 from tests.support.audio import speech_16k, to_bytes
-
-
-@dataclass
-class GatedStore:
-    """The real store, whose reads wait until the gate opens."""
-
-    inner: AdapterStore
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
-    arrived: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-
-    async def get(self, key: str) -> bytes:
-        self.arrived.put_nowait(key)
-        await self.gate.wait()
-        return await self.inner.get(key)
-
-    async def put(self, key: str, data: bytes) -> StoredBlob:
-        return await self.inner.put(key, data)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    async def exists(self, key: str) -> bool:
-        return await self.inner.exists(key)
-
-    async def delete_prefix(self, prefix: str) -> int:
-        return await self.inner.delete_prefix(prefix)
-
-    def bind(self, _session: object) -> AdapterStore:
-        return self
+from tests.support.stores import CountingStore
 
 
 async def test_requests_waiting_for_cold_adapters_hold_no_database_connection(
@@ -56,7 +27,8 @@ async def test_requests_waiting_for_cold_adapters_hold_no_database_connection(
         user = await create_user(client, f"new{index}")
         adapter_id = await install_adapter(state, user["id"], random_adapter(nf4_engine, index))
         users.append((user["id"], adapter_id))
-    store = GatedStore(state.adapter_store)
+    gate = asyncio.Event()
+    store = CountingStore(state.adapter_store, gate=gate)
     service = TranscriptionService(
         nf4_engine,
         state.scheduler,
@@ -78,8 +50,10 @@ async def test_requests_waiting_for_cold_adapters_hold_no_database_connection(
     for _ in range(LOAD_CONCURRENCY):  # two loads read, the others queue behind them
         await store.arrived.get()
     await asyncio.sleep(0.1)
-    assert state.db_engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    pool = state.db_engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0
 
-    store.gate.set()
+    gate.set()
     outcomes = await asyncio.gather(*requests)
     assert [outcome.adapter_id for outcome in outcomes] == [adapter for _, adapter in users]
