@@ -39,6 +39,27 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Restarts the kernel's record of the process's peak RSS (`VmHWM`) from its current RSS;
+    False where the kernel does not allow it (then only sampling can find peaks)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The process's highest RSS since it started or since `reset_peak_rss`: every transient
+    counted, however short, which sampling misses or catches by chance. None off Linux."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else None
+
+
 class ServiceProcess:
     """`python -m app.cli serve` in its own process, configured through `PQM_*` variables."""
 
@@ -95,6 +116,12 @@ class ServiceProcess:
         import psutil
 
         return int(psutil.Process(self.pid).memory_info().rss)
+
+    def reset_peak_rss(self) -> bool:
+        return reset_peak_rss(self.pid)
+
+    def peak_rss_bytes(self) -> int | None:
+        return peak_rss_bytes(self.pid)
 
     def stop(self) -> None:
         if self._process.poll() is None:

@@ -20,9 +20,10 @@ loopback (each engine variant in its own process, so its memory is its own):
    request, with the right `X-Adapter-Id`; the decoder passes per request (fallbacks to
    higher temperatures included, from `pqm_decoded_windows_total`) show whether the loads
    did the same work.
-4. **Scale**: `--users` users with imported adapters served round-robin; the server's RSS
-   (sampled every 20 ms) against a control run of the same requests over only as many users
-   as there are clients (their adapters stay cached): the growth the number of users causes,
+4. **Scale**: `--users` users with imported adapters served round-robin; the server's peak
+   RSS (the kernel's high-water mark, reset before each run) against a control run of the
+   same requests over only as many users as there are clients (their adapters stay cached):
+   the growth the number of users causes,
    against what the cache tiers may still take; the adapter load time from the store
    (p50/p99, from the server's histogram), and the latency of a request whose adapter is cold
    (in no tier), only in host memory (a slot swap), or resident, against the base model on
@@ -613,6 +614,11 @@ async def phase_scale(
     await asyncio.sleep(3)  # idle: the engine gives freed memory back
     after_idle = server.rss_bytes()
     latencies = await _tier_latencies(client, server, users, clips[0], admin_key)
+    peak_source = (
+        "the kernel's peak RSS (VmHWM), reset before each run"
+        if server.reset_peak_rss()
+        else f"RSS sampled every {RSS_SAMPLE_S * 1000:.0f} ms"
+    )
     return {
         "users": len(users),
         "concurrency": concurrency,
@@ -625,7 +631,7 @@ async def phase_scale(
         "rss_baseline_note": (
             f"peak RSS of the control: the same {requests} requests at the same concurrency,"
             f" round-robin over {concurrency} adapter users (their adapters stay cached);"
-            f" RSS sampled every {RSS_SAMPLE_S * 1000:.0f} ms in both runs"
+            f" {peak_source} in both runs"
         ),
         "adapter_path_fixed_bytes": baseline - base_peak,
         "warmup_tier_bytes": warm_tiers,
@@ -661,8 +667,10 @@ async def _load_peak(
     keys: list[str],
     concurrency: int,
 ) -> tuple[list[Reply], int, float]:
-    """Serves one request per key (clip `i` for key `i`), `concurrency` at a time, while
-    sampling the server's RSS every `RSS_SAMPLE_S`: the replies, the peak RSS, the wall time."""
+    """Serves one request per key (clip `i` for key `i`), `concurrency` at a time: the replies,
+    the peak RSS (the kernel's high-water mark where it can be reset, else the highest of
+    samples taken every `RSS_SAMPLE_S`), the wall time."""
+    exact = server.reset_peak_rss()
     peak = server.rss_bytes()
     done = asyncio.Event()
 
@@ -685,7 +693,8 @@ async def _load_peak(
     finally:
         done.set()
         await sampler
-    return replies, peak, time.perf_counter() - start
+    high_water = server.peak_rss_bytes() if exact else None
+    return replies, max(peak, high_water or 0), time.perf_counter() - start
 
 
 def _tier_bytes(text: str, tier: str) -> int:

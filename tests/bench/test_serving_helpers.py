@@ -1,6 +1,8 @@
 """The serving benchmark's bookkeeping: Prometheus parsing, request plans, rounds, transcript
 checks."""
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +10,13 @@ import pytest
 import torch
 
 from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
-from bench.service_process import decode_passes, histogram_quantile, metric
+from bench.service_process import (
+    decode_passes,
+    histogram_quantile,
+    metric,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 from bench.serving import (
     Clip,
     Options,
@@ -138,3 +146,31 @@ def test_jittered_adapters_keep_the_templates_shapes_and_scale_yet_differ() -> N
         a = adapter.tensors[f"{name}.lora_A"]
         assert 0.3 < float(a.mean()) < 1.7  # the template's entries, scaled around 1
     assert not torch.equal(first.tensors[f"{name}.lora_A"], second.tensors[f"{name}.lora_A"])
+
+
+PEAK_THEN_IDLE = """
+import sys
+block = bytearray(64 * 2**20)  # touched: resident
+del block
+print("freed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_rss_counts_a_freed_transient_until_reset() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", PEAK_THEN_IDLE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"freed\n"
+        peak = peak_rss_bytes(child.pid)
+        assert peak is not None
+        assert peak >= 64 * 2**20
+        assert reset_peak_rss(child.pid)
+        after_reset = peak_rss_bytes(child.pid)
+        assert after_reset is not None
+        assert after_reset < peak - 48 * 2**20
+    finally:
+        child.communicate(b"\n", timeout=30)
