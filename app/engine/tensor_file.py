@@ -5,11 +5,13 @@ copies and, once they are packed together (see `read_tensors`), a third copy at 
 This reader checks the header by the format's own rules (the same the safetensors library
 enforces, and duplicate names refused too), then copies the data section once into a single
 buffer the tensors are views of: a load holds two copies of an adapter at most, and a cache
-churning through thousands of adapters keeps one allocation per adapter, not one per tensor.
+churning through thousands of adapters keeps one memory mapping per adapter, not one heap
+block per tensor, and hands it back to the OS when the adapter is evicted.
 """
 
 import json
 import math
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +60,19 @@ def read_tensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
         (_entry(name, value) for name, value in header.items()), key=lambda e: (e.begin, e.end)
     )
     _check_layout(entries, len(data) - data_start)
-    buffer = torch.empty(len(data) - data_start, dtype=torch.uint8)
+    buffer = _own_mapping(len(data) - data_start)
     buffer.numpy()[:] = np.frombuffer(data, dtype=np.uint8, offset=data_start)
     return {entry.name: _view(buffer, entry) for entry in entries}, metadata
+
+
+def _own_mapping(size: int) -> Tensor:
+    """A buffer in its own anonymous memory mapping, unmapped when its last view goes: a cache
+    churning through adapters returns each evicted one to the OS at once, where heap blocks of
+    this size (past glibc's raised mmap threshold) would be kept and fragment the heap."""
+    if size == 0:  # mmap refuses empty mappings
+        return torch.empty(0, dtype=torch.uint8)
+    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(mapping, dtype=torch.uint8)
 
 
 def _header(data: bytes) -> tuple[dict[str, object], int]:

@@ -3,6 +3,7 @@ malformed is refused, as the safetensors library refuses it."""
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,31 @@ def test_a_name_given_twice_is_refused_where_safetensors_keeps_the_last() -> Non
     assert load_safetensors(data)["a"].tolist() == [1.0, 1.0]
     with pytest.raises(TensorFileError, match="names 'a' twice"):
         read_tensors(data)
+
+
+def _mapping_holding(address: int) -> tuple[int, int, str] | None:
+    """(start, end, path) of this process's mapping that holds `address`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            if start <= address < end:
+                return start, end, fields[5] if len(fields) > 5 else ""
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_the_buffer_is_its_own_anonymous_mapping_unmapped_with_its_last_view() -> None:
+    """Evicted adapters go back to the OS at once, not into a fragmenting heap."""
+    tensors, _ = read_tensors(save_safetensors({"big": torch.ones(3 * 2**18)}))  # 3 MiB
+    address = tensors["big"].data_ptr()
+    found = _mapping_holding(address)
+    assert found is not None
+    start, end, path = found
+    assert path == ""  # anonymous, not the [heap]
+    assert start <= address
+    assert address + tensors["big"].nbytes <= end
+    view = tensors.pop("big")[: 2**18]
+    assert _mapping_holding(address) == found  # a view keeps it
+    del view
+    assert _mapping_holding(address) != found
