@@ -23,11 +23,10 @@ loopback (each engine variant in its own process, so its memory is its own):
 4. **Scale**: `--users` users with imported adapters served round-robin; the server's peak
    RSS (the kernel's high-water mark, reset before each run) against a control run of the
    same requests over only as many users as there are clients (their adapters stay cached):
-   the growth the number of users causes,
-   against what the cache tiers may still take; the adapter load time from the store
-   (p50/p99, from the server's histogram), and the latency of a request whose adapter is cold
-   (in no tier), only in host memory (a slot swap), or resident, against the base model on
-   the same audio.
+   the growth the number of users causes, against what the cache tiers may still take; the
+   adapter load time from the store (p50/p99, from the server's histogram), and the latency
+   of a request whose adapter is cold (in no tier), only in host memory (a slot swap), or
+   resident, against the base model on the same audio.
 
 Synthetic adapters (for 3 and 4) have the trained adapter's shapes and random factors (seeded),
 strong enough to change transcripts, with the base model's encoder window so that (a) and (b)
