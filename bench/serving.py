@@ -588,6 +588,7 @@ async def phase_scale(
     control: their adapters stay in the cache tiers) and over every user; what the number of
     users adds is the difference of the two peaks. Then cold / swap / resident latency."""
     requests = len(users)
+    exact_peaks = server.reset_peak_rss()  # `_load_peak` resets it again; here: can it?
     _, base_peak, _ = await _load_peak(
         client, server, clips, [admin_key] * (8 * concurrency), concurrency
     )
@@ -615,7 +616,7 @@ async def phase_scale(
     latencies = await _tier_latencies(client, server, users, clips[0], admin_key)
     peak_source = (
         "the kernel's peak RSS (VmHWM), reset before each run"
-        if server.reset_peak_rss()
+        if exact_peaks
         else f"RSS sampled every {RSS_SAMPLE_S * 1000:.0f} ms"
     )
     return {
