@@ -29,6 +29,7 @@ from app.engine.projections import (
     RowSpan,
     fused,
     fused_factors,
+    gemv_layout,
     row_factors,
 )
 
@@ -95,7 +96,7 @@ def _layer_factors(layer: Any, slot: int) -> dict[str, Factors | None]:
     }
     for name, module in _modules(layer).items():
         factors[name] = row_factors(module, [slot]).get(0)
-    return factors
+    return {name: None if f is None else gemv_layout(f) for name, f in factors.items()}
 
 
 @dataclass(slots=True)

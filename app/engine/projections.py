@@ -36,6 +36,7 @@ __all__ = [
     "RowSpan",
     "fused",
     "fused_factors",
+    "gemv_layout",
     "row_factors",
     "slot_factors",
 ]
@@ -180,6 +181,16 @@ def row_factors(module: nn.Module, slots: list[int]) -> RowFactors:
         if found is not None:
             factors[row] = found
     return factors
+
+
+def gemv_layout(factors: Factors) -> Factors:
+    """The same factors with A held column-major (the transpose of a contiguous [r, in]), for
+    products over one row at a time (decoder steps): there the BLAS takes a path 2-4x faster
+    than with a row-major A (measured on 2 threads: 2.2 vs 5.9 us for a 384-wide row, 2.8 vs
+    10 us at 1536), and about as fast at five rows (beams) or 1500 (encoder frames). A row's
+    bits depend on the layout, which is the request's own, never its neighbours'."""
+    a, b = factors
+    return a.T.contiguous().T, b
 
 
 def fused(parts: list[BaseWeights]) -> BaseWeights:
