@@ -150,7 +150,7 @@ class AdapterSlots:
                     continue
                 rank = a.shape[0]
                 layer.bank_ranks[slot] = rank
-                layer.bank_a[slot, :, :rank] = a.T.to(layer.bank_a)
+                layer.bank_a[slot, :rank] = a.to(layer.bank_a)
                 layer.bank_b[slot, :rank, :] = (b * scale).T.to(layer.bank_b)
 
     def _grow(self, rank: int) -> None:
@@ -158,10 +158,10 @@ class AdapterSlots:
         logger.info("adapter banks grow", extra={"rank": rank, "slots": self._capacity + 1})
         for layer in self._layers.values():
             device = _device_of(layer)
-            a = torch.zeros(self._capacity + 1, layer.in_features, rank, device=device)
+            a = torch.zeros(self._capacity + 1, rank, layer.in_features, device=device)
             b = torch.zeros(self._capacity + 1, rank, layer.out_features, device=device)
             if layer.bank_a is not None and layer.bank_b is not None:
-                a[:, :, : self._rank] = layer.bank_a
+                a[:, : self._rank] = layer.bank_a
                 b[:, : self._rank, :] = layer.bank_b
             layer.bank_a, layer.bank_b = a, b
         self._rank = rank

@@ -29,7 +29,6 @@ from app.engine.projections import (
     RowSpan,
     fused,
     fused_factors,
-    gemv_layout,
     row_factors,
 )
 
@@ -96,7 +95,7 @@ def _layer_factors(layer: Any, slot: int) -> dict[str, Factors | None]:
     }
     for name, module in _modules(layer).items():
         factors[name] = row_factors(module, [slot]).get(0)
-    return {name: None if f is None else gemv_layout(f) for name, f in factors.items()}
+    return factors
 
 
 @dataclass(slots=True)

@@ -54,7 +54,7 @@ class LoraLinear(nn.Module):
         self.lora_b: Tensor | None = None  # [out_features, rank] (training)
         self.scale = 0.0
         self.dropout: nn.Module = nn.Identity()
-        self.bank_a: Tensor | None = None  # [slots, in_features, bank rank] (serving)
+        self.bank_a: Tensor | None = None  # [slots, bank rank, in_features] (serving)
         self.bank_b: Tensor | None = None  # [slots, bank rank, out_features] (serving)
         self.bank_ranks: list[int] = []
         """The rank of each slot's adapter in this layer (0: none, or it does not adapt it)."""

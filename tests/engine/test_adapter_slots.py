@@ -51,6 +51,24 @@ def test_an_adapter_lands_in_its_slot_exactly() -> None:
     assert slots.acquire(None) == BASE_SLOT
 
 
+def test_slot_factors_are_views_of_the_bank_with_a_column_major() -> None:
+    pool_layers = layers()
+    slots = AdapterSlots(pool_layers, capacity=2)
+    slots.acquire(adapter(1, rank=4))
+    slot = slots.acquire(adapter(2, rank=2))
+    assert slot is not None
+    layer = pool_layers["a.q_proj"]
+    factors = slot_factors(layer, slot)
+    assert factors is not None
+    a, b = factors
+    assert layer.bank_a is not None
+    assert layer.bank_b is not None
+    assert a.shape == (IN, 2)
+    assert a.stride() == (1, IN), "one-row products take the BLAS's fast path"
+    assert a.untyped_storage().data_ptr() == layer.bank_a.untyped_storage().data_ptr()
+    assert b.untyped_storage().data_ptr() == layer.bank_b.untyped_storage().data_ptr()
+
+
 def test_least_recently_used_unpinned_slot_is_evicted() -> None:
     slots = AdapterSlots(layers(), capacity=2)
     first, second, third = adapter(1), adapter(2), adapter(3)
