@@ -588,7 +588,8 @@ async def phase_scale(
     control: their adapters stay in the cache tiers) and over every user; what the number of
     users adds is the difference of the two peaks. Then cold / swap / resident latency."""
     requests = len(users)
-    exact_peaks = server.reset_peak_rss()  # `_load_peak` resets it again; here: can it?
+    # Only probes whether peaks can be exact: `_load_peak` resets the peak before each load.
+    exact_peaks = server.reset_peak_rss()
     _, base_peak, _ = await _load_peak(
         client, server, clips, [admin_key] * (8 * concurrency), concurrency
     )
