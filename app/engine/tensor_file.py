@@ -1,12 +1,14 @@
 """Reads a safetensors file held in memory into one buffer, checked as strictly as safetensors.
 
-`safetensors.torch.load` gives every tensor its own copy, so a load holds the file, those
-copies and, once they are packed together (see `read_tensors`), a third copy at its peak.
-This reader checks the header by the format's own rules (the same the safetensors library
-enforces, and duplicate names refused too), then copies the data section once into a single
-buffer the tensors are views of: a load holds two copies of an adapter at most, and a cache
-churning through thousands of adapters keeps one memory mapping per adapter, not one heap
-block per tensor, and hands it back to the OS when the adapter is evicted.
+Reading is two steps. `read_header` checks the header by the format's own rules (the same the
+safetensors library enforces, duplicate names refused too) in plain Python, without torch, so
+that a hostile file is refused off the inference thread: the header is bounded in size, depth,
+entry count and number lengths before and while it is parsed, whatever its bytes. Then
+`TensorFile.tensors` copies the data section once into a single buffer the tensors are views
+of, in time proportional to the tensor data and a bounded number of entries: a load holds two
+copies of an adapter at most (`safetensors.torch.load` gives every tensor its own copy, a third
+at its peak once packed), and a cache churning through thousands of adapters keeps one memory
+mapping per adapter, not one heap block per tensor, and hands it back to the OS at eviction.
 """
 
 import json
@@ -18,10 +20,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_HEADER_BYTES", "TensorFileError", "read_tensors"]
+__all__ = [
+    "MAX_DIMS",
+    "MAX_HEADER_BYTES",
+    "MAX_METADATA_ENTRIES",
+    "MAX_NAME_CHARS",
+    "MAX_TENSORS",
+    "TensorEntry",
+    "TensorFile",
+    "TensorFileError",
+    "read_header",
+    "read_tensors",
+]
 
-MAX_HEADER_BYTES = 100_000_000
-"""The safetensors library's own limit on the header."""
+MAX_HEADER_BYTES = 2**20
+"""Adapter headers measure 13 KB (tiny.en, attention, rank 4) to 16 KB (every projection);
+large-v3 with every projection and the most extra metadata an adapter may carry would take
+about 0.3 MB. (The safetensors library allows 100 MB, which takes seconds to parse.)"""
+MAX_TENSORS = 4096
+"""Four times the 1,024 factors of a large-v3 adapter of every projection."""
+MAX_METADATA_ENTRIES = 1024
+MAX_NAME_CHARS = 1024
+"""For tensor names and metadata keys (a large-v3 factor's name has about 50 characters)."""
+MAX_DIMS = 8
+_MAX_DEPTH = 3
+"""The header object, a tensor entry (or the metadata) in it, a shape or data_offsets in that."""
+_MAX_INT_CHARS = 20
+"""Enough for any 64-bit size; longer numbers are refused before Python converts them (a
+conversion slow in their length: CVE-2020-10735)."""
+_MAX_ELEMENTS = 2**63 - 1
+"""torch's limit on the product of the dimensions (zero-size ones counted as 1: the strides)."""
 _LENGTH_BYTES = 8
 _METADATA = "__metadata__"
 _DTYPES = {
@@ -37,6 +65,8 @@ _DTYPES = {
     "BOOL": torch.bool,
 }
 _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPENING, _CLOSING = np.frombuffer(b"{[", np.uint8), np.frombuffer(b"}]", np.uint8)
 
 
 class TensorFileError(ValueError):
@@ -44,7 +74,7 @@ class TensorFileError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class TensorEntry:
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -52,17 +82,40 @@ class _Entry:
     end: int
 
 
+@dataclass(frozen=True, slots=True)
+class TensorFile:
+    """A file whose header has been checked; `tensors` makes its tensors (torch work)."""
+
+    data: bytes
+    data_start: int
+    entries: tuple[TensorEntry, ...]
+    """In file order: they tile the data section."""
+    metadata: dict[str, str]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensors, views of one buffer that is a copy of the data section."""
+        buffer = _own_mapping(len(self.data) - self.data_start)
+        buffer.numpy()[:] = np.frombuffer(self.data, dtype=np.uint8, offset=self.data_start)
+        return {entry.name: _view(buffer, entry) for entry in self.entries}
+
+
 def read_tensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The file's tensors (views of one buffer) and its `__metadata__`."""
+    file = read_header(data)
+    return file.tensors(), file.metadata
+
+
+def read_header(data: bytes) -> TensorFile:
+    """Checks everything but the tensors' values, in plain Python (no torch)."""
     header, data_start = _header(data)
     metadata = _metadata(header.pop(_METADATA, None))
+    if len(header) > MAX_TENSORS:
+        raise TensorFileError(f"the header lists {len(header)} tensors; at most {MAX_TENSORS}")
     entries = sorted(
         (_entry(name, value) for name, value in header.items()), key=lambda e: (e.begin, e.end)
     )
     _check_layout(entries, len(data) - data_start)
-    buffer = _own_mapping(len(data) - data_start)
-    buffer.numpy()[:] = np.frombuffer(data, dtype=np.uint8, offset=data_start)
-    return {entry.name: _view(buffer, entry) for entry in entries}, metadata
+    return TensorFile(data, data_start, tuple(entries), metadata)
 
 
 def _own_mapping(size: int) -> Tensor:
@@ -80,20 +133,58 @@ def _header(data: bytes) -> tuple[dict[str, object], int]:
         raise TensorFileError("the file is shorter than its header length")
     length = int.from_bytes(data[:_LENGTH_BYTES], "little")
     if length > MAX_HEADER_BYTES:
-        raise TensorFileError(f"the header claims {length} bytes, over the limit")
+        raise TensorFileError(
+            f"the header claims {length} bytes, over the limit of {MAX_HEADER_BYTES}"
+        )
     start = _LENGTH_BYTES + length
     if start > len(data):
         raise TensorFileError("the header runs past the end of the file")
+    raw = data[_LENGTH_BYTES:start]
     try:
-        text = data[_LENGTH_BYTES:start].decode("utf-8")
-        if not text.startswith("{"):
-            raise TensorFileError("the header is not a JSON object")
-        header = json.loads(text, object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TensorFileError(f"the header is not valid JSON: {exc}") from exc
+    if not text.startswith("{"):
+        raise TensorFileError("the header is not a JSON object")
+    _check_depth(raw)
+    try:
+        header = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_int=_bounded_int,
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except json.JSONDecodeError as exc:
         raise TensorFileError(f"the header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise TensorFileError("the header is not a JSON object")
     return header, start
+
+
+def _check_depth(raw: bytes) -> None:
+    """Refuses nesting deeper than the format's before parsing (Python's parser recurses):
+    brackets counted outside strings, vectorised, in linear time whatever the bytes. (Outside
+    strings a backslash is invalid JSON, refused by the parser where it stands.)"""
+    chars = np.frombuffer(raw, dtype=np.uint8)
+    positions = np.arange(chars.size)
+    last_plain = np.maximum.accumulate(np.where(chars != _BACKSLASH, positions, -1))
+    backslashes_before = np.concatenate(([0], (positions - last_plain)[:-1]))
+    quotes = (chars == _QUOTE) & (backslashes_before % 2 == 0)
+    outside = np.cumsum(quotes) % 2 == 0
+    steps = np.isin(chars, _OPENING).astype(np.int64) - np.isin(chars, _CLOSING)
+    if int(np.cumsum(steps * outside).max()) > _MAX_DEPTH:
+        raise TensorFileError(f"the header nests deeper than {_MAX_DEPTH} levels")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _MAX_INT_CHARS:
+        raise TensorFileError(f"the header holds a number of {len(text)} digits")
+    return int(text)
+
+
+def _no_float(text: str) -> float:
+    raise TensorFileError(f"the header holds a number that is not an integer: {text[:32]!r}")
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -101,7 +192,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     seen: dict[str, object] = {}
     for key, value in pairs:
         if key in seen:
-            raise TensorFileError(f"the header names {key!r} twice")
+            raise TensorFileError(f"the header names {_short(key)} twice")
         seen[key] = value
     return seen
 
@@ -109,29 +200,52 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 def _metadata(value: object) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict):
         raise TensorFileError("metadata must map strings to strings")
+    if len(value) > MAX_METADATA_ENTRIES:
+        raise TensorFileError(
+            f"metadata holds {len(value)} entries; at most {MAX_METADATA_ENTRIES}"
+        )
+    for key, text in value.items():
+        if not isinstance(text, str):
+            raise TensorFileError("metadata must map strings to strings")
+        _check_name(key, "metadata key")
+        _check_text(text, f"metadata {_short(key)}")
     return dict(value)
 
 
-def _entry(name: str, value: object) -> _Entry:
+def _check_name(name: str, what: str) -> None:
+    if len(name) > MAX_NAME_CHARS:
+        raise TensorFileError(f"a {what} is {len(name)} characters long; at most {MAX_NAME_CHARS}")
+    _check_text(name, f"{what} {_short(name)}")
+
+
+def _check_text(text: str, what: str) -> None:
+    """Escapes can spell lone surrogates, which are no text (safetensors refuses them too)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TensorFileError(f"{what} is not valid Unicode") from exc
+
+
+def _entry(name: str, value: object) -> TensorEntry:
+    _check_name(name, "tensor name")
+    label = f"tensor {_short(name)}"
     if not isinstance(value, dict) or set(value) != _ENTRY_FIELDS:
-        raise TensorFileError(f"tensor {name!r} must give exactly dtype, shape and data_offsets")
+        raise TensorFileError(f"{label} must give exactly dtype, shape and data_offsets")
     dtype = _DTYPES.get(value["dtype"]) if isinstance(value["dtype"], str) else None
     if dtype is None:
-        raise TensorFileError(f"tensor {name!r} has an unsupported dtype {value['dtype']!r}")
+        raise TensorFileError(f"{label} has an unsupported dtype {_short(value['dtype'])}")
     shape, offsets = value["shape"], value["data_offsets"]
-    if not _naturals(shape):
-        raise TensorFileError(f"tensor {name!r} has an invalid shape {shape!r}")
+    if not _naturals(shape) or len(shape) > MAX_DIMS:
+        raise TensorFileError(f"{label} has an invalid shape {_short(shape)}")
+    if math.prod(max(size, 1) for size in shape) > _MAX_ELEMENTS:
+        raise TensorFileError(f"{label} has a shape too large to address: {shape}")
     if not _naturals(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
-        raise TensorFileError(f"tensor {name!r} has invalid data_offsets {offsets!r}")
-    entry = _Entry(name, dtype, tuple(shape), offsets[0], offsets[1])
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if math.prod(entry.shape) * itemsize != entry.end - entry.begin:
-        raise TensorFileError(f"tensor {name!r}: its shape and data_offsets disagree")
-    return entry
+        raise TensorFileError(f"{label} has invalid data_offsets {_short(offsets)}")
+    if math.prod(shape) * dtype.itemsize != offsets[1] - offsets[0]:
+        raise TensorFileError(f"{label}: its shape and data_offsets disagree")
+    return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
 
 
 def _naturals(value: object) -> bool:
@@ -140,20 +254,27 @@ def _naturals(value: object) -> bool:
     )
 
 
-def _check_layout(entries: list[_Entry], data_bytes: int) -> None:
+def _short(value: object) -> str:
+    """`repr`, cut to a readable length: names and values come from an untrusted file."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _check_layout(entries: list[TensorEntry], data_bytes: int) -> None:
     """The tensors tile the data section: no gap, no overlap, nothing after the last."""
     position = 0
     for entry in entries:
         if entry.begin != position:
-            raise TensorFileError(f"tensor {entry.name!r} does not start where the last ended")
+            raise TensorFileError(
+                f"tensor {_short(entry.name)} does not start where the last ended"
+            )
         position = entry.end
     if position != data_bytes:
         raise TensorFileError(f"the tensors take {position} bytes, the data section {data_bytes}")
 
 
-def _view(buffer: Tensor, entry: _Entry) -> Tensor:
+def _view(buffer: Tensor, entry: TensorEntry) -> Tensor:
     raw = buffer[entry.begin : entry.end]
-    itemsize = torch.empty((), dtype=entry.dtype).element_size()
-    if entry.begin % itemsize:  # a misaligned tensor cannot be a typed view: its own copy
+    if entry.begin % entry.dtype.itemsize:  # a misaligned tensor cannot be a typed view
         raw = raw.clone()
     return raw.view(entry.dtype).view(entry.shape)

@@ -2,6 +2,7 @@
 malformed is refused, as the safetensors library refuses it."""
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,30 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from app.engine.tensor_file import MAX_HEADER_BYTES, TensorFileError, read_tensors
+from app.engine.adapter_file import (
+    MAX_EXTRA_ENTRIES,
+    MAX_EXTRA_VALUE_CHARS,
+    AdapterWeights,
+    dump_adapter,
+)
+from app.engine.tensor_file import (
+    MAX_DIMS,
+    MAX_HEADER_BYTES,
+    MAX_METADATA_ENTRIES,
+    MAX_NAME_CHARS,
+    MAX_TENSORS,
+    TensorFileError,
+    read_header,
+    read_tensors,
+)
+from tests.support.hostile_tensor_files import (
+    HOSTILE,
+    empty_entry,
+    empty_tensors,
+    header_of,
+    metadata_entries,
+    with_header,
+)
 
 
 def sample_tensors() -> dict[str, Tensor]:
@@ -170,3 +194,99 @@ def test_the_buffer_is_its_own_anonymous_mapping_unmapped_with_its_last_view() -
     assert _mapping_holding(address) == found  # a view keeps it
     del view
     assert _mapping_holding(address) != found
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_headers_are_refused_from_the_header_alone(case: str) -> None:
+    """A 500, a slow parse or a tensor torch cannot make before; refused by `read_header`
+    (plain Python, no torch) now, with the reason."""
+    make, message = HOSTILE[case]
+    with pytest.raises(TensorFileError, match=re.escape(message)):
+        read_header(make())
+
+
+_TRICKY_NAMES = ("a\\", 'b"[[[{{{', '\\"]]]}}}\\\\', "{[")
+"""Brackets in strings are no nesting; an escaped backslash before a quote ends the string."""
+AT_THE_LIMITS = {
+    "header-of-the-largest-size": (
+        with_header(b"{" + b" " * (MAX_HEADER_BYTES - 2) + b"}"),
+        {},
+    ),
+    "the-most-tensors": (
+        with_header(empty_tensors(MAX_TENSORS)),
+        {"t0": (0,), f"t{MAX_TENSORS - 1}": (0,)},
+    ),
+    "the-most-metadata-entries": (with_header(metadata_entries(MAX_METADATA_ENTRIES)), {}),
+    "the-longest-name": (
+        with_header(header_of(empty_entry("n" * MAX_NAME_CHARS))),
+        {"n" * MAX_NAME_CHARS: (0,)},
+    ),
+    "the-most-dimensions": (
+        with_header(header_of(empty_entry("a", "[" + "1," * (MAX_DIMS - 1) + "0]"))),
+        {"a": (1,) * (MAX_DIMS - 1) + (0,)},
+    ),
+    "the-largest-addressable-zero-size-tensor": (
+        with_header(header_of(empty_entry("a", f"[0,{2**63 - 1}]"))),
+        {"a": (0, 2**63 - 1)},
+    ),
+    "brackets-and-escaped-quotes-in-strings": (
+        file_of(
+            {name: {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for name in _TRICKY_NAMES},
+            b"",
+        ),
+        dict.fromkeys(_TRICKY_NAMES, (0,)),
+    ),
+    "pretty-printed": (
+        with_header(
+            json.dumps(
+                {"a": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}, indent=4
+            ).encode()
+        ),
+        {"a": (0,)},
+    ),
+    "a-surrogate-pair": (
+        with_header(header_of(empty_entry("\\ud83d\\ude00"))),
+        {"\U0001f600": (0,)},
+    ),
+}
+
+
+@pytest.mark.parametrize(("data", "shapes"), AT_THE_LIMITS.values(), ids=AT_THE_LIMITS.keys())
+def test_headers_at_the_limits_are_read(data: bytes, shapes: dict[str, tuple[int, ...]]) -> None:
+    tensors = read_header(data).tensors()
+    assert {name: tuple(tensors[name].shape) for name in shapes} == shapes
+
+
+def _every_projection(layers: int) -> list[str]:
+    """Module names of a Whisper of `layers` encoder and decoder layers, every projection."""
+    names = []
+    for side, blocks in (("encoder", ["self_attn"]), ("decoder", ["self_attn", "encoder_attn"])):
+        for layer in range(layers):
+            prefix = f"model.{side}.layers.{layer}"
+            for block in blocks:
+                names += [
+                    f"{prefix}.{block}.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+                ]
+            names += [f"{prefix}.fc1", f"{prefix}.fc2"]
+    return names
+
+
+def test_the_largest_adapter_header_stays_far_within_the_bounds() -> None:
+    """large-v3 (32 + 32 layers), every projection, rank 256, the most extra metadata an
+    adapter file may carry: its header takes a third of the limit at most, its tensors a
+    quarter (a tiny.en adapter's header takes about 13 KB)."""
+    tensors = {}
+    for module in _every_projection(32):
+        tensors[f"{module}.lora_A"] = torch.zeros(256, 1)
+        tensors[f"{module}.lora_B"] = torch.zeros(1, 256)
+    extra = {f"note{i}": "x" * MAX_EXTRA_VALUE_CHARS for i in range(MAX_EXTRA_ENTRIES)}
+    adapter = AdapterWeights(
+        tensors=tensors, rank=256, alpha=16.0, base_fingerprint="f" * 64, extra=extra
+    )
+    data = dump_adapter(adapter)
+    header_bytes = int.from_bytes(data[:8], "little")
+    file = read_header(data)
+    assert len(file.entries) == 1024
+    assert 4 * len(file.entries) <= MAX_TENSORS
+    assert 3 * header_bytes <= MAX_HEADER_BYTES
+    assert len(file.metadata) == MAX_EXTRA_ENTRIES + 7
