@@ -3,15 +3,12 @@
 `{"error": {"message": str, "type": str, "param": str | None, "code": str | None}}`
 """
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-logger = logging.getLogger(__name__)
 
 
 class AppError(Exception):
@@ -130,10 +127,18 @@ _TYPE_BY_STATUS = {
 _CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
 
 
+def app_error_body(exc: AppError) -> dict[str, Any]:
+    return error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+
+
+def server_error_body(request_id: str) -> dict[str, Any]:
+    """What an unexpected failure answers: no detail, only the id to find it in the logs."""
+    return error_body(f"Internal server error (request id {request_id}).", "server_error")
+
+
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(app_error_body(exc), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -153,13 +158,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("Internal server error.", "server_error"), status_code=500)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # Any other exception is answered by the outermost middleware (AccessLogMiddleware): the
+    # handler Starlette offers for it re-raises, and the server then drops the connection.

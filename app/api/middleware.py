@@ -1,18 +1,21 @@
-"""ASGI middleware: request-body size limit (enforced while streaming) and access logs."""
+"""ASGI middleware: request ids, access logs and the last-resort 500; the body size limit."""
 
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import UploadTooLarge, error_body
+from app.errors import UploadTooLarge, error_body, server_error_body
+from app.logging import current_request_id
 from app.metrics import Metrics
 
-logger = logging.getLogger("app.access")
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("app.access")
 
 
 class BodySizeLimitMiddleware:
@@ -65,7 +68,14 @@ class BodySizeLimitMiddleware:
 
 
 class AccessLogMiddleware:
-    """Logs every request and counts it in the metrics, labelled by route template."""
+    """The outermost layer: gives each request an id, logs and counts it, and answers any
+    exception nothing inside handled.
+
+    The id is sent as `X-Request-Id` on every response, written in the access line and set on
+    every log record made while the request runs. An unhandled exception becomes a JSON 500
+    carrying the id; it is not re-raised, because the server drops the connection of a request
+    whose application raised, even after a complete response.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -76,6 +86,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex[:16]
+        context = current_request_id.set(request_id)
         started = time.perf_counter()
         status = 0
 
@@ -91,21 +102,30 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error", extra={"path": scope["path"]})
+            # Once a response has started it cannot be replaced; left incomplete, the server
+            # closes the connection, which is all a client can be told then.
+            if status == 0:
+                await send_json(send_with_id, 500, server_error_body(request_id))
         finally:
-            elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.http_latency.labels(scope["method"], route).observe(elapsed)
-            logger.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 1),
-                },
-            )
+            self._record(scope, request_id, status, time.perf_counter() - started)
+            current_request_id.reset(context)
+
+    def _record(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+        self.metrics.http_latency.labels(scope["method"], route).observe(elapsed)
+        access_logger.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 1),
+            },
+        )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -119,22 +139,30 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_too_large(send: Send, limit: int) -> None:
-    body = json.dumps(
-        error_body(
-            f"Request body exceeds the {limit} byte limit.",
-            "invalid_request_error",
-            code="file_too_large",
-        )
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+    body = error_body(
+        f"Request body exceeds the {limit} byte limit.",
+        "invalid_request_error",
+        code="file_too_large",
     )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 413, body, close=True)
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    close: bool = False,
+) -> None:
+    """Sends a whole JSON response; `close` for one sent before the request body was read."""
+    content = json.dumps(body).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items()),
+    ]
+    if close:
+        raw_headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": content})
