@@ -3,8 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch first and pinned: a plain `pip install torch` would pull a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# torch first and pinned, the CPU build unless an NVIDIA GPU is seen (scripts/install-torch.sh;
+# TORCH_VARIANT=cpu|cuda overrides).
+TORCH_VERSION ?= 2.13.0
+# Arguments of `pqm serve`, e.g. make run ARGS="--host 0.0.0.0 --port 9000".
+ARGS ?=
 
 .PHONY: run test lint typecheck unit bench venv system-deps clean
 
@@ -13,12 +16,12 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 venv: $(BIN)/python
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	scripts/install-torch.sh $(BIN)/pip $(TORCH_VERSION)
 
 ## Install the service (regular install) and run it on its embedded defaults.
 run: venv
 	$(BIN)/pip install --quiet .
-	$(BIN)/pqm serve
+	$(BIN)/pqm serve $(ARGS)
 
 ## Install system packages and test dependencies, then lint, type-check and test.
 test: system-deps venv

@@ -1,13 +1,58 @@
-"""`pqm serve | worker | model import` — the service's command line."""
+"""`pqm serve | worker | admin-key | model import` — the service's command line."""
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from app.config import Settings
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+OFFLINE_ENVIRONMENT = {
+    # Nothing is downloaded at run time. bitsandbytes, on CPUs with AVX512-BF16, otherwise asks
+    # the Hugging Face kernel hub for a CPU kernel whenever it is imported: a network call, and
+    # on a connected machine code fetched and run. Its own CPU kernels serve instead.
+    "HF_HUB_OFFLINE": "1",
+    # transformers' "Loading weights" bar would break the one-JSON-object-per-line stderr.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+KERNEL_HUB_LOGGERS = ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub")
+KERNEL_HUB_NOTICES = (
+    "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "Skipping publisher trust check for 'kernels-community/",
+)
+
+
+class _DropKernelHubNotices(logging.Filter):
+    """Drops the warnings about the kernel hub being off: it is off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(KERNEL_HUB_NOTICES)
+
+
+def _drop_kernel_hub_notices() -> None:
+    notices = _DropKernelHubNotices()
+    for name in KERNEL_HUB_LOGGERS:
+        logging.getLogger(name).addFilter(notices)
+
+
+# On import, not in `main`: the training process, started with multiprocessing's "spawn",
+# imports the `pqm` script, hence this module, before it imports bitsandbytes.
+_drop_kernel_hub_notices()
+
+
+def _run_offline() -> None:
+    """Called before torch, transformers or bitsandbytes are imported (they read it once); the
+    processes the service starts inherit it."""
+    for name, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
 
 def _serve(args: argparse.Namespace) -> int:
+    _run_offline()
     import uvicorn
 
     from app.logging import configure_logging
@@ -26,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _import_model(args: argparse.Namespace) -> int:
+    _run_offline()
     from app.engine.errors import ModelImportError
     from app.engine.model_import import import_bundled_model
 
@@ -40,6 +86,7 @@ def _import_model(args: argparse.Namespace) -> int:
 
 
 def _worker(_: argparse.Namespace) -> int:
+    _run_offline()
     import asyncio
 
     from app.logging import configure_logging
@@ -51,13 +98,44 @@ def _worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_key(_: argparse.Namespace) -> int:
+    settings = Settings()
+    if settings.admin_key is not None:
+        print(settings.admin_key.get_secret_value())
+        return 0
+    key_file = settings.admin_key_file
+    if not key_file.is_file():
+        print(
+            f"error: no admin key yet: `pqm serve` generates one on its first start and stores "
+            f"it in {key_file} (or set PQM_ADMIN_KEY)",
+            file=sys.stderr,
+        )
+        return 1
+    print(key_file.read_text().strip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pqm", description="PQM Server")
+    parser = argparse.ArgumentParser(
+        prog="pqm",
+        description="PQM Server. Settings come from PQM_* environment variables (see README).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API",
+        description="Run the HTTP API (and, unless PQM_ENROLMENT__WORKER=false, the job worker).",
+    )
+    serve.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to listen on (default: %(default)s, this machine only; "
+        "0.0.0.0 for every interface)",
+    )
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)"
+    )
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser(
@@ -65,12 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=_worker)
 
+    admin_key = commands.add_parser(
+        "admin-key",
+        help="print the admin key: PQM_ADMIN_KEY, else the one stored in the data directory",
+    )
+    admin_key.set_defaults(handler=_admin_key)
+
     model = commands.add_parser("model", help="manage the base model")
     model_commands = model.add_subparsers(dest="model_command", required=True)
     model_import = model_commands.add_parser(
         "import", help="convert a bundled Whisper into the data directory (done on first start)"
     )
-    model_import.add_argument("--bundled", choices=["tiny.en", "base"], default="tiny.en")
+    model_import.add_argument(
+        "--bundled",
+        choices=["tiny.en", "base"],
+        default="tiny.en",
+        help="which bundled model (default: %(default)s)",
+    )
     model_import.add_argument("--force", action="store_true", help="convert again")
     model_import.set_defaults(handler=_import_model)
     return parser
