@@ -9,9 +9,12 @@ Formats produced here and the decoder that reads them back:
 from __future__ import annotations
 
 import io
+import os
 import random
+import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -20,7 +23,13 @@ import pytest
 import soundfile as sf
 import soxr
 
-from app.engine.audio import SAMPLE_RATE, decode_audio, duration_seconds
+from app.engine.audio import (
+    SAMPLE_RATE,
+    DecodedAudio,
+    decode_audio,
+    decode_audio_spooled,
+    duration_seconds,
+)
 from app.engine.errors import AudioDecodeError
 from tests.support.audio import (
     convert_with_sox,
@@ -428,3 +437,103 @@ def test_max_duration_must_be_positive() -> None:
 def test_duration_seconds() -> None:
     assert duration_seconds(np.zeros(24_000, dtype=np.float32)) == 1.5
     assert duration_seconds(np.zeros(0, dtype=np.float32)) == 0.0
+
+
+def flac_declaring(samples: np.ndarray, total_frames: int) -> bytes:
+    """A FLAC whose STREAMINFO claims `total_frames` frames, whatever it holds."""
+    data = bytearray(to_bytes(samples, SAMPLE_RATE, "FLAC", "PCM_16"))
+    field = 8 + 10  # "fLaC", the block header, then rate/channels/bits and 36 bits of frames
+    packed = int.from_bytes(data[field : field + 8], "big")
+    mask = (1 << 36) - 1
+    data[field : field + 8] = ((packed & ~mask) | total_frames).to_bytes(8, "big")
+    return bytes(data)
+
+
+def webm_declaring(samples: np.ndarray, seconds: float) -> bytes:
+    """A webm (opus) whose Segment Info claims a duration of `seconds`, whatever it holds."""
+    data = bytearray(encode_with_pyav(samples, SAMPLE_RATE, "webm", "libopus"))
+    at = data.find(b"\x44\x89\x88")  # the Duration element, an 8-byte float in milliseconds
+    assert at > 0
+    data[at + 3 : at + 11] = struct.pack(">d", seconds * 1000)
+    return bytes(data)
+
+
+def test_a_declared_duration_over_the_limit_is_refused_before_decoding() -> None:
+    two_seconds = sine(440.0, 2.0)
+    flac = flac_declaring(two_seconds, 5 * 3600 * SAMPLE_RATE)
+    assert sf.info(io.BytesIO(flac)).duration == 5 * 3600
+    webm = webm_declaring(two_seconds, 5 * 3600)
+    # Two seconds of audio: only the declared duration can be over the limit.
+    for data in (flac, webm):
+        with pytest.raises(AudioDecodeError, match="longer than the hard limit of 14400 seconds"):
+            decode_audio(data)
+        with pytest.raises(AudioDecodeError, match="longer than the maximum of 60 seconds"):
+            decode_audio_spooled(data, max_duration_s=60.0)
+
+
+def test_a_declared_duration_within_a_second_of_the_limit_is_decoded() -> None:
+    """Lossy codecs declare their encoder delay too: the samples decide near the limit."""
+    out = decode_audio(webm_declaring(sine(440.0, 2.0), 2.9), max_duration_s=2.0)
+    assert duration_seconds(out) == pytest.approx(2.0, abs=0.06)
+
+
+def _open_fds() -> set[str]:
+    listed = os.listdir("/proc/self/fd")  # including the listing's own, closed by now
+    return {fd for fd in listed if os.path.lexists(f"/proc/self/fd/{fd}")}
+
+
+@pytest.fixture
+def fds() -> Iterator[set[str]]:
+    """The descriptors open before the test; after it, none of the test's may be left open."""
+    before = _open_fds()
+    yield before
+    assert _open_fds() <= before
+
+
+def test_long_audio_is_spooled_to_a_private_unnamed_file(fds: set[str], speech: np.ndarray) -> None:
+    data = to_bytes(np.tile(speech, 4), 48_000 // 2, "FLAC", "PCM_16")  # resampled on the way
+    expected = decode_audio(data)
+    with decode_audio_spooled(data, memory_s=1.0) as audio:
+        assert audio.spilled
+        [fd] = _open_fds() - fds
+        link = os.readlink(f"/proc/self/fd/{fd}")
+        assert link.endswith("(deleted)")  # no name anyone could open
+        assert os.stat(f"/proc/self/fd/{fd}").st_mode & 0o777 == 0o600
+        assert len(audio) == len(expected)
+        assert audio.duration_s == duration_seconds(expected)
+        np.testing.assert_array_equal(audio.read(0, len(audio)), expected)
+        np.testing.assert_array_equal(audio.read(12_345, 54_321), expected[12_345:54_321])
+        assert audio.read(len(audio) - 5, len(audio) + 100).shape == (5,)
+        assert audio.read(-10, 0).shape == (0,)
+    with pytest.raises(ValueError, match="closed"):
+        audio.read(0, 10)
+
+
+def test_short_audio_stays_in_memory(fds: set[str], speech: np.ndarray) -> None:
+    data = to_bytes(speech, SAMPLE_RATE)
+    with decode_audio_spooled(data) as audio:
+        assert not audio.spilled
+        assert _open_fds() <= fds
+        np.testing.assert_array_equal(audio.read(0, len(audio)), decode_audio(data))
+
+
+def test_a_failed_spooled_decode_leaves_nothing_open(fds: set[str]) -> None:
+    samples = sine(440.0, 6.0)
+    samples[5 * SAMPLE_RATE] = np.nan  # found after the first seconds were spilled
+    with pytest.raises(AudioDecodeError, match="NaN"):
+        decode_audio_spooled(to_bytes(samples, SAMPLE_RATE, subtype="FLOAT"), memory_s=1.0)
+
+
+def test_arrays_wrap_without_copying() -> None:
+    samples = sine(440.0, 0.5)
+    audio = DecodedAudio.from_array(samples)
+    assert len(audio) == samples.shape[0]
+    assert np.shares_memory(audio.read(0, 100), samples)
+
+
+@pytest.mark.parametrize("rate", [1, 999, 768_001, 2**31 - 1])
+def test_sample_rates_outside_the_supported_range(rate: int) -> None:
+    data = bytearray(to_bytes(sine(440.0, 0.5), SAMPLE_RATE))
+    data[24:28] = rate.to_bytes(4, "little")  # the WAV header's rate (its byte rate is ignored)
+    with pytest.raises(AudioDecodeError, match=f"sample rate of {rate} Hz is outside"):
+        decode_audio(bytes(data))
