@@ -334,6 +334,25 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     return Trained(adapter, info, training)
 
 
+def bounds_report(engine: WhisperEngine, adapter: AdapterWeights) -> dict[str, Any]:
+    """Where the adapter sits against the bounds every stored adapter must meet
+    (`adapter_file.check_bounds`): the service would quarantine it past them."""
+    from app.engine.adapter_file import MAX_UPDATE_RATIO, AdapterFileError, update_ratios
+
+    largest = max(update_ratios(adapter, engine.base_weight_norms()).values())
+    try:
+        engine.check_adapter_bounds(adapter)
+    except AdapterFileError as exc:
+        refused: str | None = str(exc)
+    else:
+        refused = None
+    return {
+        "max_update_ratio": round(largest, 5),
+        "margin": round(MAX_UPDATE_RATIO / largest, 1) if largest > 0 else None,
+        "refused": refused,
+    }
+
+
 def training_available() -> str | None:
     """None when the training API imports, else why not."""
     try:
@@ -473,6 +492,7 @@ def run(options: Options) -> dict[str, Any]:
                     engine.check_adapter(trained.adapter)
                     adapters[suite.kind, name] = trained.adapter
                     result.adapter, result.training = trained.info, trained.training
+                    result.adapter["bounds"] = bounds_report(engine, trained.adapter)
                     for split in splits:
                         evalset = evalsets[suite.kind, name, split]
                         result.splits[split]["pqm"] = score(

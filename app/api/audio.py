@@ -15,6 +15,10 @@ from app.services.transcription import TranscriptionOutcome, TranscriptionReques
 router = APIRouter(prefix="/v1/audio", tags=["audio"])
 
 ADAPTER_HEADER = "X-Adapter-Id"
+FALLBACK_HEADER = "X-Adapter-Fallback"
+"""Present when the caller's adapter was not applied: `adapter_numeric_error` (its decode went
+non-finite; the adapter is now quarantined) or `adapter_unavailable` (its weights could not be
+loaded)."""
 MAX_BEAM_SIZE = 8
 
 
@@ -71,6 +75,8 @@ async def create_transcription(
 
 def _render(outcome: TranscriptionOutcome, response_format: ResponseFormat) -> Response:
     headers = {ADAPTER_HEADER: outcome.adapter_id or "none"}
+    if outcome.fallback is not None:
+        headers[FALLBACK_HEADER] = outcome.fallback
     transcription = outcome.transcription
     match response_format:
         case "json":

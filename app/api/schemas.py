@@ -1,9 +1,18 @@
 """Response and request bodies of the HTTP API (OpenAI field names where OpenAI defines them)."""
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _in_utc(value: datetime) -> datetime:
+    """SQLite keeps no offset (its values were written in UTC); PostgreSQL answers in the
+    session's time zone. Both go out the same way: UTC, with its offset."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
 
 
 class ErrorDetail(BaseModel):
@@ -37,7 +46,7 @@ class UserPublic(BaseModel):
     id: str
     name: str
     api_key_prefix: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class UserCreated(UserPublic):
@@ -86,9 +95,9 @@ class EnrolmentJobPublic(OrmModel):
     activated: bool | None
     activation_reason: str | None
     cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
 
 
 class AdapterPublic(OrmModel):
@@ -109,7 +118,9 @@ class AdapterPublic(OrmModel):
     enrolment_id: str | None
     active: bool
     note: str | None
-    created_at: datetime
+    status: Literal["ready", "quarantined"]
+    """`quarantined`: found unsafe (see `note`); never served, cannot be activated."""
+    created_at: Timestamp
 
 
 class AdapterList(BaseModel):

@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -49,6 +50,15 @@ class AdapterBlob(TimestampMixin, Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
+class AdapterStatus(StrEnum):
+    """Whether an adapter may serve. `ready` -> `quarantined` is the only transition: an
+    adapter found unsafe (out of bounds, or its decode went non-finite) is never served again;
+    the user activates another, or imports or trains a new one."""
+
+    READY = "ready"
+    QUARANTINED = "quarantined"
+
+
 class Adapter(TimestampMixin, Base):
     """A speaker's LoRA adapter: metadata here, weights in the adapter store under `blob_key`."""
 
@@ -83,7 +93,11 @@ class Adapter(TimestampMixin, Base):
     enrolment_id: Mapped[str | None] = mapped_column(String(32), default=None)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     note: Mapped[str | None] = mapped_column(String(500), default=None)
-    """Why the adapter is inactive, when the acceptance gate kept it so."""
+    """Why the adapter is inactive, when the acceptance gate or a quarantine made it so."""
+    status: Mapped[str] = mapped_column(
+        String(16), default=AdapterStatus.READY, server_default=AdapterStatus.READY.value
+    )
+    """An `AdapterStatus`; a quarantined adapter is never active."""
 
 
 class EnrolmentJob(TimestampMixin, Base):

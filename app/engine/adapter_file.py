@@ -9,6 +9,7 @@ byte-reproducible: the same weights always give the same file.
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast, get_args
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from app.engine.encoder import EncoderWindow
 from app.engine.errors import EngineError
 from app.engine.lora import LoraLinear
-from app.engine.tensor_file import TensorFileError, read_tensors
+from app.engine.tensor_file import TensorFile, TensorFileError, read_header
 
 __all__ = [
     "ADAPTER_FORMAT",
@@ -28,14 +29,23 @@ __all__ = [
     "AdapterFileError",
     "AdapterWeights",
     "BaseModelMismatchError",
+    "check_bounds",
     "check_compatible",
     "dump_adapter",
     "load_adapter",
+    "read_adapter_header",
+    "update_ratios",
 ]
 
 ADAPTER_FORMAT = "pqm-lora/1"
 METHODS = ("lora",)
 MAX_RANK = 256
+MAX_SCALE = 64.0
+"""Largest `alpha / rank`: trained adapters use 2, PEFT's usual settings at most 32."""
+MAX_UPDATE_RATIO = 1.0
+"""Largest `||scale * B A||_F / ||W||_F` of any module: how far an adapter may move a weight,
+relative to the weight (trained adapters measure far below: docs/benchmarks/adapter_bounds.json).
+What keeps a finite but huge adapter from driving a decode to inf or NaN."""
 MAX_EXTRA_ENTRIES = 32
 MAX_EXTRA_VALUE_CHARS = 4096
 _EXTRA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -108,15 +118,20 @@ def _canonical_header(data: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
-def load_adapter(data: bytes) -> AdapterWeights:
-    """Parses and checks an adapter file on its own terms (not yet against a base model)."""
-    tensors, metadata = _parse(data)
+def load_adapter(data: bytes | TensorFile) -> AdapterWeights:
+    """Parses and checks an adapter file on its own terms (not yet against a base model).
+
+    `data` may be the file with its header already checked by `read_adapter_header` (off the
+    inference thread): what is left is torch work in proportion to the tensors' data."""
+    file = data if isinstance(data, TensorFile) else read_adapter_header(data)
+    metadata = file.metadata
     if metadata.get("format") != ADAPTER_FORMAT:
         raise AdapterFileError(f"metadata 'format' must be {ADAPTER_FORMAT!r}")
     method = metadata.get("method", "lora")
     if method not in METHODS:
         raise AdapterFileError(f"unknown method {method!r} (supported: {', '.join(METHODS)})")
     rank, alpha = _rank(metadata), _alpha(metadata)
+    tensors = file.tensors()
     _check_factor_ranks(tensors, rank)
     adapter = AdapterWeights(
         tensors=tensors,
@@ -131,9 +146,11 @@ def load_adapter(data: bytes) -> AdapterWeights:
     return adapter
 
 
-def _parse(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
+def read_adapter_header(data: bytes) -> TensorFile:
+    """The file's safetensors header, checked in plain Python (no torch, bounded work): cheap
+    to call off the inference thread, before `load_adapter`."""
     try:
-        return read_tensors(data)
+        return read_header(data)
     except TensorFileError as exc:
         raise AdapterFileError(f"not a safetensors file: {exc}") from exc
 
@@ -212,7 +229,7 @@ def _check_target_modules(metadata: dict[str, str], adapter: AdapterWeights) -> 
         return
     try:
         declared = json.loads(metadata["target_modules"])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         declared = None
     if declared != adapter.target_modules:
         raise AdapterFileError(
@@ -260,3 +277,35 @@ def _check_tensor(
     partner = f"{module}.lora_B" if kind == "lora_A" else f"{module}.lora_A"
     if partner not in adapter.tensors:
         raise AdapterFileError(f"tensor {name!r} has no matching {partner!r}")
+
+
+def update_ratios(adapter: AdapterWeights, base_norms: Mapping[str, float]) -> dict[str, float]:
+    """Per adapted module, `||scale * B A||_F / ||W||_F` (`base_norms`: `||W||_F` by module).
+
+    `||B A||_F^2 = trace((B^T B)(A A^T))`: two r x r Gram matrices instead of the [out, in]
+    product, in float64 so that huge factors give a huge ratio (or inf), never NaN."""
+    ratios: dict[str, float] = {}
+    for module in adapter.target_modules:
+        a = adapter.tensors[f"{module}.lora_A"].double()  # [rank, in]
+        b = adapter.tensors[f"{module}.lora_B"].double()  # [out, rank]
+        squared = float(((b.T @ b) * (a @ a.T)).sum())  # both Grams symmetric: the trace
+        norm = abs(adapter.scale) * math.sqrt(max(squared, 0.0))
+        base = base_norms[module]
+        ratios[module] = norm / base if base > 0 else math.inf
+    return ratios
+
+
+def check_bounds(adapter: AdapterWeights, base_norms: Mapping[str, float]) -> None:
+    """Raises `AdapterFileError` unless the adapter's updates stay within what any trained
+    adapter needs: `alpha / rank` at most `MAX_SCALE`, each module's update at most
+    `MAX_UPDATE_RATIO` times its base weight (Frobenius norms). Call after `check_compatible`."""
+    if adapter.scale > MAX_SCALE:
+        raise AdapterFileError(
+            f"metadata 'alpha' / 'rank' is {adapter.scale:.3g}; at most {MAX_SCALE:g} is allowed"
+        )
+    for module, ratio in sorted(update_ratios(adapter, base_norms).items()):
+        if not ratio <= MAX_UPDATE_RATIO:
+            raise AdapterFileError(
+                f"the update of {module!r} is {ratio:.3g} times the norm of the weight it "
+                f"adapts; at most {MAX_UPDATE_RATIO:g} is allowed"
+            )

@@ -177,6 +177,10 @@ class DecodeBatch:
         logits: Tensor = self._head(self._decoder.layer_norm(hidden))[:, 0]
         return logits
 
+    def drop_newest(self) -> None:
+        """Drops the request that joined last (its `add` ran, but it cannot be decoded)."""
+        self.keep([list(range(group.rows)) for group in self._groups[:-1]] + [[]])
+
     def keep(self, rows: list[list[int]]) -> None:
         """For each group, in order, the rows (local indices) to keep: `[]` drops the group's
         request, `[0, 0, 1]` forks a beam. Caches are compacted accordingly."""

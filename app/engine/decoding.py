@@ -6,6 +6,9 @@ We own this loop (rather than calling `generate`) to get what the API reports pe
 (average log-probability, no-speech probability), to give every request its own prefix,
 adapter, temperature, beam width and random generator, and to let requests of any length share
 the model without waiting on each other.
+
+A request's failure is its own: a row whose logits (or encoder output) go non-finite under its
+adapter, or whose search raises, leaves the batch alone and every other row goes on.
 """
 
 from dataclasses import dataclass, field
@@ -16,10 +19,11 @@ from transformers import WhisperForConditionalGeneration
 
 from app.engine.decoder_pass import DecodeBatch, OutputHead
 from app.engine.encoder_pass import EncoderWeights, encode_window
+from app.engine.errors import AdapterNumericError
 from app.engine.search import LogitRules, Search
 from app.engine.tokens import SpecialTokens
 
-__all__ = ["MAX_TEXT_TOKENS", "BatchDecoder", "DecodeResult", "DecodeRow"]
+__all__ = ["MAX_TEXT_TOKENS", "BatchDecoder", "DecodeResult", "DecodeRow", "Ended"]
 
 MAX_TEXT_TOKENS = 224
 """Half the decoder context: the other half is kept for the prompt (as in Whisper)."""
@@ -32,6 +36,10 @@ class DecodeResult:
     avg_logprob: float
     no_speech_prob: float
     temperature: float
+
+
+Ended = tuple[int, DecodeResult | Exception]
+"""A request that left the batch: its handle, and its result or why it failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +116,12 @@ class BatchDecoder:
         """Each [n_mels, frames] window -> [frames // 2, d_model], with its row's adapter."""
         if self._encoder_weights is None:  # kept until `release`: the engine is busy
             self._encoder_weights = EncoderWeights(self._model.model.encoder, self._dtype)
-        return [
-            encode_window(self._encoder_weights, mel.to(self.device), slot)
-            for mel, slot in zip(mels, slots, strict=True)
-        ]
+        encoded = []
+        for mel, slot in zip(mels, slots, strict=True):
+            output = encode_window(self._encoder_weights, mel.to(self.device), slot)
+            _require_finite(slot, output, "encoder output")
+            encoded.append(output)
+        return encoded
 
     def release(self) -> None:
         """Drops the compute weights held while busy (the engine went idle)."""
@@ -138,26 +148,37 @@ class BatchDecoder:
         logits = self._batch.add(
             row.encoded, row.prefix, row.slot, limit, [sot, len(row.prefix) - 1]
         )
-        no_speech = float(_own(logits[0]).softmax(dim=-1)[self._tokens.no_speech])
-        search = Search(
-            self._tokens.eot,
-            beam_size=row.beam_size,
-            temperature=row.temperature,
-            generator=row.generator,
-        )
+        try:
+            _require_finite(row.slot, logits, "logits")
+            no_speech = float(_own(logits[0]).softmax(dim=-1)[self._tokens.no_speech])
+            search = Search(
+                self._tokens.eot,
+                beam_size=row.beam_size,
+                temperature=row.temperature,
+                generator=row.generator,
+            )
+        except BaseException:
+            self._batch.drop_newest()
+            raise
         self._handles += 1
         self._live.append((self._handles, _Decode(row, search, no_speech, [_own(logits[1])])))
         return self._handles
 
     @torch.inference_mode()
-    def step(self) -> list[tuple[int, DecodeResult]]:
-        """One token for every live hypothesis; returns the requests that ended, by handle."""
-        ended: list[tuple[int, DecodeResult]] = []
+    def step(self) -> list[Ended]:
+        """One token for every live hypothesis; returns the requests that ended (or failed:
+        see `_choose`), by handle."""
+        ended: list[Ended] = []
         still: list[tuple[int, _Decode]] = []
         kept: list[list[int]] = []
         tokens: list[int] = []
         for handle, decode in self._live:
-            chosen = self._choose(decode)
+            try:
+                chosen = self._choose(decode)
+            except Exception as exc:  # this request fails alone; the batch goes on
+                ended.append((handle, exc))
+                kept.append([])
+                continue
             if decode.search.done:
                 ended.append((handle, self._result(decode)))
                 kept.append([])
@@ -186,10 +207,14 @@ class BatchDecoder:
     def decode(self, rows: list[DecodeRow]) -> list[DecodeResult]:
         """Decodes `rows` to the end, together; results in the order of `rows`."""
         handles = [self.start(row) for row in rows]
-        results: dict[int, DecodeResult] = {}
+        results: dict[int, DecodeResult | Exception] = {}
         while len(results) < len(handles):
             results.update(self.step())
-        return [results[handle] for handle in handles]
+        outcomes = [results[handle] for handle in handles]
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        return [outcome for outcome in outcomes if isinstance(outcome, DecodeResult)]
 
     def _choose(self, decode: _Decode) -> list[tuple[int, int]]:
         """Applies the logit rules to each live hypothesis's logits and lets the search pick."""
@@ -199,6 +224,7 @@ class BatchDecoder:
             decode.search.stop()
             return []
         for hypothesis, scores in zip(decode.search.live, decode.scores, strict=True):
+            _require_finite(decode.row.slot, scores, "logits")
             self._rules.apply(scores, hypothesis.tokens, step, decode.row.with_timestamps)
         return decode.search.advance(decode.scores)
 
@@ -211,6 +237,13 @@ class BatchDecoder:
             no_speech_prob=decode.no_speech,
             temperature=decode.row.temperature,
         )
+
+
+def _require_finite(slot: int, values: Tensor, what: str) -> None:
+    """Raises `AdapterNumericError` when an adapted row's `values` hold NaN or inf. Rows of
+    the base model (slot 0) are not checked: its weights are finite and bounded."""
+    if slot != 0 and not bool(torch.isfinite(values).all()):
+        raise AdapterNumericError(f"the adapter drove the {what} to NaN or infinity")
 
 
 def _own(row: Tensor) -> Tensor:

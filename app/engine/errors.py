@@ -15,3 +15,12 @@ class ModelImportError(EngineError):
 
 class ModelLoadError(EngineError):
     """A converted model directory could not be loaded."""
+
+
+class NumericError(EngineError):
+    """A request's computation produced NaN or infinite values."""
+
+
+class AdapterNumericError(NumericError):
+    """A request's computation went non-finite under its adapter (the base model's stays
+    finite, whatever its input): the adapter is to blame. Only that request fails."""

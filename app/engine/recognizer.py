@@ -32,6 +32,11 @@ class SpeechRecognizer(BatchingEngine[TranscriptionTask], Protocol):
         """Raises `AdapterFileError` unless the adapter fits the served base model."""
         ...
 
+    def check_adapter_bounds(self, adapter: AdapterWeights) -> None:
+        """Raises `AdapterFileError` unless the adapter's updates stay within the bounds an
+        adapter must meet to be stored (see `adapter_file.check_bounds`)."""
+        ...
+
     def forget(self, adapter: AdapterWeights) -> None:
         """Frees the memory the model holds for `adapter` (it was deleted or replaced)."""
         ...

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from app.engine.errors import NumericError
 from app.engine.tokens import SpecialTokens
 
 __all__ = ["Hypothesis", "LogitRules", "Search"]
@@ -114,6 +115,8 @@ class Search:
     def _single(self, scores: Tensor) -> list[tuple[int, int]]:
         if self._temperature > 0.0:
             probs = (scores / self._temperature).softmax(dim=-1)
+            if not bool(torch.isfinite(probs).all()):  # `multinomial` would fail the batch
+                raise NumericError("the sampling probabilities hold NaN or infinity")
             token = int(torch.multinomial(probs, 1, replacement=True, generator=self._generator)[0])
         else:
             token = int(scores.argmax())

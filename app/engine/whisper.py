@@ -25,10 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.adapter_file import AdapterFileError, AdapterWeights, check_compatible
+from app.engine.adapter_file import (
+    AdapterFileError,
+    AdapterWeights,
+    check_bounds,
+    check_compatible,
+)
 from app.engine.adapter_slots import AdapterSlots, SlotStats
 from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
-from app.engine.dense import ComputeDtype, compute_dtype
+from app.engine.dense import ComputeDtype, compute_dtype, dense_weight
 from app.engine.encoder import EncoderWindow, window_frames
 from app.engine.features import HOP_LENGTH, SAMPLE_RATE, WINDOW_FRAMES, log_mel, pad_or_trim
 from app.engine.loading import LoadedModel, load_model, weight_bytes
@@ -160,6 +165,7 @@ class WhisperEngine:
         self._decoder = BatchDecoder(loaded.model, self._tokens, self._dtype)
         self._decoding: dict[int, TranscriptionTask] = {}
         """Decode handle -> the task whose job it is."""
+        self._base_norms: dict[str, float] | None = None
 
     @classmethod
     def load(
@@ -230,6 +236,22 @@ class WhisperEngine:
             raise AdapterFileError("this engine runs without LoRA support")
         check_compatible(adapter, self._info.fingerprint, self._lora_layers)
 
+    def check_adapter_bounds(self, adapter: AdapterWeights) -> None:
+        """Raises `AdapterFileError` unless the adapter (checked with `check_adapter`) stays
+        within `adapter_file.check_bounds` of this model's weights: what an adapter must meet
+        to be stored (imported or trained)."""
+        check_bounds(adapter, self.base_weight_norms())
+
+    def base_weight_norms(self) -> dict[str, float]:
+        """`||W||_F` of every adaptable projection as served (NF4 dequantised), computed once."""
+        with self._lock:
+            if self._base_norms is None:
+                self._base_norms = {
+                    name: float(dense_weight(layer.base).double().norm())
+                    for name, layer in self._lora_layers.items()
+                }
+            return self._base_norms
+
     def forget(self, adapter: AdapterWeights) -> None:
         """Frees `adapter`'s resident slot (once no request uses it)."""
         if self._slots is not None:
@@ -286,6 +308,9 @@ class WhisperEngine:
                 return
             for handle, result in ended:
                 task = self._decoding.pop(handle)
+                if isinstance(result, Exception):
+                    self._finish(task, error=result)
+                    continue
                 task.decoding = None
                 task.advance(result)
                 self._release_if_done(task)
@@ -302,15 +327,14 @@ class WhisperEngine:
         new = [t for t in tasks if t.job is not None and t.decoding is None and not t.done]
         if not new:
             return
-        self._encode_missing(new)
         for task in new:
-            job = _job(task)
-            if job.detect_language:
-                [language] = self._decoder.detect_language([_encoded(task)], [task.slot])
-                task.advance(language)  # its first decode starts next round
-                self._release_if_done(task)
-                continue
             try:
+                self._encode_missing(task)
+                if _job(task).detect_language:
+                    [language] = self._decoder.detect_language([_encoded(task)], [task.slot])
+                    task.advance(language)  # its first decode starts next round
+                    self._release_if_done(task)
+                    continue
                 task.decoding = self._decoder.start(self._row(task))
             except Exception as exc:  # this request fails, the batch goes on
                 logger.exception("decode failed to start")
@@ -328,16 +352,12 @@ class WhisperEngine:
             self._slots.release(task.slot)
             task.slot = 0
 
-    def _encode_missing(self, tasks: list[TranscriptionTask]) -> None:
-        """Encodes the windows not encoded yet (a window is encoded once for all its decodes)."""
-        pending = [task for task in tasks if task.job is not None and task.job.encoded is None]
-        if not pending:
-            return
-        encoded = self._decoder.encode(
-            [_job(task).mel for task in pending], [task.slot for task in pending]
-        )
-        for task, output in zip(pending, encoded, strict=True):
-            _job(task).encoded = output
+    def _encode_missing(self, task: TranscriptionTask) -> None:
+        """Encodes the task's window unless done (a window is encoded once for all its
+        decodes)."""
+        job = _job(task)
+        if job.encoded is None:
+            [job.encoded] = self._decoder.encode([job.mel], [task.slot])
 
     def _row(self, task: TranscriptionTask) -> DecodeRow:
         job = _job(task)

@@ -5,6 +5,7 @@ their own terms and against the served base model, then stored in canonical form
 stored is exactly what will be served and exporting it again gives the same bytes.
 """
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from app.engine.adapter_file import (
     BaseModelMismatchError,
     dump_adapter,
     load_adapter,
+    read_adapter_header,
 )
 from app.engine.batching import EngineRunner
 from app.engine.recognizer import SpeechRecognizer
+from app.engine.tensor_file import TensorFile
 from app.errors import BadRequestError, DataIntegrityError, NotFoundError, PayloadTooLargeError
 from app.services.auth import Principal
 from app.services.blob_keys import adapter_key
@@ -104,7 +107,10 @@ async def import_adapter(
         raise PayloadTooLargeError(
             f"The adapter file exceeds the {max_bytes} byte limit.", param="file"
         )
-    weights, data = await runner.run(lambda: _canonical(upload.data, recognizer))
+    # The header is checked first, off the inference thread: a hostile file is refused
+    # without delaying anyone's transcription.
+    file = await asyncio.to_thread(_checked_header, upload.data)
+    weights, data = await runner.run(lambda: _canonical(file, recognizer))
     adapter_id = new_id()
     key = adapter_key(user_id, adapter_id)
     bound = store.bind(session)
@@ -122,13 +128,23 @@ async def import_adapter(
     return adapter
 
 
-def _canonical(data: bytes, recognizer: SpeechRecognizer) -> tuple[AdapterWeights, bytes]:
-    """The checked weights and the file to store (in the form `dump_adapter` writes)."""
+def _checked_header(data: bytes) -> TensorFile:
+    """The file with its header checked (plain Python, no torch)."""
     if not data:
         raise BadRequestError("The adapter file is empty.", param="file", code="invalid_adapter")
     try:
-        weights = load_adapter(data)
+        return read_adapter_header(data)
+    except AdapterFileError as exc:
+        raise _refused(exc, "invalid_adapter") from exc
+
+
+def _canonical(file: TensorFile, recognizer: SpeechRecognizer) -> tuple[AdapterWeights, bytes]:
+    """The checked weights and the file to store (in the form `dump_adapter` writes): torch
+    work for the inference thread, in proportion to the tensors' data."""
+    try:
+        weights = load_adapter(file)
         recognizer.check_adapter(weights)
+        recognizer.check_adapter_bounds(weights)
     except BaseModelMismatchError as exc:
         raise _refused(exc, "base_model_mismatch") from exc
     except AdapterFileError as exc:

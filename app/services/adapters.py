@@ -10,12 +10,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters_store import AdapterStore, StoreError
 from adapters_store.base import sha256_hex
-from app.db.models import Adapter
+from app.db.models import Adapter, AdapterStatus
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adapter_file import AdapterFileError, AdapterWeights, load_adapter
+from app.engine.adapter_file import (
+    AdapterFileError,
+    AdapterWeights,
+    load_adapter,
+    read_adapter_header,
+)
 from app.engine.batching import EngineRunner, ThreadRunner
 from app.engine.memory import release_free_memory
 from app.engine.recognizer import SpeechRecognizer
+from app.engine.tensor_file import TensorFile
 from app.errors import ConflictError, NotFoundError
 from app.metrics import Metrics
 from app.services.auth import Principal
@@ -75,6 +81,12 @@ async def activate_adapter(
             param="adapter_id",
             code="base_model_mismatch",
         )
+    if adapter.status == AdapterStatus.QUARANTINED:
+        raise ConflictError(
+            f"This adapter is quarantined and cannot be activated: {adapter.note}",
+            param="adapter_id",
+            code="adapter_quarantined",
+        )
     await AdapterRepository(session).activate(adapter)
     return adapter
 
@@ -109,7 +121,7 @@ class ActiveAdapters:
         self._store = store
         self._recognizer = recognizer
         self._runner = runner or ThreadRunner()
-        """Where adapter files are parsed and checked (torch work: the inference thread)."""
+        """Where checked adapter files become weights (torch work: the inference thread)."""
         self._capacity_bytes = capacity_bytes
         self._metrics = metrics
         self._cache: OrderedDict[tuple[str, str], tuple[str, AdapterWeights]] = OrderedDict()
@@ -144,6 +156,15 @@ class ActiveAdapters:
         hold a database connection meanwhile, or a burst of new users exhausts the pool."""
         weights = await self._weights(row)
         return ResolvedAdapter(row.id, weights) if weights is not None else None
+
+    async def quarantine(self, session: AsyncSession, adapter_id: str, reason: str) -> None:
+        """Never serves the adapter again: marked quarantined (and inactive) in `session`'s
+        transaction, dropped from this tier and from the model's slots at once."""
+        await AdapterRepository(session).quarantine(adapter_id, reason)
+        for key in [key for key in self._cache if key[0] == adapter_id]:
+            self._drop(key)
+        self._publish()
+        logger.warning("adapter quarantined", extra={"adapter_id": adapter_id, "reason": reason})
 
     def _note_served(self, user_id: str, key: tuple[str, str] | None) -> None:
         """The user is served `key` now: whatever of theirs the cache holds otherwise goes."""
@@ -239,9 +260,10 @@ class ActiveAdapters:
         the served model: the user is then served by the base model, never by broken weights."""
         try:
             data = await self._store.get(row.blob_key)
-            if len(data) != row.size_bytes or sha256_hex(data) != row.sha256:
-                raise AdapterFileError("stored weights differ from the recorded checksum")
-            weights = await self._runner.run(lambda: self._parse(data))
+            # Checksum and header are checked off the inference thread (and the event loop):
+            # a damaged or hostile blob delays nobody's transcription.
+            file = await asyncio.to_thread(_checked_file, data, row.size_bytes, row.sha256)
+            weights = await self._runner.run(lambda: self._parse(file))
             if weights.base_fingerprint != row.base_fingerprint:
                 raise AdapterFileError("file and database disagree on the base model")
         except (StoreError, AdapterFileError) as exc:
@@ -252,8 +274,8 @@ class ActiveAdapters:
             return None
         return weights
 
-    def _parse(self, data: bytes) -> AdapterWeights:
-        weights = load_adapter(data)
+    def _parse(self, file: TensorFile) -> AdapterWeights:
+        weights = load_adapter(file)
         self._recognizer.check_adapter(weights)
         # A cold load follows an eviction (or soon will): under a stream of new users the
         # freed adapters and blobs would otherwise pile up in the heap between the engine's
@@ -261,6 +283,13 @@ class ActiveAdapters:
         # cold load, on the inference thread).
         release_free_memory()
         return weights
+
+
+def _checked_file(data: bytes, size_bytes: int, sha256: str) -> TensorFile:
+    """The stored file as recorded, its header checked (plain Python, no torch)."""
+    if len(data) != size_bytes or sha256_hex(data) != sha256:
+        raise AdapterFileError("stored weights differ from the recorded checksum")
+    return read_adapter_header(data)
 
 
 def _size(weights: AdapterWeights) -> int:

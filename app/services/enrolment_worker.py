@@ -28,11 +28,11 @@ from adapters_store import AdapterStore
 from adapters_store.base import sha256_hex
 from app.config import EnrolmentSettings, Settings
 from app.db.base import utcnow
-from app.db.models import Adapter, EnrolmentJob, Recording, new_id
+from app.db.models import Adapter, AdapterStatus, EnrolmentJob, Recording, new_id
 from app.db.repositories.adapters import AdapterRepository
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
-from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+from app.engine.adapter_file import AdapterFileError, AdapterWeights, dump_adapter, load_adapter
 from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.text import wer
@@ -206,18 +206,25 @@ class EnrolmentWorker:
                 job.message = progress.message
         return True
 
-    def _stored_form(self, adapter: AdapterWeights) -> tuple[bytes, AdapterWeights]:
-        """The file to store and what it parses back to: what is stored is exactly what will
-        be served (torch work: run on the inference thread)."""
+    def _stored_form(self, adapter: AdapterWeights) -> tuple[bytes, AdapterWeights, str | None]:
+        """The file to store, what it parses back to (what is stored is exactly what will be
+        served), and why it may not serve when it is out of bounds (torch work: run on the
+        inference thread)."""
         data = dump_adapter(adapter)
         weights = load_adapter(data)
         self._ctx.recognizer.check_adapter(weights)
-        return data, weights
+        try:
+            self._ctx.recognizer.check_adapter_bounds(weights)
+        except AdapterFileError as exc:
+            return data, weights, str(exc)
+        return data, weights, None
 
     async def _complete(
         self, job_id: str, request: TrainingRequest, result: TrainingResult
     ) -> None:
-        data, weights = await self._ctx.scheduler.run(lambda: self._stored_form(result.adapter))
+        data, weights, out_of_bounds = await self._ctx.scheduler.run(
+            lambda: self._stored_form(result.adapter)
+        )
         metrics: dict[str, Any] = dict(result.metrics)
         async with self._ctx.sessions() as session:
             job = await session.get(EnrolmentJob, job_id)
@@ -228,6 +235,8 @@ class EnrolmentWorker:
         if active is not None:
             metrics["wer_active"] = await self._dev_wer(request.dev, active.weights)
         activate, reason = _acceptance(metrics, active.id if active else None)
+        if out_of_bounds is not None:  # kept for inspection, never served
+            activate, reason = False, f"quarantined: out of bounds: {out_of_bounds}"
         adapter_id = new_id()
         new = _NewAdapter(
             id=adapter_id,
@@ -238,6 +247,7 @@ class EnrolmentWorker:
             metrics=metrics,
             activate=activate,
             reason=reason,
+            status=AdapterStatus.READY if out_of_bounds is None else AdapterStatus.QUARANTINED,
         )
         try:
             await self._commit_adapter(job_id, new)
@@ -303,6 +313,7 @@ class _NewAdapter:
     metrics: dict[str, Any]
     activate: bool
     reason: str
+    status: AdapterStatus
 
     def row(self, version: int, job_id: str) -> Adapter:
         weights = self.weights
@@ -324,6 +335,7 @@ class _NewAdapter:
             enrolment_id=job_id,
             active=False,
             note=None if self.activate else self.reason,
+            status=self.status,
         )
 
 

@@ -4,13 +4,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.session import transaction
+from app.engine.adapter_file import AdapterWeights
 from app.engine.audio import decode_audio
 from app.engine.batching import BatchScheduler, QueueFullError
-from app.engine.errors import AudioDecodeError
+from app.engine.errors import AdapterNumericError, AudioDecodeError
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.types import Transcription, TranscriptionOptions
 from app.engine.whisper import TranscriptionTask
@@ -29,6 +32,10 @@ from app.services.users import get_user
 logger = logging.getLogger(__name__)
 
 OPENAI_MODEL_ALIAS = "whisper-1"
+
+AdapterFallback = Literal["adapter_numeric_error", "adapter_unavailable"]
+"""Why a request meant for an adapter was answered by the base model: the adapter drove the
+decode to NaN or infinity (it is quarantined), or its weights could not be loaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,8 @@ class TranscriptionOutcome:
     transcription: Transcription
     adapter_id: str | None
     """The adapter applied, or None for the base model."""
+    fallback: AdapterFallback | None = None
+    """Set when the caller's active adapter was not applied, and why."""
 
 
 class TranscriptionService:
@@ -97,17 +106,19 @@ class TranscriptionService:
             user_id = await self._speaker(session, principal, request)
             row = await self._adapters.active(session, user_id) if user_id else None
         adapter = await self._adapters.weights_of(row) if row is not None else None
+        fallback: AdapterFallback | None = None
+        if row is not None and adapter is None:
+            fallback = "adapter_unavailable"
         audio = await self._decode(request.audio)
-        weights = adapter.weights if adapter else None
         submitted = time.perf_counter()
         try:
-            transcription = await self._scheduler.transcribe(audio, options, weights)
-        except QueueFullError as exc:
-            self._metrics.transcriptions.labels("overloaded", str(adapter is not None)).inc()
-            raise ServiceUnavailableError(
-                "The server is busy; retry shortly.",
-                headers={"Retry-After": str(self._retry_after_s)},
-            ) from exc
+            transcription = await self._run(audio, options, adapter.weights if adapter else None)
+        except AdapterNumericError as exc:
+            if adapter is None:  # not the adapter's fault: nothing to fall back from
+                raise
+            await self._quarantine(adapter.id, exc)
+            adapter, fallback = None, "adapter_numeric_error"
+            transcription = await self._run(audio, options, None)
         self._observe(adapter is not None, transcription, time.perf_counter() - submitted)
         adapter_id = adapter.id if adapter else None
         logger.info(
@@ -115,10 +126,29 @@ class TranscriptionService:
             extra={
                 "user_id": user_id,
                 "adapter_id": adapter_id,
+                "adapter_fallback": fallback,
                 "audio_s": round(transcription.duration, 2),
             },
         )
-        return TranscriptionOutcome(transcription=transcription, adapter_id=adapter_id)
+        return TranscriptionOutcome(transcription, adapter_id, fallback)
+
+    async def _run(
+        self, audio: np.ndarray, options: TranscriptionOptions, weights: AdapterWeights | None
+    ) -> Transcription:
+        try:
+            return await self._scheduler.transcribe(audio, options, weights)
+        except QueueFullError as exc:
+            self._metrics.transcriptions.labels("overloaded", str(weights is not None)).inc()
+            raise ServiceUnavailableError(
+                "The server is busy; retry shortly.",
+                headers={"Retry-After": str(self._retry_after_s)},
+            ) from exc
+
+    async def _quarantine(self, adapter_id: str, error: AdapterNumericError) -> None:
+        """The adapter serves nobody from now on (in its own transaction: the request goes on
+        with the base model whatever happens next)."""
+        async with transaction(self._sessions) as session:
+            await self._adapters.quarantine(session, adapter_id, f"quarantined: {error}")
 
     async def _speaker(
         self, session: AsyncSession, principal: Principal, request: TranscriptionRequest

@@ -1,7 +1,7 @@
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Adapter
+from app.db.models import Adapter, AdapterStatus
 
 
 class AdapterRepository:
@@ -27,7 +27,11 @@ class AdapterRepository:
 
     async def active_for_user(self, user_id: str) -> Adapter | None:
         result = await self._session.execute(
-            select(Adapter).where(Adapter.user_id == user_id, Adapter.active.is_(True))
+            select(Adapter).where(
+                Adapter.user_id == user_id,
+                Adapter.active.is_(True),
+                Adapter.status == AdapterStatus.READY,
+            )
         )
         return result.scalar_one_or_none()
 
@@ -47,6 +51,16 @@ class AdapterRepository:
         await self._session.flush()
         adapter.active = True
         adapter.note = None
+        await self._session.flush()
+
+    async def quarantine(self, adapter_id: str, reason: str) -> None:
+        """Marks the adapter quarantined and inactive (whoever's it is; a deleted one is left
+        deleted)."""
+        await self._session.execute(
+            update(Adapter)
+            .where(Adapter.id == adapter_id)
+            .values(status=AdapterStatus.QUARANTINED, active=False, note=reason[:500])
+        )
         await self._session.flush()
 
     async def delete(self, adapter: Adapter) -> None:

@@ -1,0 +1,28 @@
+"""adapter status: quarantined adapters are never served
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-06 08:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("adapters", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("status", sa.String(length=16), server_default="ready", nullable=False)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("adapters", schema=None) as batch_op:
+        batch_op.drop_column("status")
