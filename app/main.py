@@ -13,7 +13,11 @@ import app as app_package
 from adapters_store import AdapterStore, FilesystemStore, SqlBlobStore
 from app.api import adapters, audio, enrolments, health, models, prompts, users
 from app.api import metrics as metrics_api
-from app.api.middleware import AccessLogMiddleware, BodySizeLimitMiddleware
+from app.api.middleware import (
+    AccessLogMiddleware,
+    AuthenticateFirstMiddleware,
+    BodySizeLimitMiddleware,
+)
 from app.config import MIB, Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
@@ -89,6 +93,9 @@ def create_app(
             (ADAPTER_IMPORT_PATH, settings.max_adapter_bytes + MULTIPART_OVERHEAD_BYTES),
         ],
     )
+    # The last added is the outermost: ids and logs around everything, then authentication,
+    # which must come before anything reads the body.
+    app.add_middleware(AuthenticateFirstMiddleware)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app
 

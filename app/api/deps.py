@@ -30,15 +30,29 @@ async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def _bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+PRINCIPAL_SCOPE_KEY = "pqm.principal"
+"""Where `AuthenticateFirstMiddleware` leaves the principal it authenticated."""
+
+
+def _bearer_token(authorization: str) -> str | None:
+    # RFC 7235: the scheme is case-insensitive; blanks around the token are tolerated.
+    scheme, _, token = authorization.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def get_principal(request: Request, state: StateDep) -> Principal:
+async def authenticate_header(state: ServiceState, authorization: str) -> Principal:
+    """The principal an `Authorization` header value stands for, or UnauthorizedError."""
     # A session of its own, closed at once: a long route (a transcription) holds no connection.
     async with state.sessions() as session:
-        return await authenticate(session, _bearer_token(request), state.admin_key)
+        return await authenticate(session, _bearer_token(authorization), state.admin_key)
+
+
+async def get_principal(request: Request, state: StateDep) -> Principal:
+    authenticated = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(authenticated, Principal):
+        return authenticated
+    # Requests with a body were authenticated before it was read (AuthenticateFirstMiddleware).
+    return await authenticate_header(state, request.headers.get("authorization", ""))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, access logs and the last-resort 500; the body size limit."""
+"""ASGI middleware: request ids, access logs and the last-resort 500; authentication before
+the body is read; the body size limit."""
 
 import json
 import logging
@@ -8,11 +9,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import UploadTooLarge, error_body, server_error_body
+from app.api.deps import PRINCIPAL_SCOPE_KEY, authenticate_header
+from app.errors import AppError, UploadTooLarge, app_error_body, error_body, server_error_body
 from app.logging import current_request_id
 from app.metrics import Metrics
+from app.state import ServiceState
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("app.access")
@@ -65,6 +69,64 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+UNAUTHENTICATED_BODY_BYTES = 2**20
+"""How much of a refused request's body is read (and dropped) so that its 401 reaches the client
+on an intact connection. Past it the connection is closed with the rest unread, and a client
+still sending may see a reset instead of the 401; clients that send `Expect: 100-continue`
+(curl does for bodies over 1 MiB) are answered before they send any of it."""
+
+
+class AuthenticateFirstMiddleware:
+    """Authenticates every request that carries a body before anything reads the body.
+
+    FastAPI parses a route's body before it solves the route's dependencies, so the principal
+    dependency alone would refuse an unauthenticated upload only after reading all of it. Every
+    route that takes a body needs a key, so a body is accepted from no one else; a route that
+    must take one without a key would need an exemption here. The principal found is left in the
+    scope for the dependency; requests without a body are authenticated by the dependency.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        state: ServiceState = scope["app"].state.pqm
+        headers = Headers(scope=scope)
+        try:
+            principal = await authenticate_header(state, headers.get("authorization", ""))
+        except AppError as exc:
+            # Nothing is read for a client waiting for 100 Continue: it has sent no body.
+            waiting = headers.get("expect", "").lower() == "100-continue"
+            ended = not waiting and await _discard_body(receive, UNAUTHENTICATED_BODY_BYTES)
+            await send_json(
+                send, exc.status_code, app_error_body(exc), headers=exc.headers, close=not ended
+            )
+            return
+        scope[PRINCIPAL_SCOPE_KEY] = principal
+        await self.app(scope, receive, send)
+
+
+async def _discard_body(receive: Receive, max_bytes: int) -> bool:
+    """Reads and drops the request body; False once it passes `max_bytes` or the client left."""
+    received = 0
+    while received <= max_bytes:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return received <= max_bytes
+    return False
+
+
+def _has_body(scope: Scope) -> bool:
+    headers = Headers(scope=scope)
+    return "transfer-encoding" in headers or (_content_length(scope) or 0) > 0
 
 
 class AccessLogMiddleware:
