@@ -59,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     settings = Settings()
+    if not _model_path_usable(settings):
+        return 1
     configure_logging(settings.log_level, json_lines=settings.log_json)
     uvicorn.run(
         create_app(settings),
@@ -68,6 +70,19 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _model_path_usable(settings: Settings) -> bool:
+    """Says in one line what is wrong with `PQM_MODEL__PATH` (rather than a start-up traceback)."""
+    from app.engine.errors import ModelLoadError
+    from app.services.model_loading import check_model_path
+
+    try:
+        check_model_path(settings)
+    except ModelLoadError as exc:
+        print(f"error: PQM_MODEL__PATH: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _import_model(args: argparse.Namespace) -> int:
@@ -93,6 +108,8 @@ def _worker(_: argparse.Namespace) -> int:
     from app.worker import run_worker
 
     settings = Settings()
+    if not _model_path_usable(settings):
+        return 1
     configure_logging(settings.log_level, json_lines=settings.log_json)
     asyncio.run(run_worker(settings))
     return 0

@@ -198,3 +198,41 @@ def test_child_processes_importing_the_cli_hear_nothing_of_the_kernel_hub() -> N
     )
 
     assert "kernels-community" not in child.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize(
+    ("layout", "says"),
+    [
+        ("missing", "does not exist"),
+        ("file", "is not a directory"),
+        ("empty", "it has no config.json, preprocessor_config.json, tokenizer.json"),
+        ("no-weights", "it has no model.safetensors (or model.safetensors.index.json)"),
+    ],
+)
+def test_a_wrong_model_path_ends_start_up_with_one_line_naming_it(
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+    layout: str,
+    says: str,
+) -> None:
+    model = tmp_path / "whisper"
+    if layout == "file":
+        model.write_text("")
+    elif layout != "missing":
+        model.mkdir()
+    if layout == "no-weights":
+        for name in ("config.json", "preprocessor_config.json", "tokenizer.json"):
+            (model / name).write_text("{}")
+    monkeypatch.setenv("PQM_MODEL__PATH", str(model))
+
+    assert main([command]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: PQM_MODEL__PATH: {model} ")
+    assert says in captured.err
+    assert captured.err.count("\n") == 1

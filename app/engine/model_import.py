@@ -35,6 +35,7 @@ __all__ = [
     "MANIFEST_NAME",
     "BundledModel",
     "ModelManifest",
+    "check_model_dir",
     "describe_model_dir",
     "import_bundled_model",
     "locate_bundled",
@@ -201,6 +202,31 @@ def _is_multilingual(model_dir: Path) -> bool:
     if not isinstance(vocab_size, int):
         raise ModelLoadError(f"{model_dir / 'config.json'} has no integer vocab_size")
     return vocab_size >= _MULTILINGUAL_MIN_VOCAB
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Raises `ModelLoadError` naming `model_dir` and what it lacks to be a transformers Whisper
+    directory (files only, nothing loaded: cheap enough to run before start-up)."""
+    if not model_dir.exists():
+        raise ModelLoadError(f"{model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"{model_dir} is not a directory")
+    wanted = {
+        "config.json": ("config.json",),
+        "preprocessor_config.json": ("preprocessor_config.json",),
+        "tokenizer.json (or vocab.json)": ("tokenizer.json", "vocab.json"),
+        f"{WEIGHTS_NAME} (or {_SHARD_INDEX})": (WEIGHTS_NAME, _SHARD_INDEX),
+    }
+    missing = [
+        what
+        for what, names in wanted.items()
+        if not any((model_dir / name).is_file() for name in names)
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"{model_dir} is not a Whisper model directory: it has no {', '.join(missing)}"
+        )
+    _weight_files(model_dir)  # a shard index must name shards that are there
 
 
 def describe_model_dir(model_dir: Path) -> ModelManifest:

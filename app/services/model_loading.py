@@ -3,13 +3,20 @@
 from pathlib import Path
 
 from app.config import Settings
-from app.engine.model_import import import_bundled_model
+from app.engine.model_import import check_model_dir, import_bundled_model
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.whisper import WhisperEngine
 
 
+def check_model_path(settings: Settings) -> None:
+    """Raises `ModelLoadError` unless `PQM_MODEL__PATH`, when set, is a loadable directory."""
+    if settings.model.path is not None:
+        check_model_dir(settings.model.path)
+
+
 def resolve_model_dir(settings: Settings) -> Path:
     if settings.model.path is not None:
+        check_model_dir(settings.model.path)
         return settings.model.path
     return import_bundled_model(settings.model.bundled, settings.models_dir)
 
