@@ -5,6 +5,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.text_rules import unprintable_character
+
 
 def _in_utc(value: datetime) -> datetime:
     """SQLite keeps no offset (its values were written in UTC); PostgreSQL answers in the
@@ -38,8 +40,19 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+def _printable_name(value: str) -> str:
+    """Names are shown in logs, lists and pages: printable (see `unprintable_character`), not
+    blank."""
+    found = unprintable_character(value)
+    if found is not None:
+        raise ValueError(f"must not contain control characters (found {found})")
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 class UserCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable_name)]
 
 
 class UserPublic(BaseModel):

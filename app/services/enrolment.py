@@ -20,6 +20,7 @@ from app.errors import BadRequestError, ConflictError, InvalidAudioError, NotFou
 from app.services.auth import Principal
 from app.services.blob_keys import recording_key, recordings_prefix
 from app.services.users import get_user
+from app.text_rules import unprintable_character
 
 SUPPORTED_METHODS = ("lora",)
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -125,6 +126,12 @@ def _check_shape(request: EnrolmentRequest, limits: EnrolmentSettings) -> None:
         text = transcript.strip()
         if not text:
             raise BadRequestError(f"transcripts[{index}] is empty.", param=f"transcripts[{index}]")
+        found = unprintable_character(text, allow_whitespace=True)
+        if found is not None:
+            raise BadRequestError(
+                f"transcripts[{index}] contains a control character ({found}).",
+                param=f"transcripts[{index}]",
+            )
         if len(text) > limits.max_transcript_chars:
             raise BadRequestError(
                 f"transcripts[{index}] is longer than {limits.max_transcript_chars} characters.",

@@ -187,6 +187,15 @@ async def test_count_mismatch_and_empty_transcript(
     response = await enrol(client, alice, blank)
     assert assert_openai_error(response, 400)["param"] == "transcripts[2]"
 
+    escaped = [
+        (wav, text if index != 1 else f"\x1b[2J{text}")
+        for index, (wav, text) in enumerate(recordings)
+    ]
+    response = await enrol(client, alice, escaped)
+    error = assert_openai_error(response, 400)
+    assert error["param"] == "transcripts[1]"
+    assert "U+001B" in str(error["message"])
+
 
 async def test_one_undecodable_file_rejects_everything(
     client: httpx.AsyncClient, app: FastAPI, recordings: list[tuple[bytes, str]]

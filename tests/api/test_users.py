@@ -1,3 +1,4 @@
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -113,3 +114,34 @@ async def test_admin_key_is_generated_once_and_kept_private(
     assert key_file.read_text().strip() == key
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert capsys.readouterr().out.count(key) == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["nul\x00byte", "esc\x1b[31mred", "two\nlines", "tab\there", "del\x7f", "rtl\u202eevil", " "],
+)
+async def test_names_with_control_characters_or_blank_are_refused(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    response = await client.post("/v1/users", json={"name": name}, headers=ADMIN)
+    assert assert_openai_error(response, 422)["param"] == "name"
+
+
+@pytest.mark.parametrize(
+    "name", ["José Müller-Łukasz", "王小明", "👩‍👩‍👧 family", "O'Brien (home)"]
+)
+async def test_names_in_any_script_are_kept_as_given(client: httpx.AsyncClient, name: str) -> None:
+    created = await create_user(client, name)
+    response = await client.get(f"/v1/users/{created['id']}", headers=ADMIN)
+    assert response.json()["name"] == name
+
+
+async def test_timestamps_have_one_format_with_its_offset(client: httpx.AsyncClient) -> None:
+    created = await create_user(client, "alice")
+    fetched = await client.get(f"/v1/users/{created['id']}", headers=ADMIN)
+
+    stamps = [created["created_at"], fetched.json()["created_at"]]
+    assert stamps[0] == stamps[1]
+    for stamp in stamps:
+        assert stamp.endswith("Z"), stamp
+        assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0)
