@@ -1,6 +1,7 @@
 """Dynamic batching in front of the shared model: concurrent requests are decoded together.
 
-Requests queue up (bounded: beyond `max_pending` they are refused at once). One inference thread
+Requests queue up (bounded: beyond `max_pending` requests, or beyond `max_pending_audio_s`
+seconds of audio, they are refused at once). One inference thread
 admits up to `max_batch_size` of them, waiting at most `max_wait_s` after the first for others
 to join, and advances all admitted requests one window per round, each with its own adapter.
 A request that finishes leaves at once; newcomers join at the next round boundary. A model
@@ -16,6 +17,7 @@ as a 50% slower transcription. One computing thread keeps the pool within the co
 """
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -28,6 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from app.engine.adapter_file import AdapterWeights
+from app.engine.audio import SAMPLE_RATE, DecodedAudio
 from app.engine.errors import EngineError
 from app.engine.types import Transcription, TranscriptionOptions
 
@@ -56,6 +59,8 @@ class BatchTask(Protocol):
 
 TaskT = TypeVar("TaskT", bound=BatchTask)
 T = TypeVar("T")
+Audio = np.ndarray | DecodedAudio
+"""16 kHz mono float32 samples, in memory or spooled (`audio.decode_audio_spooled`)."""
 
 
 class BatchingEngine(Protocol[TaskT]):
@@ -63,7 +68,7 @@ class BatchingEngine(Protocol[TaskT]):
 
     def open(
         self,
-        audio: np.ndarray,
+        audio: Audio,
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
     ) -> TaskT | None: ...
@@ -98,7 +103,7 @@ class BatchObserver(Protocol):
 
 @dataclass(slots=True)
 class _Request:
-    audio: np.ndarray
+    audio: Audio
     options: TranscriptionOptions
     adapter: AdapterWeights | None
     future: Future[Transcription]
@@ -121,6 +126,7 @@ class BatchScheduler(Generic[TaskT]):
         max_batch_size: int = 8,
         max_wait_s: float = 0.01,
         max_pending: int = 32,
+        max_pending_audio_s: float | None = None,
         observer: BatchObserver | None = None,
         thread_name: str = "pqm-inference",
         idle_after_s: float = 1.0,
@@ -128,10 +134,15 @@ class BatchScheduler(Generic[TaskT]):
     ) -> None:
         if max_batch_size < 1 or max_pending < 1:
             raise ValueError("max_batch_size and max_pending must be >= 1")
+        if max_pending_audio_s is not None and not max_pending_audio_s > 0:
+            raise ValueError("max_pending_audio_s must be positive")
         self._engine = engine
         self._max_batch = max_batch_size
         self._max_wait = max_wait_s
         self._max_pending = max_pending
+        self._max_pending_samples = (
+            None if max_pending_audio_s is None else round(max_pending_audio_s * SAMPLE_RATE)
+        )
         self._observer = observer
         self._idle_after = idle_after_s
         self._tidy_every = tidy_every_s
@@ -139,6 +150,7 @@ class BatchScheduler(Generic[TaskT]):
         self._waiting: deque[_Request] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._pending = 0
+        self._pending_samples = 0
         self._lock = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name=thread_name, daemon=True)
@@ -153,9 +165,14 @@ class BatchScheduler(Generic[TaskT]):
     def max_pending(self) -> int:
         return self._max_pending
 
+    @property
+    def pending_audio_s(self) -> float:
+        """Seconds of audio in the requests waiting or running."""
+        return self._pending_samples / SAMPLE_RATE
+
     async def transcribe(
         self,
-        audio: np.ndarray,
+        audio: Audio,
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
     ) -> Transcription:
@@ -172,18 +189,26 @@ class BatchScheduler(Generic[TaskT]):
 
     def submit(
         self,
-        audio: np.ndarray,
+        audio: Audio,
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
     ) -> Future[Transcription]:
+        """Queues a request; raises `QueueFullError` when `max_pending` requests are pending, or
+        when its audio would take the pending audio over `max_pending_audio_s` (a request alone
+        is always admitted: its length is bounded where it is decoded)."""
+        samples = len(audio)
         with self._lock:
             if self._stopping:
                 raise QueueFullError("the inference queue is shutting down")
             if self._pending >= self._max_pending:
                 raise QueueFullError(f"{self._pending} transcriptions are already pending")
+            limit = self._max_pending_samples
+            if self._pending and limit is not None and self._pending_samples + samples > limit:
+                raise QueueFullError(f"{self.pending_audio_s:.0f} s of audio are already pending")
             future: Future[Transcription] = Future()
             self._pending += 1
-            future.add_done_callback(self._release)
+            self._pending_samples += samples
+            future.add_done_callback(functools.partial(self._release, samples))
             self._waiting.append(_Request(audio, options, adapter, future))
             self._lock.notify()
             return future
@@ -216,9 +241,10 @@ class BatchScheduler(Generic[TaskT]):
             except BaseException as exc:  # handed to the caller
                 future.set_exception(exc)
 
-    def _release(self, _: Future[Transcription]) -> None:
+    def _release(self, samples: int, _: Future[Transcription]) -> None:
         with self._lock:
             self._pending -= 1
+            self._pending_samples -= samples
 
     def shutdown(self) -> None:
         with self._lock:

@@ -6,6 +6,10 @@ tasks by one job each, encoding windows of equal length together and decoding al
 one batch, every row with its own adapter slot, prefix and temperature. `transcribe` is the
 same machinery for a single request.
 
+Features are computed a window at a time (`LogMelStream`), so a request holds one window of
+them whatever its length; the pass that finds their global maximum first is spread over rounds
+too (a task yields `SCANNING` until it is done), so a long request does not stall the others.
+
 Long-form follows Whisper's own algorithm: decode a 30 s window with timestamps, keep the
 complete segments, move the window to the end of the last complete segment; a window judged to
 hold no speech (high no-speech probability *and* low confidence) is skipped, which is what keeps
@@ -32,10 +36,17 @@ from app.engine.adapter_file import (
     check_compatible,
 )
 from app.engine.adapter_slots import AdapterSlots, SlotStats
+from app.engine.audio import DecodedAudio
 from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
 from app.engine.dense import ComputeDtype, compute_dtype, dense_weight
 from app.engine.encoder import EncoderWindow, window_frames
-from app.engine.features import HOP_LENGTH, SAMPLE_RATE, WINDOW_FRAMES, log_mel, pad_or_trim
+from app.engine.features import (
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    WINDOW_FRAMES,
+    LogMelStream,
+    pad_or_trim,
+)
 from app.engine.loading import LoadedModel, load_model, weight_bytes
 from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, inject_lora
 from app.engine.memory import release_free_memory
@@ -96,7 +107,13 @@ class WindowJob:
     encoded: Tensor | None = None
 
 
-Steps = Generator[WindowJob, Any, Transcription]
+class Scanning:
+    """Yielded by a task still scanning its features: it did a part and wants another turn."""
+
+
+SCANNING = Scanning()
+
+Steps = Generator[WindowJob | Scanning, Any, Transcription]
 
 
 class TranscriptionTask:
@@ -105,7 +122,7 @@ class TranscriptionTask:
     def __init__(self, steps: Steps, slot: int) -> None:
         self.slot = slot
         self._steps = steps
-        self.job: WindowJob | None = None
+        self.job: WindowJob | Scanning | None = None
         self.decoding: int | None = None
         """The handle of the job's decode while it is in the decode batch."""
         self.result: Transcription | None = None
@@ -260,7 +277,7 @@ class WhisperEngine:
 
     def transcribe(
         self,
-        audio: np.ndarray,
+        audio: np.ndarray | DecodedAudio,
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
     ) -> Transcription:
@@ -275,12 +292,13 @@ class WhisperEngine:
 
     def open(
         self,
-        audio: np.ndarray,
+        audio: np.ndarray | DecodedAudio,
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
     ) -> TranscriptionTask | None:
-        """Starts a request: pins its adapter's slot and computes its features. None when every
-        adapter slot is pinned by requests in flight (open it again after a round)."""
+        """Starts a request: pins its adapter's slot and starts on its features. None when every
+        adapter slot is pinned by requests in flight (open it again after a round). Spooled
+        audio is read, never closed, here: its owner closes it once the task is done."""
         with self._lock:
             if adapter is not None and self._slots is None:
                 raise AdapterFileError("this engine runs without LoRA support")
@@ -288,7 +306,8 @@ class WhisperEngine:
             if slot is None:
                 return None
             window = adapter.encoder_window if adapter else self._base_window
-            task = TranscriptionTask(self._steps(audio, options, window), slot)
+            samples = audio if isinstance(audio, DecodedAudio) else DecodedAudio.from_array(audio)
+            task = TranscriptionTask(self._steps(samples, options, window), slot)
             task.advance(None)
             self._release_if_done(task)
             return task
@@ -328,6 +347,10 @@ class WhisperEngine:
         if not new:
             return
         for task in new:
+            if isinstance(task.job, Scanning):
+                task.advance(None)  # the next part of its scan; its first window comes after
+                self._release_if_done(task)
+                continue
             try:
                 self._encode_missing(task)
                 if _job(task).detect_language:
@@ -373,11 +396,11 @@ class WhisperEngine:
         )
 
     def _steps(
-        self, audio: np.ndarray, options: TranscriptionOptions, encoder_window: EncoderWindow
+        self, audio: DecodedAudio, options: TranscriptionOptions, encoder_window: EncoderWindow
     ) -> Steps:
-        mel = log_mel(
-            self._loaded.feature_extractor, audio, self._loaded.device
-        )  # [n_mels, frames + one window of padding]
+        mel = LogMelStream(self._loaded.feature_extractor, audio)
+        while not mel.scan():
+            yield SCANNING
         content_frames = len(audio) // HOP_LENGTH
         language = yield from self._language(mel, options)
         # Long audio needs timestamps to place the next window, whatever the caller asked for.
@@ -390,7 +413,10 @@ class WhisperEngine:
             if self._is_digital_silence(audio, seek, chunk):
                 seek += chunk
                 continue
-            window = pad_or_trim(mel[:, seek : seek + chunk], window_frames(chunk, encoder_window))
+            window = pad_or_trim(
+                self._on_device(mel.frames(seek, seek + chunk)),
+                window_frames(chunk, encoder_window),
+            )
             limit = max_window_tokens(chunk)
             result = yield from self._decode_with_fallback(
                 window, prefix, options, with_timestamps, limit
@@ -407,15 +433,18 @@ class WhisperEngine:
         )
 
     def _language(
-        self, mel: Tensor, options: TranscriptionOptions
+        self, mel: LogMelStream, options: TranscriptionOptions
     ) -> Generator[WindowJob, Any, str]:
         if not self._tokens.multilingual:
             return "en"
         if options.language:
             return options.language
-        job = WindowJob(mel=pad_or_trim(mel[:, :WINDOW_FRAMES]), prefix=[], detect_language=True)
-        language: str = yield job
+        first = self._on_device(mel.frames(0, WINDOW_FRAMES))  # padding included, as Whisper
+        language: str = yield WindowJob(mel=first, prefix=[], detect_language=True)
         return language
+
+    def _on_device(self, features: Tensor) -> Tensor:
+        return features.to(self._loaded.device)
 
     def _prefix(self, language: str, prompt: str | None, with_timestamps: bool) -> list[int]:
         tokens = self._tokens
@@ -477,12 +506,14 @@ class WhisperEngine:
         too_repetitive = self._compression_ratio(result) > policy.compression_ratio_threshold
         return too_repetitive or result.avg_logprob < policy.logprob_threshold
 
-    def _is_digital_silence(self, audio: np.ndarray, seek: int, frames: int) -> bool:
-        window = audio[seek * HOP_LENGTH : (seek + frames) * HOP_LENGTH]
+    def _is_digital_silence(self, audio: DecodedAudio, seek: int, frames: int) -> bool:
+        window = audio.read(seek * HOP_LENGTH, (seek + frames) * HOP_LENGTH)
         floor = 10 ** (self._policy.digital_silence_dbfs / 20)
         return window.size == 0 or float(np.abs(window).max()) < floor
 
-    def _is_silence(self, result: DecodeResult, audio: np.ndarray, seek: int, frames: int) -> bool:
+    def _is_silence(
+        self, result: DecodeResult, audio: DecodedAudio, seek: int, frames: int
+    ) -> bool:
         """A window holds no speech when nothing but punctuation was decoded, or when the model
         rates speech unlikely and either (Whisper's rule) it was unsure of its decode, or the
         signal is stationary: room tone, hum or hiss with no rise and fall of syllables. Loudness
@@ -493,7 +524,7 @@ class WhisperEngine:
             return True
         if result.no_speech_prob <= policy.no_speech_threshold:
             return False
-        window = audio[seek * HOP_LENGTH : (seek + frames) * HOP_LENGTH]
+        window = audio.read(seek * HOP_LENGTH, (seek + frames) * HOP_LENGTH)
         return result.avg_logprob < policy.logprob_threshold or _is_stationary(
             window, policy.stationary_range_db
         )
@@ -598,7 +629,7 @@ def _renumber(segments: list[Segment], start_id: int) -> list[Segment]:
 
 
 def _job(task: TranscriptionTask) -> WindowJob:
-    assert task.job is not None
+    assert isinstance(task.job, WindowJob)
     return task.job
 
 

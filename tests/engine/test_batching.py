@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.engine.adapter_file import AdapterWeights
+from app.engine.audio import SAMPLE_RATE, DecodedAudio
 from app.engine.batching import BatchScheduler, QueueFullError
 from app.engine.types import Transcription, TranscriptionOptions
 
@@ -49,10 +50,12 @@ class FakeEngine:
 
     def open(
         self,
-        audio: np.ndarray,
+        audio: np.ndarray | DecodedAudio,
         options: TranscriptionOptions,
         adapter: AdapterWeights | None = None,
     ) -> FakeTask | None:
+        if isinstance(audio, DecodedAudio):
+            audio = audio.read(0, len(audio))
         name = f"r{len(audio)}"
         if name.startswith("r9"):
             raise ValueError("cannot open r9*")
@@ -272,3 +275,40 @@ async def test_the_engine_tidies_up_when_idle_and_now_and_then_when_busy(
         assert engine.idle_tidies == 2, "busy tidies keep what makes the engine fast"
     finally:
         scheduler.shutdown()
+
+
+def test_the_queue_is_bounded_by_pending_audio_seconds(engine: FakeEngine) -> None:
+    engine.gate.clear()
+    scheduler = BatchScheduler(
+        engine, max_batch_size=1, max_wait_s=0.0, max_pending=8, max_pending_audio_s=3.0
+    )
+    second = SAMPLE_RATE
+    try:
+        running = [scheduler.submit(request(2 * second), OPTIONS)]
+        running.append(scheduler.submit(DecodedAudio.from_array(request(second)), OPTIONS))
+        assert scheduler.pending_audio_s == 3.0  # exactly at the bound
+        with pytest.raises(QueueFullError, match="3 s of audio are already pending"):
+            scheduler.submit(request(second // 2), OPTIONS)
+        assert scheduler.pending == 2
+        engine.gate.set()
+        assert [future.result(timeout=10).text for future in running] == ["r32000", "r16000"]
+    finally:
+        engine.gate.set()
+        scheduler.shutdown()
+    assert scheduler.pending_audio_s == 0.0
+    assert scheduler.pending == 0
+
+
+def test_a_request_alone_is_admitted_whatever_its_length(engine: FakeEngine) -> None:
+    scheduler = BatchScheduler(engine, max_pending=8, max_pending_audio_s=1.0)
+    try:
+        future = scheduler.submit(request(5 * SAMPLE_RATE), OPTIONS)
+        assert future.result(timeout=10).text == "r80000"
+    finally:
+        scheduler.shutdown()
+    assert scheduler.pending_audio_s == 0.0
+
+
+def test_max_pending_audio_must_be_positive(engine: FakeEngine) -> None:
+    with pytest.raises(ValueError, match="max_pending_audio_s"):
+        BatchScheduler(engine, max_pending_audio_s=0.0)
