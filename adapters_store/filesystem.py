@@ -73,8 +73,16 @@ def _read(key: str, path: Path) -> bytes:
     return data
 
 
+def _private_dirs(path: Path) -> None:
+    """Creates `path` and any missing parent 0700: the blobs are voices and adapters. (mkstemp
+    makes the files 0600.)"""
+    if not path.is_dir():
+        _private_dirs(path.parent)
+        path.mkdir(mode=0o700, exist_ok=True)
+
+
 def _atomic_write(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dirs(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -53,6 +53,7 @@ def _run_offline() -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     _run_offline()
+    _private_files()
     import uvicorn
 
     from app.logging import configure_logging
@@ -70,6 +71,13 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _private_files() -> None:
+    """Everything the process creates is its user's alone (see `app.private_files`)."""
+    from app.private_files import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
 
 
 def _model_path_usable(settings: Settings) -> bool:
@@ -102,6 +110,7 @@ def _import_model(args: argparse.Namespace) -> int:
 
 def _worker(_: argparse.Namespace) -> int:
     _run_offline()
+    _private_files()
     import asyncio
 
     from app.logging import configure_logging

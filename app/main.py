@@ -27,6 +27,7 @@ from app.engine.recognizer import SpeechRecognizer
 from app.engine.whisper import TranscriptionTask
 from app.errors import install_error_handlers
 from app.metrics import Metrics
+from app.private_files import private_dir
 from app.services.adapters import ActiveAdapters
 from app.services.auth import load_or_create_admin_key
 from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
@@ -103,7 +104,7 @@ def create_app(
 async def _start(
     settings: Settings, recognizer: SpeechRecognizer | None, metrics: Metrics
 ) -> ServiceState:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     database_url = settings.resolved_database_url
     await asyncio.to_thread(upgrade_to_head, database_url)
     db_engine = create_engine(database_url)
@@ -172,6 +173,7 @@ def new_scheduler(
         max_batch_size=queue.max_batch_size,
         max_wait_s=queue.max_wait_ms / 1000,
         max_pending=queue.max_pending,
+        max_pending_audio_s=queue.max_pending_audio_s,
         observer=metrics,
     )
 

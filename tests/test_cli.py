@@ -183,6 +183,15 @@ def test_serve_listens_on_the_port_given_and_logs_only_json_lines(
     for line in lines:
         json.loads(line)  # no progress bars, no unformatted warnings
     assert "kernels-community" not in stderr
+    assert _readable_by_others(tmp_path / "data") == []
+
+
+def _readable_by_others(root: Path) -> list[str]:
+    """Everything under `root` (itself included) with any group or other permission bit."""
+    paths = [root, *root.rglob("*")]
+    return [
+        f"{path}: {path.stat().st_mode & 0o777:o}" for path in paths if path.stat().st_mode & 0o077
+    ]
 
 
 def test_child_processes_importing_the_cli_hear_nothing_of_the_kernel_hub() -> None:

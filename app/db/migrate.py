@@ -6,7 +6,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from app.db.session import ensure_sqlite_parent, sync_url
+from app.db.session import ensure_sqlite_file, sync_url
 
 
 def alembic_config(raw_url: str) -> Config:
@@ -19,5 +19,5 @@ def alembic_config(raw_url: str) -> Config:
 
 
 def upgrade_to_head(raw_url: str) -> None:
-    ensure_sqlite_parent(sync_url(raw_url))
+    ensure_sqlite_file(sync_url(raw_url))
     command.upgrade(alembic_config(raw_url), "head")

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.private_files import private_dir, private_file
+
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 
@@ -44,9 +46,12 @@ def sync_url(raw_url: str) -> URL:
     return url.set(drivername=_SYNC_DRIVERS[_backend(url)])
 
 
-def ensure_sqlite_parent(url: URL) -> None:
+def ensure_sqlite_file(url: URL) -> None:
+    """A SQLite database file (and its directory) that only this user can read."""
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.database)
+        private_dir(path.parent)
+        private_file(path)
 
 
 SQLITE_PAGE_CACHE_KIB = 256
@@ -67,7 +72,7 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def create_engine(raw_url: str) -> AsyncEngine:
     url = async_url(raw_url)
-    ensure_sqlite_parent(url)
+    ensure_sqlite_file(url)
     engine = create_async_engine(url, pool_pre_ping=url.get_backend_name() != "sqlite")
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)

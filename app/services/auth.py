@@ -73,7 +73,7 @@ def load_or_create_admin_key(configured: str | None, key_file: Path) -> str:
     if key_file.exists():
         return key_file.read_text().strip()
     key = ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
-    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
