@@ -20,10 +20,7 @@ import soundfile as sf
 import soxr
 
 # Scoring lives in the service: its enrolment gate uses the same WER as the benchmarks.
-from app.engine.text import edit_distance as edit_distance
 from app.engine.text import normalise_text as normalise_text
-from app.engine.text import number_to_words as number_to_words
-from app.engine.text import ordinal_words as ordinal_words
 from app.engine.text import wer as wer
 from app.engine.text import word_errors as word_errors
 
@@ -31,8 +28,6 @@ SAMPLE_RATE = 16000
 MIB = 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-
-# Text normalisation and WER live in the service (its enrolment gate scores with them too).
 
 # ---------------------------------------------------------------------------------------------
 # Test audio
