@@ -1,12 +1,17 @@
 """Word error rate as published Whisper numbers are computed, used everywhere transcripts are
 scored (enrolment's gate, tests, benchmarks): both texts pass Whisper's English normaliser
 (transformers' `EnglishTextNormalizer` with OpenAI's British-to-American spelling table), then
-jiwer counts the word edits."""
+jiwer counts the word edits. One departure: numbers are scored digit by digit. Whisper's
+normaliser joins spoken digits into one number ("three five one" -> "351") but keeps written
+ones apart ("3, 5, 1" -> "3 5 1"), so digit strings (FSDD, speechocean762) would score a right
+answer as three errors; with each digit a word (and "one", which it leaves a word when it
+stands alone, the digit 1) they score what was heard."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -16,6 +21,9 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 __all__ = ["normalise_text", "wer", "word_errors"]
 
+_BETWEEN_DIGITS = re.compile(r"(?<=\d)(?=\d)")
+_LONE_ONE = re.compile(r"\bone\b")
+
 
 @cache
 def _normaliser() -> EnglishTextNormalizer:
@@ -24,11 +32,11 @@ def _normaliser() -> EnglishTextNormalizer:
 
 
 def normalise_text(text: str) -> str:
-    """Whisper's English normalisation: lower case, no punctuation or fillers, numbers as
-    digits, American spelling, contractions expanded ("It's 8:30, Dr. Smith!" ->
-    "it is 8 30 doctor smith")."""
+    """Whisper's English normalisation (lower case, no punctuation or fillers, numbers as
+    digits, American spelling, contractions expanded), digits apart: "It's 8:30, Dr. Smith!"
+    -> "it is 8 3 0 doctor smith"."""
     normalised: str = _normaliser()(text)
-    return normalised
+    return _BETWEEN_DIGITS.sub(" ", _LONE_ONE.sub("1", normalised))
 
 
 def word_errors(ref: str, hyp: str) -> tuple[int, int]:

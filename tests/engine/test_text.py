@@ -56,7 +56,12 @@ def test_what_whisper_normalises_away_is_no_error(written: str, spoken: str) -> 
     assert word_errors(written, spoken)[0] == 0
 
 
-def test_digit_sequences_join_as_whisper_scores_them() -> None:
-    """Whisper's normaliser reads spoken digit strings as one number (as published WERs do)."""
-    assert normalise_text("one two three four") == "1234"
-    assert word_errors("three five one", "351") == (0, 1)
+@pytest.mark.parametrize(
+    "heard", ["3 5 1", "3, 5, 1.", "351", "three, five, one", "Three five one"]
+)
+def test_digit_strings_score_a_word_per_digit_however_they_are_written(heard: str) -> None:
+    assert word_errors("THREE FIVE ONE", heard) == (0, 3)
+
+
+def test_a_wrong_digit_is_one_error() -> None:
+    assert word_errors("zero three five one", "0 3 9 1") == (1, 4)
