@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.engine.types import ComputeDtype, EncoderWindow, Precision
+from app.engine.types import ComputeDtype, EncoderWindow, Precision, TrainingPriority
 
 MIB = 1024 * 1024
 WEAK_ADMIN_KEY_LENGTH = 24
@@ -75,6 +75,9 @@ class EnrolmentSettings(BaseModel):
     min_dev_utterances: int = Field(default=3, ge=1)
     training_threads: int = Field(default=1, ge=1)
     """torch threads of the training process; the rest of the cores keep serving."""
+    training_priority: TrainingPriority = "idle"
+    """CPU priority of the training process: `idle` (Linux SCHED_IDLE: it runs only on CPU time
+    serving leaves unused), `low` (nice 19) or `normal`."""
     worker: bool = True
     """Run the job worker inside the API process (`pqm worker` runs it separately)."""
     poll_interval_s: float = Field(default=1.0, gt=0)

@@ -10,6 +10,8 @@ EncoderWindow = Literal["full", "fit", "fit10"]
 """`full`: always 30 s. `fit`: the speech rounded up to whole seconds, plus a second of margin
 (at least 2 s; what adapters are trained on). `fit10`: the same, but at least 10 s (an option
 for the base model, which was never trained on short windows; see `encoder`)."""
+TrainingPriority = Literal["idle", "low", "normal"]
+"""CPU priority of a training process beside serving (see `training.process`)."""
 
 
 @dataclass(frozen=True, slots=True)

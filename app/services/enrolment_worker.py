@@ -173,6 +173,7 @@ class EnrolmentWorker:
             dev=dev,
             config=_training_config(job.params, self._ctx.settings.training_threads),
             precision=self._ctx.precision,
+            priority=self._ctx.settings.training_priority,
         )
 
     async def _utterance(self, recording: Recording) -> Utterance:

@@ -3,8 +3,10 @@
 import dataclasses
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,9 @@ from app.engine.training import (
     training_window,
 )
 from app.engine.training.data import IGNORE_INDEX, build_example, collate
+from app.engine.training.process import lower_priority
 from app.engine.training.trainer import EVALUATION_OPTIONS
+from app.engine.types import TrainingPriority
 from app.engine.whisper import WhisperEngine
 from tests.support.adapters import random_adapter
 from tests.support.audio import speech_16k
@@ -271,3 +275,21 @@ def test_split_train_dev_is_deterministic_and_disjoint() -> None:
     assert not {u.text for u in train} & {u.text for u in dev}
     assert len(split_train_dev(items[:5], 0.15, seed=0, min_dev=3)[1]) == 3
     assert split_train_dev(items[:1], 0.15, seed=0)[1] == []
+
+
+def _scheduling_after(priority: TrainingPriority) -> tuple[int, int]:
+    lower_priority(priority)
+    return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@pytest.mark.parametrize(
+    ("priority", "policy", "niceness"),
+    [("idle", os.SCHED_IDLE, 0), ("low", os.SCHED_OTHER, 19), ("normal", os.SCHED_OTHER, 0)],
+)
+def test_the_training_process_yields_the_cpu_to_serving(
+    priority: TrainingPriority, policy: int, niceness: int
+) -> None:
+    """Checked in a child process, as training runs (the test process keeps its priority)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as child:
+        assert child.submit(_scheduling_after, priority).result() == (policy, niceness)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

@@ -23,9 +23,9 @@ from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, check_utterance
 from app.engine.training.errors import TrainingCancelled, TrainingFailed
 from app.engine.training.trainer import TrainingProgress, TrainingResult, train_lora
-from app.engine.types import Precision
+from app.engine.types import Precision, TrainingPriority
 
-__all__ = ["TrainingRequest", "run_in_subprocess"]
+__all__ = ["TrainingRequest", "lower_priority", "run_in_subprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class TrainingRequest:
     config: TrainingConfig = field(default_factory=TrainingConfig)
     precision: str = "nf4"
     device: str = "cpu"
+    priority: TrainingPriority = "normal"
 
     def __post_init__(self) -> None:
         if self.precision not in get_args(Precision):
@@ -134,6 +135,7 @@ def _stop(child: BaseProcess, grace_seconds: float) -> None:
 
 def _child_main(request: TrainingRequest, sender: Connection) -> None:
     """Entry point of the training process."""
+    lower_priority(request.priority)
     _limit_threads(request.config.threads)
     try:
         result = train_lora(
@@ -152,6 +154,22 @@ def _child_main(request: TrainingRequest, sender: Connection) -> None:
         raise SystemExit(1) from exc
     finally:
         sender.close()
+
+
+def lower_priority(priority: TrainingPriority) -> None:
+    """Gives the calling process's CPU time to serving: `idle` runs it only on CPU time nothing
+    else wants (Linux SCHED_IDLE; nice 19 where that is refused), `low` at nice 19."""
+    if priority == "normal":
+        return
+    if priority == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):  # not Linux, or refused: the next best
+            pass
+        else:
+            return
+    with suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
 
 
 def _limit_threads(threads: int) -> None:
