@@ -39,6 +39,10 @@ class ModelSettings(BaseModel):
 class QueueSettings(BaseModel):
     max_pending: int = Field(default=64, ge=1)
     """Transcriptions waiting or running at once; beyond it the API answers 503 + Retry-After."""
+    max_pending_audio_s: float = Field(default=8 * 3600, gt=0)
+    """Seconds of audio in the transcriptions waiting or running at once; beyond it the API
+    answers 503 + Retry-After too (a request alone is always admitted: `max_audio_seconds`
+    bounds it). Long audio waits spooled to a temporary file: this also bounds that disk use."""
     retry_after_s: int = Field(default=2, ge=1)
     max_batch_size: int = Field(default=8, ge=1)
     """Requests the model advances together in one pass."""

@@ -31,6 +31,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.adapter_store == "sql"
     assert settings.admin_key is None
     assert settings.queue.max_pending == 64
+    assert settings.queue.max_pending_audio_s == 8 * 3600
 
 
 def test_reads_prefixed_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -57,6 +58,7 @@ def test_reads_nested_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("PQM_MODEL__PATH", str(tmp_path / "whisper"))
     monkeypatch.setenv("PQM_MODEL__THREADS", "2")
     monkeypatch.setenv("PQM_QUEUE__MAX_PENDING", "5")
+    monkeypatch.setenv("PQM_QUEUE__MAX_PENDING_AUDIO_S", "1800")
 
     settings = Settings()
 
@@ -65,6 +67,7 @@ def test_reads_nested_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert settings.model.threads == 2
     assert settings.model.bundled == "tiny.en", "unset nested fields keep their defaults"
     assert settings.queue.max_pending == 5
+    assert settings.queue.max_pending_audio_s == 1800.0
     assert settings.queue.retry_after_s == 2
 
 

@@ -54,7 +54,15 @@ from app.engine.model_import import describe_model_dir
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
 
-__all__ = ["DecodingPolicy", "TranscriptionTask", "WhisperEngine", "WindowJob", "max_window_tokens"]
+__all__ = [
+    "SCANNING",
+    "DecodingPolicy",
+    "Scanning",
+    "TranscriptionTask",
+    "WhisperEngine",
+    "WindowJob",
+    "max_window_tokens",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -6,12 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transaction
 from app.engine.adapter_file import AdapterWeights
-from app.engine.audio import decode_audio
+from app.engine.audio import DecodedAudio, decode_audio_spooled
 from app.engine.batching import BatchScheduler, QueueFullError
 from app.engine.errors import AdapterNumericError, AudioDecodeError
 from app.engine.recognizer import SpeechRecognizer
@@ -109,16 +108,18 @@ class TranscriptionService:
         fallback: AdapterFallback | None = None
         if row is not None and adapter is None:
             fallback = "adapter_unavailable"
-        audio = await self._decode(request.audio)
-        submitted = time.perf_counter()
-        try:
-            transcription = await self._run(audio, options, adapter.weights if adapter else None)
-        except AdapterNumericError as exc:
-            if adapter is None:  # not the adapter's fault: nothing to fall back from
-                raise
-            await self._quarantine(adapter.id, exc)
-            adapter, fallback = None, "adapter_numeric_error"
-            transcription = await self._run(audio, options, None)
+        # Closed once answered, or abandoned: a running request then fails at its next read.
+        with await self._decode(request.audio) as audio:
+            submitted = time.perf_counter()
+            try:
+                weights = adapter.weights if adapter else None
+                transcription = await self._run(audio, options, weights)
+            except AdapterNumericError as exc:
+                if adapter is None:  # not the adapter's fault: nothing to fall back from
+                    raise
+                await self._quarantine(adapter.id, exc)
+                adapter, fallback = None, "adapter_numeric_error"
+                transcription = await self._run(audio, options, None)
         self._observe(adapter is not None, transcription, time.perf_counter() - submitted)
         adapter_id = adapter.id if adapter else None
         logger.info(
@@ -133,7 +134,7 @@ class TranscriptionService:
         return TranscriptionOutcome(transcription, adapter_id, fallback)
 
     async def _run(
-        self, audio: np.ndarray, options: TranscriptionOptions, weights: AdapterWeights | None
+        self, audio: DecodedAudio, options: TranscriptionOptions, weights: AdapterWeights | None
     ) -> Transcription:
         try:
             return await self._scheduler.transcribe(audio, options, weights)
@@ -197,10 +198,12 @@ class TranscriptionService:
             beam_size=request.beam_size,
         )
 
-    async def _decode(self, data: bytes) -> np.ndarray:
+    async def _decode(self, data: bytes) -> DecodedAudio:
+        """Decoded off the event loop and off the inference thread; long audio is spooled to a
+        private temporary file (see `audio.decode_audio_spooled`)."""
         try:
             return await asyncio.to_thread(
-                decode_audio, data, max_duration_s=self._max_audio_seconds
+                decode_audio_spooled, data, max_duration_s=self._max_audio_seconds
             )
         except AudioDecodeError as exc:
             raise InvalidAudioError(str(exc), param="file") from exc
