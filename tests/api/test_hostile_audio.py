@@ -15,7 +15,7 @@ from app.engine.whisper import WhisperEngine
 from app.main import create_app
 from tests.api.test_live_server import GatedRecognizer
 from tests.conftest import ADMIN, make_settings
-from tests.engine.test_hostile_audio import _flac_declaring
+from tests.engine.test_audio import flac_declaring
 from tests.support.api import assert_openai_error
 from tests.support.audio import SAMPLE_RATE, silence, sine, speech_16k, to_bytes
 
@@ -36,8 +36,8 @@ async def _post(client: httpx.AsyncClient, audio: bytes) -> httpx.Response:
     )
 
 
-async def test_refusals_are_clean_400s(client: httpx.AsyncClient, tmp_path: Path) -> None:
-    declared_5_hours = _flac_declaring(5 * 3600 * SAMPLE_RATE)(tmp_path, np.zeros(0))
+async def test_refusals_are_clean_400s(client: httpx.AsyncClient) -> None:
+    declared_5_hours = flac_declaring(sine(440.0, 2.0), 5 * 3600 * SAMPLE_RATE)
     error = assert_openai_error(await _post(client, declared_5_hours), 400)
     assert error["code"] == "invalid_audio"
     assert error["message"] == "The audio is longer than the maximum of 14400 seconds."

@@ -23,6 +23,7 @@ from app.engine.errors import AudioDecodeError
 from app.engine.text import wer
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine
+from tests.engine.test_audio import flac_declaring
 from tests.support.audio import SAMPLE_RATE, encode_with_pyav, sine, speech_16k, to_bytes
 
 LIMIT_S = 4 * 3600.0  # PQM_MAX_AUDIO_SECONDS's default
@@ -102,14 +103,7 @@ def _wav_declaring_rate(rate: int) -> Build:
 def _flac_declaring(frames: int, seconds: float = 120.0) -> Build:
     """`seconds` of tone in a FLAC whose STREAMINFO claims `frames` frames (0: unknown)."""
 
-    def build(_: Path, __: np.ndarray) -> bytes:
-        data = bytearray(to_bytes(sine(440.0, seconds), SAMPLE_RATE, "FLAC", "PCM_16"))
-        packed = int.from_bytes(data[18:26], "big")
-        mask = (1 << 36) - 1
-        data[18:26] = ((packed & ~mask) | frames).to_bytes(8, "big")
-        return bytes(data)
-
-    return build
+    return lambda _, __: flac_declaring(sine(440.0, seconds), frames)
 
 
 def _cut(build: Build, keep: float) -> Build:
