@@ -7,7 +7,8 @@ global maximum: the stream finds that maximum in a first pass (`scan`, a chunk a
 normalises the frames it is asked for in a second. Each frame's STFT sees the same samples as in
 the whole-signal computation (`N_FFT // 2` of context on either side, reflected at the start),
 and each matmul spans at least `_MIN_FRAMES` columns: with one column the BLAS takes a
-matrix-vector path that rounds differently.
+matrix-vector path that rounds differently. Frames whose samples are all zero have one value
+(computed once, by the same operations): digital silence costs no STFT.
 """
 
 from typing import Any
@@ -19,9 +20,11 @@ from torch import Tensor
 from app.engine.audio import DecodedAudio
 
 __all__ = [
+    "FIRST_SCAN_FRAMES",
     "HOP_LENGTH",
     "N_FFT",
     "SAMPLE_RATE",
+    "SCAN_FRAMES",
     "WINDOW_FRAMES",
     "LogMelStream",
     "log_mel",
@@ -34,9 +37,13 @@ N_FFT = 400
 WINDOW_FRAMES = 3000
 """Mel frames in one 30 s window."""
 
-SCAN_FRAMES = 2 * WINDOW_FRAMES
-"""Frames of the maximum pass per `LogMelStream.scan` step: a clip under 30 s (with its window
-of padding) in one step, about 0.2 s of work on two cores for longer audio."""
+FIRST_SCAN_FRAMES = 2 * WINDOW_FRAMES
+"""Frames of a first `LogMelStream.scan` step that covers a clip under 30 s with its window of
+padding (a clip's first window is then ready without waiting for another turn)."""
+
+SCAN_FRAMES = 1000
+"""Frames of the maximum pass per later step: 10 s of audio, about 30 ms of work on two cores
+(a decode step's order): what a long request adds to a round of the others."""
 
 _MIN_FRAMES = 16
 """Fewest columns per mel matmul (see the module docstring)."""
@@ -80,6 +87,7 @@ class LogMelStream:
         self._scanned = 0
         self._peak = torch.tensor(-torch.inf)
         self._floor: Tensor | None = None  # the global maximum - 8
+        self._silence: Tensor | None = None  # the value of every frame of digital silence
 
     def scan(self, frames: int = SCAN_FRAMES) -> bool:
         """Advances the maximum pass by up to `frames` frames; True once it is complete."""
@@ -103,13 +111,29 @@ class LogMelStream:
         """[n_mels, stop - start] log10 mel power, before Whisper's clamp and scaling."""
         low = max(0, min(start, stop - _MIN_FRAMES))
         high = min(self.total_frames, max(stop, low + _MIN_FRAMES))
-        samples = torch.from_numpy(self._samples(low * HOP_LENGTH - N_FFT // 2, high))
+        samples = self._samples(low * HOP_LENGTH - N_FFT // 2, high)
+        if not samples.any():
+            return self._silence_level().expand(self._filters.shape[1], stop - start)
+        return self._spectrum(samples)[:, start - low : stop - low]
+
+    def _spectrum(self, samples: np.ndarray) -> Tensor:
+        """[samples] -> [n_mels, frames] log10 mel power (`log_mel`'s operations, in order)."""
         stft = torch.stft(
-            samples, N_FFT, HOP_LENGTH, window=self._window, center=False, return_complex=True
-        )  # [n_fft // 2 + 1, high - low]
+            torch.from_numpy(samples),
+            N_FFT,
+            HOP_LENGTH,
+            window=self._window,
+            center=False,
+            return_complex=True,
+        )  # [n_fft // 2 + 1, frames]
         magnitudes = (stft.abs() ** 2).contiguous()
-        spectrum = torch.clamp(self._filters.T @ magnitudes, min=1e-10).log10()
-        return spectrum[:, start - low : stop - low]
+        return torch.clamp(self._filters.T @ magnitudes, min=1e-10).log10()
+
+    def _silence_level(self) -> Tensor:
+        if self._silence is None:
+            zeros = np.zeros((_MIN_FRAMES - 1) * HOP_LENGTH + N_FFT, dtype=np.float32)
+            self._silence = self._spectrum(zeros)[0, 0]
+        return self._silence
 
     def _samples(self, first: int, frames_end: int) -> np.ndarray:
         """The padded signal from sample `first` (negative: reflected, as `torch.stft` pads with

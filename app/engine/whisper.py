@@ -41,6 +41,7 @@ from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, Dec
 from app.engine.dense import ComputeDtype, compute_dtype, dense_weight
 from app.engine.encoder import EncoderWindow, window_frames
 from app.engine.features import (
+    FIRST_SCAN_FRAMES,
     HOP_LENGTH,
     SAMPLE_RATE,
     WINDOW_FRAMES,
@@ -407,8 +408,10 @@ class WhisperEngine:
         self, audio: DecodedAudio, options: TranscriptionOptions, encoder_window: EncoderWindow
     ) -> Steps:
         mel = LogMelStream(self._loaded.feature_extractor, audio)
-        while not mel.scan():
+        scanned = mel.scan(FIRST_SCAN_FRAMES)
+        while not scanned:
             yield SCANNING
+            scanned = mel.scan()
         content_frames = len(audio) // HOP_LENGTH
         language = yield from self._language(mel, options)
         # Long audio needs timestamps to place the next window, whatever the caller asked for.

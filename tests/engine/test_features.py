@@ -6,7 +6,13 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 from app.engine.audio import DecodedAudio, decode_audio_spooled
-from app.engine.features import SCAN_FRAMES, WINDOW_FRAMES, LogMelStream, log_mel
+from app.engine.features import (
+    FIRST_SCAN_FRAMES,
+    SCAN_FRAMES,
+    WINDOW_FRAMES,
+    LogMelStream,
+    log_mel,
+)
 from tests.support.audio import SAMPLE_RATE, scale_to_dbfs, speech_16k, to_bytes
 
 CPU = torch.device("cpu")
@@ -23,10 +29,13 @@ def speech() -> np.ndarray:
 
 
 def _scanned(extractor: WhisperFeatureExtractor, audio: DecodedAudio) -> tuple[LogMelStream, int]:
+    """Scanned as the engine scans: a first step that covers clips, then smaller ones."""
     stream = LogMelStream(extractor, audio)
     steps = 1
-    while not stream.scan():
+    scanned = stream.scan(FIRST_SCAN_FRAMES)
+    while not scanned:
         steps += 1
+        scanned = stream.scan()
     return stream, steps
 
 
@@ -43,16 +52,16 @@ def test_long_spooled_audio_matches_the_whole_signal(
     extractor: WhisperFeatureExtractor, speech: np.ndarray
 ) -> None:
     rng = np.random.default_rng(0)
-    pieces = [speech, np.zeros(SAMPLE_RATE * 20, np.float32), speech * 0.1]
-    signal = np.concatenate(pieces * 3)
-    signal += rng.normal(0.0, 1e-3, signal.shape).astype(np.float32)  # 95 s, never one level
+    room = rng.normal(0.0, 1e-3, SAMPLE_RATE * 20).astype(np.float32)
+    pieces = [speech, room, speech * 0.1, np.zeros(SAMPLE_RATE * 15, np.float32)]
+    signal = np.concatenate(pieces * 3)  # about 105 s: speech, room tone, digital silence
     data = to_bytes(signal, SAMPLE_RATE, "WAV", "FLOAT")
     with decode_audio_spooled(data, memory_s=5.0) as audio:
         assert audio.spilled
         reference = log_mel(extractor, audio.read(0, len(audio)), CPU)
         stream, steps = _scanned(extractor, audio)
         assert stream.total_frames == reference.shape[1]
-        assert steps == -(-stream.total_frames // SCAN_FRAMES)
+        assert steps == 1 + -(-(stream.total_frames - FIRST_SCAN_FRAMES) // SCAN_FRAMES)
         for start, stop in _ranges(stream.total_frames):
             assert torch.equal(stream.frames(start, stop), reference[:, start:stop]), (start, stop)
 
@@ -70,8 +79,9 @@ def test_clips_match_and_scan_in_one_step(
         assert torch.equal(stream.frames(start, stop), reference[:, start:stop]), (start, stop)
 
 
-def test_digital_silence_matches(extractor: WhisperFeatureExtractor) -> None:
-    audio = np.zeros(45 * SAMPLE_RATE, np.float32)
+@pytest.mark.parametrize("zero", [0.0, -0.0])
+def test_digital_silence_matches(extractor: WhisperFeatureExtractor, zero: float) -> None:
+    audio = np.full(45 * SAMPLE_RATE, zero, np.float32)
     stream, _ = _scanned(extractor, DecodedAudio.from_array(audio))
     assert torch.equal(stream.frames(0, stream.total_frames), log_mel(extractor, audio, CPU))
 
