@@ -1,16 +1,28 @@
 """POST /v1/audio/transcriptions, OpenAI-compatible."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import AfterValidator, Field
 
 from app.api.deps import PrincipalDep, StateDep
 from app.api.disconnect import cancel_on_disconnect
-from app.api.schemas import TranscriptionJson, error_responses
+from app.api.schemas import (
+    REQUEST_ID_HEADER,
+    ErrorResponse,
+    FormOmitted,
+    TranscriptionJson,
+    error_responses,
+    success_response,
+)
 from app.services import formats
 from app.services.formats import ResponseFormat
-from app.services.transcription import TranscriptionOutcome, TranscriptionRequest
+from app.services.transcription import (
+    AdapterFallback,
+    TranscriptionOutcome,
+    TranscriptionRequest,
+)
 
 router = APIRouter(prefix="/v1/audio", tags=["audio"])
 
@@ -20,14 +32,49 @@ FALLBACK_HEADER = "X-Adapter-Fallback"
 non-finite; the adapter is now quarantined) or `adapter_unavailable` (its weights could not be
 loaded)."""
 MAX_BEAM_SIZE = 8
+MIN_SAMPLING_TEMPERATURE = 1e-6
+"""Above 0 and below this, logits / temperature can overflow (sampling failed with a 500) while
+sampling is greedy decoding in all but name: refused."""
+
+
+def _samplable(temperature: float) -> float:
+    if 0.0 < temperature < MIN_SAMPLING_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or at least {MIN_SAMPLING_TEMPERATURE:g}")
+    return temperature
 
 
 @router.post(
     "/transcriptions",
     response_model=TranscriptionJson,
     responses={
-        **error_responses(400, 401, 403, 404, 413, 422, 503),
-        200: {"content": {"text/plain": {}, "text/vtt": {}, "application/x-subrip": {}}},
+        **success_response(
+            headers={
+                ADAPTER_HEADER: {
+                    "description": "The id of the adapter applied, or `none`.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                FALLBACK_HEADER: {
+                    "description": "Why the caller's adapter was not applied, when it was not.",
+                    "schema": {"enum": list(get_args(AdapterFallback))},
+                },
+            },
+            # The other response formats (`json` and `verbose_json` are JSON).
+            content={"text/plain": {}, "text/vtt": {}, "application/x-subrip": {}},
+        ),
+        **error_responses(400, 401, 403, 404, 413, 422),
+        503: {
+            "model": ErrorResponse,
+            "description": "Too many transcriptions queued; try again later.",
+            "headers": {
+                **REQUEST_ID_HEADER,
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "required": True,
+                    "schema": {"type": "integer"},
+                },
+            },
+        },
     },
 )
 async def create_transcription(
@@ -35,17 +82,28 @@ async def create_transcription(
     state: StateDep,
     principal: PrincipalDep,
     file: Annotated[UploadFile, File(description="Audio: wav, flac, mp3, ogg, webm, m4a, ...")],
-    model: Annotated[str, Form()],
-    language: Annotated[str | None, Form(max_length=16)] = None,
-    prompt: Annotated[str | None, Form(max_length=4000)] = None,
+    model: Annotated[str, Form(min_length=1)],
+    language: Annotated[Annotated[str, Field(max_length=16)] | FormOmitted, Form()] = None,
+    prompt: Annotated[Annotated[str, Field(max_length=4000)] | FormOmitted, Form()] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
-    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    temperature: Annotated[
+        float,
+        Form(
+            ge=0.0,
+            le=1.0,
+            json_schema_extra={
+                "not": {"exclusiveMinimum": 0, "exclusiveMaximum": MIN_SAMPLING_TEMPERATURE}
+            },
+        ),
+        AfterValidator(_samplable),
+    ] = 0.0,
     timestamp_granularities: Annotated[
-        list[Literal["word", "segment"]] | None, Form(alias="timestamp_granularities[]")
+        list[Literal["word", "segment"]] | FormOmitted, Form(alias="timestamp_granularities[]")
     ] = None,
     stream: Annotated[bool, Form()] = False,
     user: Annotated[
-        str | None, Form(description="Admin only: transcribe as this user, with their adapter.")
+        str | FormOmitted,
+        Form(description="Admin only: transcribe as this user, with their adapter."),
     ] = None,
     personalise: Annotated[
         bool, Form(description="false: use the base model even if an adapter is active.")

@@ -3,9 +3,10 @@
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
+from pydantic import Field
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
-from app.api.schemas import EnrolmentJobPublic, error_responses
+from app.api.schemas import EnrolmentJobPublic, FormOmitted, error_responses, success_response
 from app.services import enrolment
 from app.services.enrolment import EnrolmentRequest, UploadedRecording
 
@@ -16,18 +17,22 @@ router = APIRouter(prefix="/v1", tags=["enrolment"])
     "/users/{user_id}/enrolments",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=EnrolmentJobPublic,
-    responses=error_responses(400, 401, 404, 409, 413, 422),
+    responses={**success_response(202), **error_responses(400, 401, 404, 409, 413, 422)},
 )
 async def create_enrolment(
     user_id: str,
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    files: Annotated[list[UploadFile], File(description="Recordings, one per sentence read.")],
-    transcripts: Annotated[list[str], Form(description="What each file says, in file order.")],
+    files: Annotated[
+        list[UploadFile], File(min_length=1, description="Recordings, one per sentence read.")
+    ],
+    transcripts: Annotated[
+        list[str], Form(min_length=1, description="What each file says, in file order.")
+    ],
     method: Annotated[str, Form()] = "lora",
-    rank: Annotated[int | None, Form(ge=1, le=64)] = None,
-    epochs: Annotated[int | None, Form(ge=1, le=50)] = None,
+    rank: Annotated[Annotated[int, Field(ge=1, le=64)] | FormOmitted, Form()] = None,
+    epochs: Annotated[Annotated[int, Field(ge=1, le=50)] | FormOmitted, Form()] = None,
     seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
 ) -> EnrolmentJobPublic:
     recordings = [
@@ -46,7 +51,9 @@ async def create_enrolment(
 
 
 @router.get(
-    "/enrolments/{job_id}", response_model=EnrolmentJobPublic, responses=error_responses(401, 404)
+    "/enrolments/{job_id}",
+    response_model=EnrolmentJobPublic,
+    responses={**success_response(), **error_responses(401, 404, 422)},
 )
 async def get_enrolment(
     job_id: str, session: SessionDep, principal: PrincipalDep
@@ -57,7 +64,7 @@ async def get_enrolment(
 @router.delete(
     "/enrolments/{job_id}",
     response_model=EnrolmentJobPublic,
-    responses=error_responses(401, 404, 409),
+    responses={**success_response(), **error_responses(401, 404, 409, 422)},
 )
 async def cancel_enrolment(
     job_id: str, session: SessionDep, principal: PrincipalDep

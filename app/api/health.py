@@ -5,17 +5,24 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.api.deps import StateDep
-from app.api.schemas import Health
+from app.api.schemas import REQUEST_ID_HEADER, Health, success_response
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, responses=success_response())
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.get(
+    "/readyz",
+    response_model=Health,
+    responses={
+        **success_response(),
+        503: {"model": Health, "headers": REQUEST_ID_HEADER, "description": "Not ready."},
+    },
+)
 async def readyz(state: StateDep) -> JSONResponse:
     try:
         async with state.db_engine.connect() as connection:

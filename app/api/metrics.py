@@ -4,7 +4,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
-from app.api.schemas import error_responses
+from app.api.schemas import error_responses, success_response
 from app.db.repositories.enrolments import EnrolmentRepository
 
 router = APIRouter(tags=["observability"])
@@ -15,7 +15,10 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={**error_responses(401, 403), 200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    responses={
+        **success_response(content={CONTENT_TYPE_LATEST: {}}),
+        **error_responses(401, 403),
+    },
 )
 async def metrics(state: StateDep, session: SessionDep, principal: PrincipalDep) -> Response:
     principal.require_admin()

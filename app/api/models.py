@@ -3,11 +3,15 @@
 from fastapi import APIRouter
 
 from app.api.deps import PrincipalDep, StateDep
-from app.api.schemas import ModelCard, ModelList, error_responses
+from app.api.schemas import ModelCard, ModelList, error_responses, success_response
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=ModelList, responses=error_responses(401))
+@router.get(
+    "/models",
+    response_model=ModelList,
+    responses={**success_response(), **error_responses(401)},
+)
 async def list_models(state: StateDep, _: PrincipalDep) -> ModelList:
     return ModelList(data=[ModelCard(id=state.transcription.model_id, created=state.started_at)])

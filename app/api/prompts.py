@@ -5,13 +5,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import PrincipalDep
-from app.api.schemas import PromptList, error_responses
+from app.api.schemas import PromptList, error_responses, success_response
 from app.data.prompts import sample_prompts
 
 router = APIRouter(prefix="/v1", tags=["enrolment"])
 
 
-@router.get("/prompts", response_model=PromptList, responses=error_responses(401, 422))
+@router.get(
+    "/prompts",
+    response_model=PromptList,
+    responses={**success_response(), **error_responses(401, 422)},
+)
 async def list_prompts(
     _: PrincipalDep,
     n: Annotated[int, Query(ge=1, le=400)] = 60,

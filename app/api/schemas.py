@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from app.text_rules import unprintable_character
 
@@ -51,8 +52,24 @@ def _printable_name(value: str) -> str:
     return value
 
 
+_REFUSED_IN_NAMES = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_BLANK = r"\x20\xa0\u1680\u2000-\u200a\u202f\u205f\u3000"
+"""The other characters `str.strip` removes (spelled out: `\\s` means other sets to other
+regular expression engines)."""
+PRINTABLE_NAME_PATTERN = (
+    rf"^[^{_REFUSED_IN_NAMES}]*[^{_REFUSED_IN_NAMES}{_BLANK}][^{_REFUSED_IN_NAMES}]*$"
+)
+"""What `_printable_name` accepts, for the schema (the validator decides; this tells clients):
+no character `unprintable_character` refuses, one at least not blank. Lone surrogates, refused
+too, are left out: no Unicode text holds them, and schemathesis ignores a pattern naming them."""
+
+
 class UserCreate(BaseModel):
-    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable_name)]
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=200, json_schema_extra={"pattern": PRINTABLE_NAME_PATTERN}),
+        AfterValidator(_printable_name),
+    ]
 
 
 class UserPublic(BaseModel):
@@ -81,8 +98,32 @@ class TranscriptionJson(BaseModel):
     text: str
 
 
+REQUEST_ID_HEADER: dict[str, object] = {
+    "X-Request-Id": {
+        "description": "This request's id, also in the server's log lines about it.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+"""Sent with every response (`AccessLogMiddleware`)."""
+
+FormOmitted = SkipJsonSchema[None]
+"""The default of an optional form field, which a client gets by leaving the field out: a
+multipart form has no null, so the schema offers none. Constraints go on the other member
+(`Annotated[Annotated[int, Field(ge=1)] | FormOmitted, Form()]`): put on the union, they
+reach the schema as keys JSON Schema does not know."""
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
-    return {status: {"model": ErrorResponse} for status in statuses}
+    return {status: {"model": ErrorResponse, "headers": REQUEST_ID_HEADER} for status in statuses}
+
+
+def success_response(
+    status: int = 200, headers: dict[str, object] | None = None, **extra: object
+) -> dict[int | str, dict[str, object]]:
+    """What the route's own success response does not say: its headers (and `extra`, such as
+    other content types); FastAPI merges it into that response."""
+    return {status: {"headers": {**REQUEST_ID_HEADER, **(headers or {})}, **extra}}
 
 
 class PromptList(BaseModel):

@@ -3,7 +3,13 @@
 from fastapi import APIRouter, status
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
-from app.api.schemas import UserCreate, UserCreated, UserPublic, error_responses
+from app.api.schemas import (
+    UserCreate,
+    UserCreated,
+    UserPublic,
+    error_responses,
+    success_response,
+)
 from app.db.models import User
 from app.services import users
 
@@ -20,7 +26,7 @@ def _public(user: User) -> UserPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserCreated,
-    responses=error_responses(401, 403, 422),
+    responses={**success_response(201), **error_responses(400, 401, 403, 422)},
 )
 async def create_user(
     body: UserCreate, session: SessionDep, principal: PrincipalDep
@@ -29,13 +35,19 @@ async def create_user(
     return UserCreated(**_public(created.user).model_dump(), api_key=created.api_key)
 
 
-@router.get("/{user_id}", response_model=UserPublic, responses=error_responses(401, 404))
+@router.get(
+    "/{user_id}",
+    response_model=UserPublic,
+    responses={**success_response(), **error_responses(401, 404, 422)},
+)
 async def get_user(user_id: str, session: SessionDep, principal: PrincipalDep) -> UserPublic:
     return _public(await users.get_user(session, principal, user_id))
 
 
 @router.delete(
-    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404)
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**success_response(204), **error_responses(401, 404, 422)},
 )
 async def delete_user(
     user_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
