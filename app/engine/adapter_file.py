@@ -166,10 +166,10 @@ def _rank(metadata: dict[str, str]) -> int:
     text = _required(metadata, "rank")
     if not (text.isascii() and text.isdigit()):
         raise AdapterFileError(f"metadata 'rank' must be a whole number, not {text!r}")
-    rank = int(text)
-    if not 1 <= rank <= MAX_RANK:
-        raise AdapterFileError(f"metadata 'rank' must be between 1 and {MAX_RANK}, not {rank}")
-    return rank
+    # The length first: `int` raises ValueError beyond 4300 digits.
+    if len(text) > len(str(MAX_RANK)) or not 1 <= int(text) <= MAX_RANK:
+        raise AdapterFileError(f"metadata 'rank' must be between 1 and {MAX_RANK}, not {text}")
+    return int(text)
 
 
 def _alpha(metadata: dict[str, str]) -> float:
