@@ -2,12 +2,12 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.schemas import AdapterList, AdapterPublic, error_responses
 from app.services import adapter_transfer, adapters
-from app.services.adapter_transfer import AdapterUpload
+from app.services.adapter_transfer import AdapterUpload, ExportForm
 
 router = APIRouter(prefix="/v1/users/{user_id}/adapters", tags=["adapters"])
 
@@ -29,7 +29,13 @@ async def import_adapter(
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    file: Annotated[UploadFile, File(description="An adapter file (safetensors) to import.")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="An adapter file to import: safetensors (`pqm-lora/1`), or a zip of "
+            "PEFT's adapter_config.json and adapter_model.safetensors (told apart by content)."
+        ),
+    ],
     activate: Annotated[bool, Form(description="Make it the user's active adapter.")] = True,
 ) -> AdapterPublic:
     limit = state.settings.max_adapter_bytes
@@ -51,21 +57,41 @@ async def import_adapter(
     response_class=Response,
     responses={
         200: {
-            "content": {"application/octet-stream": {}},
-            "description": "The adapter file (safetensors, metadata in its header).",
+            "content": {"application/octet-stream": {}, "application/zip": {}},
+            "description": "The adapter file: safetensors, metadata in its header "
+            "(`application/octet-stream`), or for `format=peft` a zip of PEFT's "
+            "adapter_config.json and adapter_model.safetensors (`application/zip`).",
         },
         **error_responses(401, 404, 500),
     },
 )
 async def export_adapter(
-    user_id: str, adapter_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+    user_id: str,
+    adapter_id: str,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    form: Annotated[
+        ExportForm,
+        Query(
+            alias="format",
+            description="`pqm`: the service's own file. `peft`: PEFT's form, which "
+            "transformers + peft (`PeftModel.from_pretrained`) load.",
+        ),
+    ] = "pqm",
 ) -> Response:
     exported = await adapter_transfer.export_adapter(
-        session, state.adapter_store, principal, user_id, adapter_id
+        session,
+        state.adapter_store,
+        principal,
+        user_id,
+        adapter_id,
+        form,
+        state.recognizer.info,
     )
     return Response(
         exported.data,
-        media_type="application/octet-stream",
+        media_type=exported.media_type,
         headers={
             "Content-Disposition": f'attachment; filename="{exported.filename}"',
             "ETag": f'"{exported.sha256}"',

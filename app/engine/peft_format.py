@@ -67,6 +67,7 @@ _END_RECORD_BYTES = 22
 _ZIP64_LOCATOR = b"PK\x06\x07"
 _ZIP64_LOCATOR_BYTES = 20
 _ZIP_MAGIC = (b"PK\x03\x04", _END_RECORD)
+_LOCAL_HEADER_BYTES = 30
 _FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 _.+-]{0,127}")
 _MAX_TEXT_CHARS = 1024
 _WHISPER_CLASS = {
@@ -270,6 +271,7 @@ def _short(value: object) -> str:
 
 def _read_members(data: bytes, max_bytes: int) -> dict[str, bytes]:
     """The config and the weights, read from a zip checked before and while it is parsed."""
+    _check_first_member(data)
     _check_end_record(data)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -281,6 +283,19 @@ def _read_members(data: bytes, max_bytes: int) -> dict[str, bytes]:
         raise AdapterFileError(f"not a valid zip archive: {exc}") from exc
     except NotImplementedError as exc:
         raise AdapterFileError(f"unsupported zip archive: {exc}") from exc
+
+
+def _check_first_member(data: bytes) -> None:
+    """`torch.save` writes a zip too (a pickle first, zip64 records last): say what it is."""
+    if len(data) < _LOCAL_HEADER_BYTES or data[:4] != _ZIP_MAGIC[0]:
+        return
+    name_length = int.from_bytes(data[26:28], "little")
+    name = data[_LOCAL_HEADER_BYTES : _LOCAL_HEADER_BYTES + name_length]
+    if name.endswith(b".pkl"):
+        raise AdapterFileError(
+            "not a safetensors file but a PyTorch checkpoint (a pickle), which is never loaded: "
+            "save the adapter with safetensors"
+        )
 
 
 def _check_end_record(data: bytes) -> None:

@@ -1,14 +1,17 @@
-"""Adapter export and import: a user's adapter as a safetensors file, and back.
+"""Adapter export and import: a user's adapter as a safetensors file (or in PEFT's form, a zip),
+and back.
 
 Imported files are untrusted: they are parsed as safetensors only (never pickle), checked on
 their own terms and against the served base model, then stored in canonical form, so what is
-stored is exactly what will be served and exporting it again gives the same bytes.
+stored is exactly what will be served and exporting it again gives the same bytes. A PEFT zip is
+first turned into the service's own file (`peft_format.from_peft`), then goes the same way.
 """
 
 import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,16 +28,22 @@ from app.engine.adapter_file import (
     read_adapter_header,
 )
 from app.engine.batching import EngineRunner
+from app.engine.peft_format import from_peft, is_zip, to_peft
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.tensor_file import TensorFile
+from app.engine.types import ModelInfo
 from app.errors import BadRequestError, DataIntegrityError, NotFoundError, PayloadTooLargeError
 from app.services.auth import Principal
 from app.services.blob_keys import adapter_key
 from app.services.users import get_user
 
-__all__ = ["AdapterFile", "AdapterUpload", "export_adapter", "import_adapter"]
+__all__ = ["AdapterFile", "AdapterUpload", "ExportForm", "export_adapter", "import_adapter"]
 
 logger = logging.getLogger(__name__)
+
+
+ExportForm = Literal["pqm", "peft"]
+"""`pqm`: the stored `pqm-lora/1` file; `peft`: a zip that PEFT's `from_pretrained` loads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,7 @@ class AdapterFile:
     filename: str
     data: bytes
     sha256: str
+    media_type: str = "application/octet-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +66,28 @@ async def export_adapter(
     principal: Principal,
     user_id: str,
     adapter_id: str,
+    form: ExportForm = "pqm",
+    served: ModelInfo | None = None,
 ) -> AdapterFile:
-    """The stored file, verified against the adapter's recorded size and checksum."""
+    """The stored file, verified against the adapter's recorded size and checksum; or, for
+    `peft`, that file in PEFT's form, naming the `served` model as its base if it was trained
+    for it."""
     principal.require_access_to(user_id)
     adapter = await AdapterRepository(session).get_for_user(user_id, adapter_id)
     if adapter is None:
         raise NotFoundError(f"No adapter with id {adapter_id!r}.", param="adapter_id")
     data = await _stored_weights(store.bind(session), adapter)
-    return AdapterFile(filename=f"{adapter.id}.safetensors", data=data, sha256=adapter.sha256)
+    if form == "pqm":
+        return AdapterFile(filename=f"{adapter.id}.safetensors", data=data, sha256=adapter.sha256)
+    fits = served is not None and served.fingerprint == adapter.base_fingerprint
+    base_model = served.model_id if served is not None and fits else None
+    archive = await asyncio.to_thread(to_peft, data, base_model)  # byte work, no torch
+    return AdapterFile(
+        filename=f"{adapter.id}.peft.zip",
+        data=archive,
+        sha256=sha256_hex(archive),
+        media_type="application/zip",
+    )
 
 
 async def _stored_weights(store: AdapterStore, adapter: Adapter) -> bytes:
@@ -107,9 +131,10 @@ async def import_adapter(
         raise PayloadTooLargeError(
             f"The adapter file exceeds the {max_bytes} byte limit.", param="file"
         )
-    # The header is checked first, off the inference thread: a hostile file is refused
-    # without delaying anyone's transcription.
-    file = await asyncio.to_thread(_checked_header, upload.data)
+    # The header is checked first, off the inference thread (and a PEFT zip unpacked there):
+    # a hostile file is refused without delaying anyone's transcription.
+    fingerprint = recognizer.info.fingerprint
+    file = await asyncio.to_thread(_checked_header, upload.data, fingerprint, max_bytes)
     weights, data = await runner.run(lambda: _canonical(file, recognizer))
     adapter_id = new_id()
     key = adapter_key(user_id, adapter_id)
@@ -128,11 +153,16 @@ async def import_adapter(
     return adapter
 
 
-def _checked_header(data: bytes) -> TensorFile:
-    """The file with its header checked (plain Python, no torch)."""
+def _checked_header(data: bytes, fingerprint: str, max_bytes: int) -> TensorFile:
+    """The file with its header checked, a PEFT zip turned into the service's file first (plain
+    Python and numpy, no torch). Such a zip names no base model the service can check: it is
+    stamped with the served one's `fingerprint` (unless it is one of our exports, which carry
+    theirs), and `check_compatible` checks its modules and shapes."""
     if not data:
         raise BadRequestError("The adapter file is empty.", param="file", code="invalid_adapter")
     try:
+        if is_zip(data):
+            data = from_peft(data, fingerprint, max_bytes)
         return read_adapter_header(data)
     except AdapterFileError as exc:
         raise _refused(exc, "invalid_adapter") from exc

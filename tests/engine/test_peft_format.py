@@ -224,6 +224,12 @@ def _duplicate(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _torch_saved() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"x": torch.zeros(2)}, buffer)
+    return buffer.getvalue()
+
+
 def _corrupt(data: bytes) -> bytes:
     """The last byte of the stored weights flipped: their CRC no longer matches."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -254,6 +260,7 @@ HOSTILE_ZIPS: dict[str, tuple[Callable[[dict[str, bytes]], bytes], str]] = {
         lambda f: make_zip(renamed(f, WEIGHTS_NAME, "adapter_model.bin")),
         "pickle, which is never loaded",
     ),
+    "torch checkpoint": (lambda f: _torch_saved(), "PyTorch checkpoint"),
     "stranger": (lambda f: make_zip({**f, "run.py": b"import os"}), "only adapter_config.json"),
     "too many members": (
         lambda f: make_zip({**f, **{f"d{i}/": b"" for i in range(MAX_MEMBERS)}}),
@@ -403,7 +410,7 @@ def test_peft_loads_an_export_on_tiny_en_with_the_same_updates(
         for name, module in model.named_modules()
         if isinstance(module, LoraLayer)
     }
-    assert lora_layers == set(weights.target_modules)  # 6 projections x 8 layers
+    assert lora_layers == set(weights.target_modules)  # all 4 x 6 + 4 x 10 projections
     worst = 0.0
     for module in weights.target_modules:
         layer: Any = base.get_submodule(module)  # wrapped in place
@@ -414,4 +421,7 @@ def test_peft_loads_an_export_on_tiny_en_with_the_same_updates(
             @ weights.tensors[f"{module}.lora_A"]
         )
         worst = max(worst, float((delta - ours).abs().max()))
-    assert worst <= 1e-5, worst
+    print(
+        f"\nlargest |PEFT's delta - scale * B A| over {len(lora_layers)} projections: {worst:.2e}"
+    )
+    assert worst <= 1e-5
