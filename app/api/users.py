@@ -26,7 +26,7 @@ def _public(user: User) -> UserPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserCreated,
-    responses={**success_response(201), **error_responses(400, 401, 403, 422)},
+    responses={**success_response(201), **error_responses(400, 401, 403, 413, 422)},
 )
 async def create_user(
     body: UserCreate, session: SessionDep, principal: PrincipalDep
