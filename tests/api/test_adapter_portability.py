@@ -165,6 +165,7 @@ async def test_unservable_or_hostile_peft_zips_are_refused_with_the_reason(
     files = zip_members(exported.content)
     config = json.loads(files[CONFIG_NAME])
     rslora = {**files, CONFIG_NAME: json.dumps({**config, "use_rslora": True}).encode()}
+    too_strong = {**files, CONFIG_NAME: json.dumps({**config, "lora_alpha": 1000}).encode()}
     pickled = {CONFIG_NAME: files[CONFIG_NAME], "adapter_model.bin": b"\x80\x04K\x01."}
     wrong_shape = {
         **files,
@@ -178,6 +179,7 @@ async def test_unservable_or_hostile_peft_zips_are_refused_with_the_reason(
 
     for archive, message in [
         (rezipped(rslora), "rank-stabilised LoRA"),
+        (rezipped(too_strong), "at most 64 is allowed"),  # the bounds every adapter meets
         (rezipped(pickled), "a pickle, which is never loaded"),
         (rezipped(wrong_shape), "has shape"),
         (b"PK\x03\x04" + b"\0" * 64, "not a valid zip archive"),
