@@ -104,12 +104,16 @@ def to_peft(data: bytes, base_model: str | None) -> bytes:
         if key not in _CARRIED_BY_CONFIG
     }
     weights = _safetensors(tensors, {"format": "pt", **carried})
-    config = _export_config(metadata, base_model)
+    modules = sorted({entry.name.rsplit(".", 1)[0] for entry in file.entries})
+    config = _export_config(metadata, modules, base_model)
     return _zip({CONFIG_NAME: config, WEIGHTS_NAME: weights})
 
 
-def _export_config(metadata: dict[str, str], base_model: str | None) -> bytes:
-    alpha = float(metadata["alpha"])
+def _export_config(metadata: dict[str, str], modules: list[str], base_model: str | None) -> bytes:
+    try:
+        rank, alpha = int(metadata["rank"]), float(metadata["alpha"])
+    except (KeyError, ValueError) as exc:
+        raise AdapterFileError(f"the file's rank or alpha is missing or invalid: {exc}") from exc
     config = {
         "auto_mapping": _WHISPER_CLASS,
         "base_model_name_or_path": base_model,
@@ -121,9 +125,9 @@ def _export_config(metadata: dict[str, str], base_model: str | None) -> bytes:
         "lora_dropout": 0.0,
         "modules_to_save": None,
         "peft_type": "LORA",
-        "r": int(metadata["rank"]),
+        "r": rank,
         # Full module paths: PEFT adapts exactly these (a bare "q_proj" would adapt every one).
-        "target_modules": json.loads(metadata["target_modules"]),
+        "target_modules": modules,
         "task_type": None,
         "use_dora": False,
         "use_rslora": False,

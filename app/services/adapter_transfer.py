@@ -81,7 +81,10 @@ async def export_adapter(
         return AdapterFile(filename=f"{adapter.id}.safetensors", data=data, sha256=adapter.sha256)
     fits = served is not None and served.fingerprint == adapter.base_fingerprint
     base_model = served.model_id if served is not None and fits else None
-    archive = await asyncio.to_thread(to_peft, data, base_model)  # byte work, no torch
+    try:
+        archive = await asyncio.to_thread(to_peft, data, base_model)  # byte work, no torch
+    except AdapterFileError as exc:  # stored files were checked: this is no user's doing
+        raise _integrity_failure(adapter, f"cannot be put in PEFT's form ({exc})") from exc
     return AdapterFile(
         filename=f"{adapter.id}.peft.zip",
         data=archive,
