@@ -5,14 +5,18 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
-from app.api.schemas import AdapterList, AdapterPublic, error_responses
+from app.api.schemas import AdapterList, AdapterPublic, error_responses, success_response
 from app.services import adapter_transfer, adapters
 from app.services.adapter_transfer import AdapterUpload, ExportForm
 
 router = APIRouter(prefix="/v1/users/{user_id}/adapters", tags=["adapters"])
 
 
-@router.get("", response_model=AdapterList, responses=error_responses(401, 404))
+@router.get(
+    "",
+    response_model=AdapterList,
+    responses={**success_response(), **error_responses(401, 404, 422)},
+)
 async def list_adapters(user_id: str, session: SessionDep, principal: PrincipalDep) -> AdapterList:
     rows = await adapters.list_adapters(session, principal, user_id)
     return AdapterList(data=[AdapterPublic.model_validate(row) for row in rows])
@@ -22,7 +26,7 @@ async def list_adapters(user_id: str, session: SessionDep, principal: PrincipalD
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=AdapterPublic,
-    responses=error_responses(400, 401, 404, 413, 422),
+    responses={**success_response(201), **error_responses(400, 401, 404, 413, 422)},
 )
 async def import_adapter(
     user_id: str,
@@ -56,13 +60,26 @@ async def import_adapter(
     "/{adapter_id}/weights",
     response_class=Response,
     responses={
-        200: {
-            "content": {"application/octet-stream": {}, "application/zip": {}},
-            "description": "The adapter file: safetensors, metadata in its header "
+        **success_response(
+            headers={
+                "Content-Disposition": {
+                    "description": "`attachment` with the file name `{adapter_id}.safetensors` "
+                    "(`{adapter_id}.peft.zip` for `format=peft`).",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                "ETag": {
+                    "description": "The file's sha256, quoted.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            },
+            content={"application/octet-stream": {}, "application/zip": {}},
+            description="The adapter file: safetensors, metadata in its header "
             "(`application/octet-stream`), or for `format=peft` a zip of PEFT's "
             "adapter_config.json and adapter_model.safetensors (`application/zip`).",
-        },
-        **error_responses(401, 404, 500),
+        ),
+        **error_responses(401, 404, 422, 500),
     },
 )
 async def export_adapter(
@@ -100,7 +117,9 @@ async def export_adapter(
 
 
 @router.delete(
-    "/{adapter_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404)
+    "/{adapter_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**success_response(204), **error_responses(401, 404, 422)},
 )
 async def delete_adapter(
     user_id: str, adapter_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
@@ -111,7 +130,7 @@ async def delete_adapter(
 @router.post(
     "/{adapter_id}/activate",
     response_model=AdapterPublic,
-    responses=error_responses(401, 404, 409),
+    responses={**success_response(), **error_responses(401, 404, 409, 422)},
 )
 async def activate_adapter(
     user_id: str, adapter_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
