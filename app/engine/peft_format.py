@@ -70,6 +70,8 @@ _ZIP_MAGIC = (b"PK\x03\x04", _END_RECORD)
 _LOCAL_HEADER_BYTES = 30
 _FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 _.+-]{0,127}")
 _MAX_TEXT_CHARS = 1024
+_MAX_MODULE_DEPTH = 16
+"""Components of a module's path (Whisper's deepest: model.decoder.layers.N.encoder_attn.q_proj)."""
 _WHISPER_CLASS = {
     "base_model_class": "WhisperForConditionalGeneration",
     "parent_library": "transformers.models.whisper.modeling_whisper",
@@ -176,7 +178,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
 class _Config:
     rank: int
     alpha: float
-    targets: tuple[str, ...] | None
+    targets: frozenset[str] | None
     """Module names or suffixes, as PEFT matches them; None for "all-linear"."""
 
 
@@ -244,11 +246,15 @@ def _module_of(name: str, config: _Config) -> tuple[str, str]:
     )
 
 
-def _targeted(module: str, targets: tuple[str, ...] | None) -> bool:
-    """PEFT's rule for a list: the module's path is a target or ends with '.' + a target."""
+def _targeted(module: str, targets: frozenset[str] | None) -> bool:
+    """PEFT's rule for a list: the module's path is a target or ends with '.' + a target. Looked
+    up by suffix, in time bounded by the path's depth whatever the number of targets."""
     if targets is None:
         return True
-    return any(module == target or module.endswith(f".{target}") for target in targets)
+    parts = module.split(".")
+    if len(parts) > _MAX_MODULE_DEPTH:
+        return False
+    return any(".".join(parts[start:]) in targets for start in range(len(parts)))
 
 
 def _float32(name: str, dtype: torch.dtype, raw: bytes) -> bytes:
@@ -473,7 +479,7 @@ def _alpha(value: object) -> float:
     return alpha
 
 
-def _targets(value: object) -> tuple[str, ...] | None:
+def _targets(value: object) -> frozenset[str] | None:
     if value == "all-linear":
         return None
     if isinstance(value, str):
@@ -487,7 +493,7 @@ def _targets(value: object) -> tuple[str, ...] | None:
         or not all(isinstance(item, str) and 0 < len(item) <= _MAX_TEXT_CHARS for item in value)
     ):
         raise AdapterFileError(f"{CONFIG_NAME}: 'target_modules' must list module names")
-    return tuple(value)
+    return frozenset(value)
 
 
 def _is_text(value: object) -> bool:
