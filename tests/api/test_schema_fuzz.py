@@ -5,7 +5,8 @@ its lifespan started once for the module. Each generated request, schema-valid o
 with the admin key or a user's key in turn, its path aimed at existing resources half of the
 time, so that operations are reached beyond 401 and 404. Checked: no 5xx, and status code,
 content type, headers and body as the schema declares them (every error response included);
-invalid input is refused. Examples are bounded and derandomised: the same requests on every run.
+invalid input is refused. Examples are bounded and derandomised: the same requests on every run
+of the same code (Hypothesis also draws on constants it finds in the code).
 """
 
 import itertools
