@@ -4,7 +4,7 @@ from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from app.api.deps import PrincipalDep, StateDep
 from app.api.disconnect import cancel_on_disconnect
@@ -32,15 +32,6 @@ FALLBACK_HEADER = "X-Adapter-Fallback"
 non-finite; the adapter is now quarantined) or `adapter_unavailable` (its weights could not be
 loaded)."""
 MAX_BEAM_SIZE = 8
-MIN_SAMPLING_TEMPERATURE = 1e-6
-"""Above 0 and below this, logits / temperature can overflow (sampling failed with a 500) while
-sampling is greedy decoding in all but name: refused."""
-
-
-def _samplable(temperature: float) -> float:
-    if 0.0 < temperature < MIN_SAMPLING_TEMPERATURE:
-        raise ValueError(f"must be 0 (greedy) or at least {MIN_SAMPLING_TEMPERATURE:g}")
-    return temperature
 
 
 @router.post(
@@ -86,17 +77,7 @@ async def create_transcription(
     language: Annotated[Annotated[str, Field(max_length=16)] | FormOmitted, Form()] = None,
     prompt: Annotated[Annotated[str, Field(max_length=4000)] | FormOmitted, Form()] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
-    temperature: Annotated[
-        float,
-        Form(
-            ge=0.0,
-            le=1.0,
-            json_schema_extra={
-                "not": {"exclusiveMinimum": 0, "exclusiveMaximum": MIN_SAMPLING_TEMPERATURE}
-            },
-        ),
-        AfterValidator(_samplable),
-    ] = 0.0,
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[
         list[Literal["word", "segment"]] | FormOmitted, Form(alias="timestamp_granularities[]")
     ] = None,

@@ -114,7 +114,10 @@ class Search:
 
     def _single(self, scores: Tensor) -> list[tuple[int, int]]:
         if self._temperature > 0.0:
-            probs = (scores / self._temperature).softmax(dim=-1)
+            # Shifted so that the largest logit is 0, in float64 (where any temperature above
+            # 0 is itself above 0): nothing overflows, and a tiny one picks the greedy token.
+            shifted = scores.double() - float(scores.max())
+            probs = (shifted / self._temperature).softmax(dim=-1)
             if not bool(torch.isfinite(probs).all()):  # `multinomial` would fail the batch
                 raise NumericError("the sampling probabilities hold NaN or infinity")
             token = int(torch.multinomial(probs, 1, replacement=True, generator=self._generator)[0])
