@@ -42,6 +42,7 @@ from app.engine.errors import AudioDecodeError
 __all__ = [
     "MAX_DECODE_SECONDS",
     "SAMPLE_RATE",
+    "SPOOL_MEMORY_SECONDS",
     "DecodedAudio",
     "decode_audio",
     "decode_audio_spooled",
@@ -201,7 +202,7 @@ def _decode(
     limit = _Limit(max_duration_s)
     collector = _Collector(limit, spool)
     with ExitStack() as stack:
-        stack.callback(spool.discard)  # undone by `finish` on success
+        stack.callback(spool.discard)  # a no-op once `finish` has handed the samples over
         stream = _open_source(source, stack)
         # Entered after the input, so the decoder is closed before the file it reads.
         blocks = stack.enter_context(closing(_decode_blocks(stream, limit)))
