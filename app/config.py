@@ -75,8 +75,12 @@ class EnrolmentSettings(BaseModel):
     """Training sees one 30 s window per utterance, so longer recordings are refused."""
     max_total_seconds: float = Field(default=1800.0, gt=0)
     max_transcript_chars: int = Field(default=400, ge=1)
-    dev_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    min_dev_utterances: int = Field(default=3, ge=1)
+    gate_folds: int = Field(default=4, ge=2)
+    """The activation gate's k-fold cross-validation over the upload (see `training.gate`)."""
+    gate_confidence: float = Field(default=0.8, ge=0.5, lt=1.0)
+    """How sure the gate must be (one-sided, paired bootstrap) that the new adapter saves word
+    errors over what the user is served now."""
+    gate_min_words_saved: int = Field(default=2, ge=0)
     training_threads: int = Field(default=1, ge=1)
     """torch threads of the training process; the rest of the cores keep serving."""
     training_priority: TrainingPriority = "idle"

@@ -87,7 +87,7 @@ def settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
     return make_settings(
         tmp_path / "data",
         model={"path": tiny_en_dir},
-        enrolment={"worker": False, "min_utterances": 4, "min_dev_utterances": 2},
+        enrolment={"worker": False, "min_utterances": 4, "gate_folds": 2},
     )
 
 

@@ -143,5 +143,3 @@ class Recording(TimestampMixin, Base):
     transcript: Mapped[str] = mapped_column(Text)
     blob_key: Mapped[str] = mapped_column(String(255))
     duration_seconds: Mapped[float] = mapped_column(Float)
-    split: Mapped[str] = mapped_column(String(8))
-    """`train` or `dev` (the held-out part that decides whether the adapter is activated)."""

@@ -2,7 +2,6 @@
 
 import asyncio
 import io
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,9 +65,8 @@ async def create_enrolment(
             "An enrolment is already queued or running for this user.", code="enrolment_running"
         )
     job_id = new_id()
-    dev = _dev_positions(len(utterances), limits, request.seed)
     store = store.bind(session)
-    recordings = await _store_recordings(store, user_id, job_id, utterances, dev)
+    recordings = await _store_recordings(store, user_id, job_id, utterances)
     job = EnrolmentJob(
         id=job_id,
         user_id=user_id,
@@ -171,18 +169,11 @@ def _decode_all(request: EnrolmentRequest, limits: EnrolmentSettings) -> list[_U
     return utterances
 
 
-def _dev_positions(count: int, limits: EnrolmentSettings, seed: int) -> set[int]:
-    """The held-out part of the upload that decides whether the new adapter is activated."""
-    size = min(count - 1, max(limits.min_dev_utterances, round(count * limits.dev_fraction)))
-    return set(random.Random(seed).sample(range(count), size))
-
-
 async def _store_recordings(
     store: AdapterStore,
     user_id: str,
     job_id: str,
     utterances: list[_Utterance],
-    dev: set[int],
 ) -> list[Recording]:
     recordings = []
     for position, utterance in enumerate(utterances):
@@ -196,7 +187,6 @@ async def _store_recordings(
                 transcript=utterance.transcript,
                 blob_key=key,
                 duration_seconds=round(len(utterance.audio) / SAMPLE_RATE, 3),
-                split="dev" if position in dev else "train",
             )
         )
     return recordings

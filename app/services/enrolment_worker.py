@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -35,8 +34,10 @@ from app.db.session import transaction
 from app.engine.adapter_file import AdapterFileError, AdapterWeights, dump_adapter, load_adapter
 from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
-from app.engine.text import wer
 from app.engine.training import (
+    GateConfig,
+    GatedTraining,
+    ServingNumerics,
     TrainingCancelled,
     TrainingConfig,
     TrainingProgress,
@@ -45,15 +46,12 @@ from app.engine.training import (
     Utterance,
     run_in_subprocess,
 )
-from app.engine.types import TranscriptionOptions
 from app.engine.whisper import TranscriptionTask
 from app.services.adapters import ActiveAdapters
 from app.services.blob_keys import adapter_key
 from app.services.model_loading import resolve_model_dir
 
 logger = logging.getLogger(__name__)
-
-EVALUATION = TranscriptionOptions(language="en", with_timestamps=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +60,11 @@ class WorkerContext:
     store: AdapterStore
     recognizer: SpeechRecognizer
     scheduler: BatchScheduler[TranscriptionTask]
-    """Dev-set evaluation of the currently active adapter runs through the serving batches."""
+    """Where adapters are checked before they are stored (the inference thread)."""
     model_dir: Path
     precision: str
+    numerics: ServingNumerics
+    """How serving computes: the gate transcribes the same way."""
     settings: EnrolmentSettings
 
     @classmethod
@@ -83,6 +83,10 @@ class WorkerContext:
             scheduler=scheduler,
             model_dir=resolve_model_dir(settings),
             precision=settings.model.precision,
+            numerics=ServingNumerics(
+                compute_dtype=settings.model.compute_dtype,
+                base_window=settings.model.encoder_window,
+            ),
             settings=settings.enrolment,
         )
 
@@ -147,9 +151,9 @@ class EnrolmentWorker:
         log = {"job_id": job.id, "user_id": job.user_id}
         logger.info("enrolment started", extra=log)
         try:
-            request = await self._training_request(job)
+            served_id, request = await self._training_request(job)
             result = await self._train(job.id, request)
-            await self._complete(job.id, request, result)
+            await self._complete(job.id, served_id, result)
         except TrainingCancelled:
             if self._stopping.is_set():
                 await self._requeue(job.id)
@@ -161,20 +165,34 @@ class EnrolmentWorker:
             await self._set_outcome(job.id, "failed", error=_describe(exc))
             logger.exception("enrolment failed", extra=log)
 
-    async def _training_request(self, job: EnrolmentJob) -> TrainingRequest:
+    async def _training_request(self, job: EnrolmentJob) -> tuple[str | None, TrainingRequest]:
+        """The request, and the id of the adapter the user is served now (None: the base
+        model), which the new adapter must beat."""
         async with self._ctx.sessions() as session:
             recordings = await EnrolmentRepository(session).recordings(job.id)
+            served = await self._active_adapters.resolve(session, job.user_id)
         utterances = [await self._utterance(recording) for recording in recordings]
-        train = [u for u, r in zip(utterances, recordings, strict=True) if r.split == "train"]
-        dev = [u for u, r in zip(utterances, recordings, strict=True) if r.split == "dev"]
-        return TrainingRequest(
-            model_dir=self._ctx.model_dir,
-            train=train,
-            dev=dev,
-            config=_training_config(job.params, self._ctx.settings.training_threads),
-            precision=self._ctx.precision,
-            priority=self._ctx.settings.training_priority,
+        settings = self._ctx.settings
+        gated = GatedTraining(
+            gate=GateConfig(
+                folds=settings.gate_folds,
+                confidence=settings.gate_confidence,
+                min_words_saved=settings.gate_min_words_saved,
+            ),
+            served_adapter=dump_adapter(served.weights) if served is not None else None,
+            served_label=f"the active adapter {served.id}" if served else "the base model",
+            numerics=self._ctx.numerics,
         )
+        request = TrainingRequest(
+            model_dir=self._ctx.model_dir,
+            train=utterances,
+            dev=[],
+            config=_training_config(job.params, settings.training_threads),
+            precision=self._ctx.precision,
+            priority=settings.training_priority,
+            gated=gated,
+        )
+        return (served.id if served else None), request
 
     async def _utterance(self, recording: Recording) -> Utterance:
         data = await self._ctx.store.get(recording.blob_key)
@@ -220,9 +238,7 @@ class EnrolmentWorker:
             return data, weights, str(exc)
         return data, weights, None
 
-    async def _complete(
-        self, job_id: str, request: TrainingRequest, result: TrainingResult
-    ) -> None:
+    async def _complete(self, job_id: str, served_id: str | None, result: TrainingResult) -> None:
         data, weights, out_of_bounds = await self._ctx.scheduler.run(
             lambda: self._stored_form(result.adapter)
         )
@@ -232,10 +248,11 @@ class EnrolmentWorker:
             if job is None:
                 raise TrainingCancelled("the job was deleted while training")
             user_id = job.user_id
-            active = await self._active_adapters.resolve(session, user_id)
-        if active is not None:
-            metrics["wer_active"] = await self._dev_wer(request.dev, active.weights)
-        activate, reason = _acceptance(metrics, active.id if active else None)
+            served_now = await AdapterRepository(session).active_for_user(user_id)
+        activate, reason = bool(metrics["gate"]["activate"]), str(metrics["gate"]["reason"])
+        if activate and (served_now.id if served_now else None) != served_id:
+            activate = False
+            reason = "not activated: what the user is served changed while this adapter trained"
         if out_of_bounds is not None:  # kept for inspection, never served
             activate, reason = False, f"quarantined: out of bounds: {out_of_bounds}"
         adapter_id = new_id()
@@ -280,14 +297,6 @@ class EnrolmentWorker:
             job.adapter_id, job.activated = new.id, new.activate
             job.activation_reason, job.metrics = new.reason, new.metrics
             _finish(job, "succeeded")
-
-    async def _dev_wer(self, dev: Sequence[Utterance], adapter: AdapterWeights) -> float:
-        scheduler = self._ctx.scheduler
-        transcriptions = await asyncio.gather(
-            *(scheduler.transcribe(utterance.audio, EVALUATION, adapter) for utterance in dev)
-        )
-        hypotheses = [transcription.text for transcription in transcriptions]
-        return wer([u.text for u in dev], hypotheses)
 
     async def _requeue(self, job_id: str) -> None:
         async with transaction(self._ctx.sessions) as session:
@@ -352,19 +361,6 @@ def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:
         alpha = None if default.alpha is None else default.alpha * rank / default.rank
         config = replace(config, rank=rank, alpha=alpha)
     return config
-
-
-def _acceptance(metrics: dict[str, Any], active_id: str | None) -> tuple[bool, str]:
-    """The new adapter is activated only if it beats what the user is served today on the
-    held-out dev recordings: the active adapter, or else the base model."""
-    new = float(metrics["wer_after"])
-    if active_id is not None:
-        current, label = float(metrics["wer_active"]), f"the active adapter {active_id}"
-    else:
-        current, label = float(metrics["wer_before"]), "the base model"
-    if new < current:
-        return True, f"dev WER {new:.3f} beats {label} ({current:.3f})"
-    return False, f"dev WER {new:.3f} does not beat {label} ({current:.3f})"
 
 
 def _finish(job: EnrolmentJob, status: str, error: str | None = None) -> None:

@@ -69,7 +69,7 @@ def enrolment_settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
         enrolment={
             "worker": True,
             "min_utterances": 4,
-            "min_dev_utterances": 2,
+            "gate_folds": 2,
             "poll_interval_s": 0.2,
             "heartbeat_interval_s": 0.5,
             "training_threads": 2,
@@ -234,7 +234,7 @@ def small_limits_settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
     return make_settings(
         tmp_path / "data",
         model={"path": tiny_en_dir},
-        enrolment={"worker": False, "min_utterances": 4, "min_dev_utterances": 2},
+        enrolment={"worker": False, "min_utterances": 4, "gate_folds": 2},
     )
 
 

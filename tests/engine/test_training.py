@@ -17,6 +17,7 @@ import torch
 from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
 from app.engine.encoder import FULL_WINDOW_FRAMES, EncoderWindow
 from app.engine.features import SAMPLE_RATE
+from app.engine.text import word_errors
 from app.engine.tokens import SpecialTokens
 from app.engine.training import (
     TrainingCancelled,
@@ -33,8 +34,14 @@ from app.engine.training import (
     training_window,
 )
 from app.engine.training.data import IGNORE_INDEX, build_example, collate
+from app.engine.training.gate import GateConfig
 from app.engine.training.process import lower_priority
-from app.engine.training.trainer import EVALUATION_OPTIONS
+from app.engine.training.trainer import (
+    EVALUATION_OPTIONS,
+    ServedNow,
+    ServingNumerics,
+    train_with_gate,
+)
 from app.engine.types import TrainingPriority
 from app.engine.whisper import WhisperEngine
 from tests.support.adapters import random_adapter
@@ -293,3 +300,41 @@ def test_the_training_process_yields_the_cpu_to_serving(
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as child:
         assert child.submit(_scheduling_after, priority).result() == (policy, niceness)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_the_gate_scores_every_utterance_held_out_then_trains_on_all(
+    tiny_en_dir: Path, utterances: list[Utterance]
+) -> None:
+    progress: list[TrainingProgress] = []
+    served = ServedNow(None, "the base model")
+
+    result = train_with_gate(
+        tiny_en_dir,
+        utterances[:4],
+        TINY,
+        GateConfig(folds=2),
+        served=served,
+        numerics=ServingNumerics(compute_dtype="float32", base_window="full"),
+        progress=progress.append,
+    )
+
+    gate = result.metrics["gate"]
+    assert (gate["folds"], gate["utterances"]) == (2, 4)
+    assert gate["words"] == sum(word_errors(text, text)[1] for text in SENTENCES[:4])
+    assert gate["reason"].startswith(("activated: on 4 recordings", "not activated: on 4"))
+    assert "the base model made" in gate["reason"]
+    assert gate["activate"] is (
+        gate["saved_low"] > 0 and gate["errors_new"] < gate["errors_served"]
+    )
+    assert (result.metrics["wer_before"], result.metrics["wer_after"]) == (
+        gate["wer_served"],
+        gate["wer_new"],
+    )
+    assert result.metrics["train_utterances"] == 4
+    assert result.metrics["epochs_run"] == TINY.epochs, "no early stopping: nothing held out"
+    assert result.adapter.extra["train_utterances"] == "4"
+    fractions = [update.fraction for update in progress]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    stages = {update.message.split(",")[0] for update in progress}
+    assert {"fold 1", "fold 2", "final adapter"} <= stages

@@ -3,10 +3,20 @@
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, split_train_dev, training_window
 from app.engine.training.errors import TrainingCancelled, TrainingDataError, TrainingFailed
-from app.engine.training.process import TrainingRequest, run_in_subprocess
-from app.engine.training.trainer import TrainingProgress, TrainingResult, train_lora
+from app.engine.training.gate import GateConfig
+from app.engine.training.process import GatedTraining, TrainingRequest, run_in_subprocess
+from app.engine.training.trainer import (
+    ServingNumerics,
+    TrainingProgress,
+    TrainingResult,
+    train_lora,
+    train_with_gate,
+)
 
 __all__ = [
+    "GateConfig",
+    "GatedTraining",
+    "ServingNumerics",
     "TrainingCancelled",
     "TrainingConfig",
     "TrainingDataError",
@@ -18,5 +28,6 @@ __all__ = [
     "run_in_subprocess",
     "split_train_dev",
     "train_lora",
+    "train_with_gate",
     "training_window",
 ]

@@ -20,11 +20,11 @@ __all__ = ["GateConfig", "GateEvidence", "HeldOutScore", "decide", "fold_assignm
 
 @dataclass(frozen=True, slots=True)
 class GateConfig:
-    folds: int = 5
+    folds: int = 4
     """k of the k-fold cross-validation (at most the number of utterances)."""
-    confidence: float = 0.9
+    confidence: float = 0.8
     """One-sided level of the bootstrap bound on the errors saved."""
-    min_words_saved: int = 1
+    min_words_saved: int = 2
     """Held-out word errors the new adapter must save at least (a margin against ties)."""
     resamples: int = 2000
     seed: int = 0

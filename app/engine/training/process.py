@@ -22,10 +22,18 @@ from app.engine.adapter_file import dump_adapter, load_adapter
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, check_utterance
 from app.engine.training.errors import TrainingCancelled, TrainingFailed
-from app.engine.training.trainer import TrainingProgress, TrainingResult, train_lora
+from app.engine.training.gate import GateConfig
+from app.engine.training.trainer import (
+    ServedNow,
+    ServingNumerics,
+    TrainingProgress,
+    TrainingResult,
+    train_lora,
+    train_with_gate,
+)
 from app.engine.types import Precision, TrainingPriority
 
-__all__ = ["TrainingRequest", "lower_priority", "run_in_subprocess"]
+__all__ = ["GatedTraining", "TrainingRequest", "lower_priority", "run_in_subprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,17 @@ _THREAD_VARIABLES = (
 
 
 @dataclass(frozen=True, slots=True)
+class GatedTraining:
+    """Train with the activation gate's cross-validation (`train_with_gate`)."""
+
+    gate: GateConfig
+    served_adapter: bytes | None
+    """The file of the adapter the speaker is served now (`dump_adapter`); None: the base."""
+    served_label: str
+    numerics: ServingNumerics
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingRequest:
     model_dir: Path
     train: Sequence[Utterance]
@@ -47,6 +66,8 @@ class TrainingRequest:
     precision: str = "nf4"
     device: str = "cpu"
     priority: TrainingPriority = "normal"
+    gated: GatedTraining | None = None
+    """Set: every utterance (train and dev alike) goes through the gate's folds."""
 
     def __post_init__(self) -> None:
         if self.precision not in get_args(Precision):
@@ -138,15 +159,7 @@ def _child_main(request: TrainingRequest, sender: Connection) -> None:
     lower_priority(request.priority)
     _limit_threads(request.config.threads)
     try:
-        result = train_lora(
-            request.model_dir,
-            request.train,
-            request.dev,
-            request.config,
-            precision=cast(Precision, request.precision),
-            device=request.device,
-            progress=lambda update: sender.send(("progress", update)),
-        )
+        result = _train(request, lambda update: sender.send(("progress", update)))
         sender.send(("result", dump_adapter(result.adapter), result.metrics))
     except BaseException as exc:
         with suppress(OSError):
@@ -154,6 +167,35 @@ def _child_main(request: TrainingRequest, sender: Connection) -> None:
         raise SystemExit(1) from exc
     finally:
         sender.close()
+
+
+def _train(
+    request: TrainingRequest, progress: Callable[[TrainingProgress], None]
+) -> TrainingResult:
+    precision = cast(Precision, request.precision)
+    gated = request.gated
+    if gated is None:
+        return train_lora(
+            request.model_dir,
+            request.train,
+            request.dev,
+            request.config,
+            precision=precision,
+            device=request.device,
+            progress=progress,
+        )
+    served = load_adapter(gated.served_adapter) if gated.served_adapter is not None else None
+    return train_with_gate(
+        request.model_dir,
+        [*request.train, *request.dev],
+        request.config,
+        gated.gate,
+        served=ServedNow(served, gated.served_label),
+        numerics=gated.numerics,
+        precision=precision,
+        device=request.device,
+        progress=progress,
+    )
 
 
 def lower_priority(priority: TrainingPriority) -> None:

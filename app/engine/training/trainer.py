@@ -29,9 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from app.engine.adapter_file import AdapterWeights
-from app.engine.encoder import encode
+from app.engine.encoder import EncoderWindow, encode
 from app.engine.lora import LoraLinear
-from app.engine.text import wer
+from app.engine.text import wer, word_errors
 from app.engine.tokens import SpecialTokens
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import (
@@ -45,15 +45,18 @@ from app.engine.training.data import (
     step_batches,
 )
 from app.engine.training.errors import TrainingCancelled, TrainingDataError
-from app.engine.types import Precision, TranscriptionOptions
+from app.engine.training.gate import GateConfig, HeldOutScore, decide, fold_assignment
+from app.engine.types import ComputeDtype, Precision, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 
 __all__ = [
     "EVALUATION_OPTIONS",
+    "ServingNumerics",
     "TrainingProgress",
     "TrainingResult",
     "base_parameter_count",
     "train_lora",
+    "train_with_gate",
 ]
 
 EVALUATION_OPTIONS = TranscriptionOptions(language="en", with_timestamps=False)
@@ -108,7 +111,8 @@ def train_lora(
     for index, utterance in enumerate([*train, *dev]):
         check_utterance(utterance, index)
     started = time.monotonic()
-    run = _Run(config, len(train), len(dev), progress, should_stop)
+    epoch_units = len(train) + len(dev) * (_DECODE_COST + 0.2)
+    run = _Run(len(dev) * _DECODE_COST + config.epochs * epoch_units, progress, should_stop)
     run.advance(0.0, "loading the model")
     _seed_everything(config.seed)
     trainer, evaluator = (
@@ -139,6 +143,139 @@ def train_lora(
         "torch_threads": torch.get_num_threads(),
     }
     return TrainingResult(adapter=adapter, metrics=metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class ServingNumerics:
+    """How the serving engine computes: the gate's transcriptions use the same."""
+
+    compute_dtype: ComputeDtype = "auto"
+    base_window: EncoderWindow = "full"
+    """The encoder window of the base model; adapters use the window they were trained on."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedNow:
+    """What the speaker is served today, which a new adapter must beat."""
+
+    adapter: AdapterWeights | None
+    label: str = "the base model"
+
+
+def train_with_gate(
+    model_dir: Path,
+    utterances: Sequence[Utterance],
+    config: TrainingConfig,
+    gate: GateConfig,
+    *,
+    served: ServedNow,
+    numerics: ServingNumerics,
+    precision: Precision = "nf4",
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> TrainingResult:
+    """k-fold cross-validation over the whole upload, then the adapter trained on all of it.
+
+    Each fold's adapter (trained for `config.epochs` on the other folds, no early stopping: the
+    held-out fold must not choose anything) transcribes its fold; `served` transcribes every
+    utterance; `gate.decide` compares the word errors. The metrics carry the evidence under
+    `"gate"`; the caller activates the adapter only if it says so.
+    """
+    for index, utterance in enumerate(utterances):
+        check_utterance(utterance, index)
+    count = len(utterances)
+    folds = min(gate.folds, count)
+    if folds < 2:
+        raise TrainingDataError("the gate needs at least 2 utterances")
+    started = time.monotonic()
+    held_in = count - count / folds
+    run = _Run(
+        config.epochs * (folds * held_in + count) + 2 * count * _DECODE_COST, progress, should_stop
+    )
+    run.advance(0.0, "loading the model")
+    trainer = WhisperEngine.load(
+        model_dir, precision=precision, device=device, threads=config.threads
+    )
+    evaluator = WhisperEngine.load(
+        model_dir,
+        precision=precision,
+        device=device,
+        threads=config.threads,
+        dtype=numerics.compute_dtype,
+        base_window=numerics.base_window,
+    )
+    examples = _examples(trainer, utterances, config)
+    run.label = served.label
+    served_errors = [_word_errors(evaluator, u, served.adapter, config, run) for u in utterances]
+    assignment = fold_assignment(count, folds, config.seed)
+    new_errors: dict[int, tuple[int, int]] = {}
+    for fold in range(folds):
+        inside = [i for i in range(count) if assignment[i] != fold]
+        _, best = _fit_fresh(trainer, evaluator, [examples[i] for i in inside], config, fold, run)
+        adapter = _adapter(best.tensors, config, evaluator.info.fingerprint, best, len(inside), 0)
+        for index in (i for i in range(count) if assignment[i] == fold):
+            new_errors[index] = _word_errors(evaluator, utterances[index], adapter, config, run)
+    scores = [
+        HeldOutScore(words, served_count, new_errors[index][0])
+        for index, (served_count, words) in enumerate(served_errors)
+    ]
+    evidence = decide(scores, gate, folds=folds, served=served.label)
+    history, best = _fit_fresh(trainer, evaluator, examples, config, None, run)
+    adapter = _adapter(best.tensors, config, evaluator.info.fingerprint, best, count, 0)
+    evaluator.check_adapter(adapter)
+    run.finish()
+    gate_metrics = evidence.to_metrics()
+    metrics = {
+        "wer_before": gate_metrics["wer_served"],
+        "wer_after": gate_metrics["wer_new"],
+        "gate": gate_metrics,
+        "epochs_run": len(history),
+        "epoch_train_loss": [epoch.train_loss for epoch in history],
+        "train_seconds": round(time.monotonic() - started, 3),
+        "train_utterances": count,
+        "adapter_parameters": adapter.parameter_count,
+        "base_parameters": base_parameter_count(trainer.model),
+        "parameter_ratio": adapter.parameter_count / base_parameter_count(trainer.model),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {**asdict(config), "targets": list(config.targets)},
+        "precision": precision,
+        "compute_dtype": numerics.compute_dtype,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return TrainingResult(adapter=adapter, metrics=metrics)
+
+
+def _fit_fresh(
+    trainer: WhisperEngine,
+    evaluator: WhisperEngine,
+    examples: list[Example],
+    config: TrainingConfig,
+    fold: int | None,
+    run: "_Run",
+) -> tuple[list["_Epoch"], "_Epoch"]:
+    """New factors trained for every epoch of `config` on `examples` (the last epoch kept).
+    Each fold starts from its own seed; the final adapter from the config's."""
+    seeded = config if fold is None else replace(config, seed=config.seed + 1 + fold)
+    _seed_everything(seeded.seed)
+    layers = _init_lora(trainer, seeded)
+    run.label = "final adapter" if fold is None else f"fold {fold + 1}"
+    return _fit(trainer, evaluator, layers, examples, [], [], config, run)
+
+
+def _word_errors(
+    evaluator: WhisperEngine,
+    utterance: Utterance,
+    adapter: AdapterWeights | None,
+    config: TrainingConfig,
+    run: "_Run",
+) -> tuple[int, int]:
+    """(word errors, reference words) of one transcription as serving would make it."""
+    run.check()
+    options = replace(EVALUATION_OPTIONS, language=config.language)
+    text = evaluator.transcribe(utterance.audio, options, adapter).text
+    run.advance(_DECODE_COST, run.say("scoring held-out recordings"))
+    return word_errors(utterance.text, text)
 
 
 def _history_metrics(
@@ -177,20 +314,19 @@ class _Run:
 
     def __init__(
         self,
-        config: TrainingConfig,
-        train_count: int,
-        dev_count: int,
+        total_units: float,
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
     ) -> None:
-        self._epoch_units = train_count + dev_count * (_DECODE_COST + 0.2)
-        self._total = dev_count * _DECODE_COST + config.epochs * self._epoch_units
+        self._total = total_units
         self._done = 0.0
         self._started = time.monotonic()
         self._progress = progress
         self._should_stop = should_stop
         self.epoch = 0
         self.step = 0
+        self.label: str | None = None
+        """What is being trained, when there is more than one (e.g. `fold 2`)."""
 
     def check(self) -> None:
         if self._should_stop is not None and self._should_stop():
@@ -206,6 +342,10 @@ class _Run:
 
     def finish(self) -> None:
         self._report(1.0, "done")
+
+    def say(self, message: str) -> str:
+        """`message`, prefixed with what is being trained when that is set."""
+        return f"{self.label}, {message}" if self.label else message
 
     def _report(self, fraction: float, message: str) -> None:
         if self._progress is None:
@@ -393,7 +533,7 @@ def _train_epoch(
         run.step += 1
         run.advance(
             sum(len(indices) for indices in micro_batches),
-            f"epoch {run.epoch}/{config.epochs}: step {run.step}",
+            run.say(f"epoch {run.epoch}/{config.epochs}: step {run.step}"),
         )
     return total_loss / max(1.0, total_tokens)
 
