@@ -145,3 +145,21 @@ async def test_timestamps_have_one_format_with_its_offset(client: httpx.AsyncCli
     for stamp in stamps:
         assert stamp.endswith("Z"), stamp
         assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("template", ["bearer {}", "BEARER {}", "Bearer   {}", "Bearer {}  "])
+async def test_the_scheme_is_case_insensitive_and_blanks_are_tolerated(
+    client: httpx.AsyncClient, template: str
+) -> None:
+    """RFC 7235: the auth scheme is case-insensitive."""
+    alice = await create_user(client, "alice")
+    headers = {"Authorization": template.format(alice["api_key"])}
+    response = await client.get(f"/v1/users/{alice['id']}", headers=headers)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("template", ["Bearer{}", "Token {}", "{}", "Bearer {} extra"])
+async def test_malformed_authorization_is_401(client: httpx.AsyncClient, template: str) -> None:
+    alice = await create_user(client, "alice")
+    headers = {"Authorization": template.format(alice["api_key"])}
+    assert_openai_error(await client.get(f"/v1/users/{alice['id']}", headers=headers), 401)
