@@ -69,7 +69,7 @@ from bench.common import (
 from bench.speakers import SpeakerData, Suite, Utterance, load
 
 if TYPE_CHECKING:
-    from app.engine.adapter_file import AdapterWeights
+    from app.engine.adaptation.lora.file import AdapterWeights
     from app.engine.whisper import WhisperEngine
 
 BUNDLED_MODEL = "tiny.en"
@@ -296,7 +296,7 @@ class Trained:
 def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     """`train_lora` with the tuned defaults (but `threads`), in a child process as the service
     runs it: its models and autograd memory go away with the child."""
-    from app.engine.adapter_file import dump_adapter
+    from app.engine.adaptation.lora.file import dump_adapter
     from app.engine.training import TrainingConfig, TrainingRequest, run_in_subprocess
     from app.engine.training import Utterance as TrainUtterance
 
@@ -336,8 +336,8 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
 
 def bounds_report(engine: WhisperEngine, adapter: AdapterWeights) -> dict[str, Any]:
     """Where the adapter sits against the bounds every stored adapter must meet
-    (`adapter_file.check_bounds`): the service would quarantine it past them."""
-    from app.engine.adapter_file import MAX_UPDATE_RATIO, AdapterFileError, update_ratios
+    (`lora.file.check_bounds`): the service would quarantine it past them."""
+    from app.engine.adaptation.lora.file import MAX_UPDATE_RATIO, AdapterFileError, update_ratios
 
     largest = max(update_ratios(adapter, engine.base_weight_norms()).values())
     try:

@@ -52,11 +52,12 @@ def _audio(count: int) -> list[Any]:
 def _adapters(engine: Any, count: int) -> list[Any]:
     import torch
 
-    from app.engine.adapter_file import AdapterWeights
-    from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, target_module_names
+    from app.engine.adaptation.lora.config import ADAPTABLE
+    from app.engine.adaptation.lora.file import AdapterWeights
+    from app.engine.adaptation.lora.layer import target_module_names
 
     adapters = []
-    names = target_module_names(engine.model, ATTENTION_TARGETS + FFN_TARGETS)
+    names = target_module_names(engine.model, ADAPTABLE)
     for seed in range(count):
         generator = torch.Generator().manual_seed(seed)
         tensors = {}

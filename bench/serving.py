@@ -190,7 +190,7 @@ def synthetic_adapters(
     adapters that behave like trained ones, yet differ)."""
     import torch
 
-    from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+    from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter, load_adapter
 
     shape = load_adapter(template)
     files = []

@@ -5,7 +5,7 @@
 Trains adapters at the service's default settings (`TrainingConfig()`): FSDD speakers (the
 enrolment split of `scripts/tune_lora.py`) and real speechocean762 speakers (their 20 utterances,
 split as the service splits an upload), then reports per module `||scale * B A||_F / ||W||_F`
-against the NF4 weights served, and where `adapter_file.MAX_UPDATE_RATIO` sits above the largest.
+against the NF4 weights served, and where `lora.file.MAX_UPDATE_RATIO` sits above the largest.
 """
 
 import argparse
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tune_lora import SAMPLE_RATE, TMP, fsdd_utterances
 
-from app.engine.adapter_file import (
+from app.engine.adaptation.lora.file import (
     MAX_SCALE,
     MAX_UPDATE_RATIO,
     dump_adapter,

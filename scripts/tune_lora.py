@@ -30,8 +30,8 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.engine.adapter_file import dump_adapter
-from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS
+from app.engine.adaptation.lora.config import ATTENTION_TARGETS, FFN_TARGETS
+from app.engine.adaptation.lora.file import dump_adapter
 from app.engine.model_import import import_bundled_model
 from app.engine.text import wer
 from app.engine.training import (

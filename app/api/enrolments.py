@@ -8,7 +8,7 @@ from pydantic import Field
 from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.schemas import EnrolmentJobPublic, FormOmitted, error_responses, success_response
 from app.services import enrolment
-from app.services.enrolment import EnrolmentRequest, UploadedRecording
+from app.services.enrolment import DEFAULT_METHOD, EnrolmentRequest, UploadedRecording
 
 router = APIRouter(prefix="/v1", tags=["enrolment"])
 
@@ -30,7 +30,7 @@ async def create_enrolment(
     transcripts: Annotated[
         list[str], Form(min_length=1, description="What each file says, in file order.")
     ],
-    method: Annotated[str, Form()] = "lora",
+    method: Annotated[str, Form()] = DEFAULT_METHOD,
     rank: Annotated[Annotated[int, Field(ge=1, le=64)] | FormOmitted, Form()] = None,
     epochs: Annotated[Annotated[int, Field(ge=1, le=50)] | FormOmitted, Form()] = None,
     seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,

@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.audio import SAMPLE_RATE, DecodedAudio
 from app.engine.errors import EngineError
 from app.engine.types import Transcription, TranscriptionOptions

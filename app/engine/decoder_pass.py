@@ -21,15 +21,15 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
+from app.engine.adaptation.lora.bank import Factors
 from app.engine.dense import prepack
 from app.engine.projections import (
     BaseWeights,
-    Factors,
     Projection,
     RowSpan,
     fused,
     fused_factors,
-    row_factors,
+    slot_factors,
 )
 
 __all__ = ["DecodeBatch", "OutputHead"]
@@ -89,12 +89,12 @@ def _layer_factors(layer: Any, slot: int) -> dict[str, Factors | None]:
     """One request's LoRA factors for every projection of a layer (None: base model)."""
     own = layer.self_attn
     qkv = (own.q_proj, own.k_proj, own.v_proj)
-    parts = [row_factors(m, [slot]).get(0) for m in qkv]
+    parts = [slot_factors(m, slot) for m in qkv]
     factors: dict[str, Factors | None] = {
         "self_qkv": fused_factors(parts, [m.out_features for m in qkv])
     }
     for name, module in _modules(layer).items():
-        factors[name] = row_factors(module, [slot]).get(0)
+        factors[name] = slot_factors(module, slot)
     return factors
 
 

@@ -14,14 +14,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from app.engine.projections import (
-    BaseWeights,
-    Factors,
-    Projection,
-    fused,
-    fused_factors,
-    slot_factors,
-)
+from app.engine.adaptation.lora.bank import Factors
+from app.engine.projections import BaseWeights, Projection, fused, fused_factors, slot_factors
 
 __all__ = ["EncoderWeights", "encode_window"]
 

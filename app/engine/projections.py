@@ -25,29 +25,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from app.engine.adaptation.lora.bank import Factors
+from app.engine.adaptation.lora.layer import LoraLinear
 from app.engine.dense import INVARIANT_ROWS, dense_weight, packed_linear, prepack
-from app.engine.lora import LoraLinear
 
 __all__ = [
     "BaseWeights",
-    "Factors",
     "Projection",
-    "RowFactors",
     "RowSpan",
     "fused",
     "fused_factors",
-    "row_factors",
     "slot_factors",
 ]
-
-Factors = tuple[Tensor, Tensor]
-"""An adapter's A [in, r] and B [r, out] for one projection (float32, LoRA scale in B), A held
-column-major (the transpose of a contiguous [r, in]): a product of one row with it (a decoder
-step) takes a BLAS path 2-4x faster than with a row-major A (measured on 2 threads: 2.2 vs
-5.9 us for a 384-wide row, 2.8 vs 10 us at 1536), and about as fast at five rows (beams) or
-1500 (encoder frames)."""
-RowFactors = dict[int, Factors]
-"""Batch row -> its adapter's factors; rows served by the base model are absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,30 +149,9 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def slot_factors(module: nn.Module, slot: int) -> Factors | None:
-    """The factors of the adapter in bank `slot` for this layer, at the adapter's own rank
-    (None for the base model, or an adapter that leaves this layer alone)."""
-    layer = module if isinstance(module, LoraLinear) else None
-    if layer is None or layer.bank_a is None or layer.bank_b is None:
-        return None
-    rank = layer.bank_ranks[slot]
-    if rank == 0:
-        return None
-    # The adapter's own rank, not the bank's zero padding: a product over more terms would
-    # round differently, and a row's bits would change as the bank grows. Both are views.
-    return layer.bank_a[slot, :rank].T, layer.bank_b[slot, :rank]
-
-
-def row_factors(module: nn.Module, slots: list[int]) -> RowFactors:
-    """Each adapted row's factors (rows the base model serves here are left out)."""
-    factors: RowFactors = {}
-    by_slot: dict[int, Factors | None] = {}
-    for row, slot in enumerate(slots):
-        if slot not in by_slot:
-            by_slot[slot] = slot_factors(module, slot)
-        found = by_slot[slot]
-        if found is not None:
-            factors[row] = found
-    return factors
+    """The factors of the adapter in bank `slot` for this projection (None for the base model,
+    an adapter that leaves it alone, or a projection without a bank)."""
+    return module.bank.factors(slot) if isinstance(module, LoraLinear) else None
 
 
 def fused(parts: list[BaseWeights]) -> BaseWeights:

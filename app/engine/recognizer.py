@@ -4,8 +4,8 @@ from typing import Protocol
 
 import numpy as np
 
-from app.engine.adapter_file import AdapterWeights
-from app.engine.adapter_slots import SlotStats
+from app.engine.adaptation.lora.file import AdapterWeights
+from app.engine.adaptation.slots import SlotStats
 from app.engine.batching import BatchingEngine
 from app.engine.types import ModelInfo, Transcription, TranscriptionOptions
 from app.engine.whisper import TranscriptionTask
@@ -34,7 +34,7 @@ class SpeechRecognizer(BatchingEngine[TranscriptionTask], Protocol):
 
     def check_adapter_bounds(self, adapter: AdapterWeights) -> None:
         """Raises `AdapterFileError` unless the adapter's updates stay within the bounds an
-        adapter must meet to be stored (see `adapter_file.check_bounds`)."""
+        adapter must meet to be stored (see `lora.file.check_bounds`)."""
         ...
 
     def forget(self, adapter: AdapterWeights) -> None:

@@ -29,13 +29,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.adapter_file import (
+from app.engine.adaptation.lora.bank import LoraBanks
+from app.engine.adaptation.lora.file import (
     AdapterFileError,
     AdapterWeights,
     check_bounds,
     check_compatible,
 )
-from app.engine.adapter_slots import AdapterSlots, SlotStats
+from app.engine.adaptation.lora.layer import inject_lora
+from app.engine.adaptation.registry import adaptable_projections
+from app.engine.adaptation.slots import AdapterSlots, SlotStats
 from app.engine.audio import DecodedAudio
 from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
 from app.engine.dense import ComputeDtype, compute_dtype, dense_weight
@@ -49,7 +52,6 @@ from app.engine.features import (
     pad_or_trim,
 )
 from app.engine.loading import LoadedModel, load_model, weight_bytes
-from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, inject_lora
 from app.engine.memory import release_free_memory
 from app.engine.model_import import describe_model_dir
 from app.engine.tokens import SpecialTokens
@@ -180,10 +182,8 @@ class WhisperEngine:
         )
         self._lock = threading.RLock()
         # Every projection an adapter may target gets a LoRA bank, once.
-        self._lora_layers = (
-            inject_lora(loaded.model, ATTENTION_TARGETS + FFN_TARGETS) if lora else {}
-        )
-        self._slots = AdapterSlots(self._lora_layers, resident_slots) if lora else None
+        self._lora_layers = inject_lora(loaded.model, adaptable_projections()) if lora else {}
+        self._slots = AdapterSlots(LoraBanks(self._lora_layers), resident_slots) if lora else None
         self._dtype = compute_dtype(loaded.precision, loaded.device, dtype)
         self._base_window = base_window
         """The encoder window of requests served by the base model (an adapter brings its own:
@@ -264,7 +264,7 @@ class WhisperEngine:
 
     def check_adapter_bounds(self, adapter: AdapterWeights) -> None:
         """Raises `AdapterFileError` unless the adapter (checked with `check_adapter`) stays
-        within `adapter_file.check_bounds` of this model's weights: what an adapter must meet
+        within `lora.file.check_bounds` of this model's weights: what an adapter must meet
         to be stored (imported or trained)."""
         check_bounds(adapter, self.base_weight_norms())
 

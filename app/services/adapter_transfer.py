@@ -4,7 +4,7 @@ and back.
 Imported files are untrusted: they are parsed as safetensors only (never pickle), checked on
 their own terms and against the served base model, then stored in canonical form, so what is
 stored is exactly what will be served and exporting it again gives the same bytes. A PEFT zip is
-first turned into the service's own file (`peft_format.from_peft`), then goes the same way.
+first turned into the service's own file (`lora.peft_zip.from_peft`), then goes the same way.
 """
 
 import asyncio
@@ -19,7 +19,7 @@ from adapters_store import AdapterStore, BlobNotFoundError, StoreError
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter, new_id
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adapter_file import (
+from app.engine.adaptation.lora.file import (
     AdapterFileError,
     AdapterWeights,
     BaseModelMismatchError,
@@ -27,8 +27,8 @@ from app.engine.adapter_file import (
     load_adapter,
     read_adapter_header,
 )
+from app.engine.adaptation.lora.peft_zip import from_peft, is_zip, to_peft
 from app.engine.batching import EngineRunner
-from app.engine.peft_format import from_peft, is_zip, to_peft
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.tensor_file import TensorFile
 from app.engine.types import ModelInfo

@@ -12,7 +12,7 @@ from adapters_store import AdapterStore, StoreError
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter, AdapterStatus
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adapter_file import (
+from app.engine.adaptation.lora.file import (
     AdapterFileError,
     AdapterWeights,
     load_adapter,

@@ -13,6 +13,7 @@ from app.config import EnrolmentSettings
 from app.db.base import utcnow
 from app.db.models import EnrolmentJob, Recording, new_id
 from app.db.repositories.enrolments import EnrolmentRepository
+from app.engine.adaptation.registry import method_names
 from app.engine.audio import SAMPLE_RATE, decode_audio
 from app.engine.errors import AudioDecodeError
 from app.errors import BadRequestError, ConflictError, InvalidAudioError, NotFoundError
@@ -21,7 +22,7 @@ from app.services.blob_keys import recording_key, recordings_prefix
 from app.services.users import get_user
 from app.text_rules import unprintable_character
 
-SUPPORTED_METHODS = ("lora",)
+DEFAULT_METHOD = "lora"
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -35,7 +36,7 @@ class UploadedRecording:
 class EnrolmentRequest:
     recordings: list[UploadedRecording]
     transcripts: list[str]
-    method: str = "lora"
+    method: str = DEFAULT_METHOD
     rank: int | None = None
     epochs: int | None = None
     seed: int = 0
@@ -107,9 +108,9 @@ def _check_shape(request: EnrolmentRequest, limits: EnrolmentSettings) -> None:
             param="files",
             code="too_many_recordings",
         )
-    if request.method not in SUPPORTED_METHODS:
+    if request.method not in method_names():
         raise BadRequestError(
-            f"Unknown method {request.method!r}; supported: {', '.join(SUPPORTED_METHODS)}.",
+            f"Unknown method {request.method!r}; supported: {', '.join(method_names())}.",
             param="method",
         )
     for index, (recording, transcript) in enumerate(

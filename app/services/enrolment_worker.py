@@ -31,7 +31,12 @@ from app.db.models import Adapter, AdapterStatus, EnrolmentJob, Recording, new_i
 from app.db.repositories.adapters import AdapterRepository
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
-from app.engine.adapter_file import AdapterFileError, AdapterWeights, dump_adapter, load_adapter
+from app.engine.adaptation.lora.file import (
+    AdapterFileError,
+    AdapterWeights,
+    dump_adapter,
+    load_adapter,
+)
 from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.training import (

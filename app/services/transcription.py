@@ -9,7 +9,7 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transaction
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.audio import DecodedAudio, decode_audio_spooled
 from app.engine.batching import BatchScheduler, QueueFullError
 from app.engine.errors import AdapterNumericError, AudioDecodeError

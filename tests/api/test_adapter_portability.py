@@ -24,9 +24,9 @@ from transformers import (
 )
 
 from app.config import MIB, Settings
-from app.engine.adapter_file import AdapterWeights, load_adapter
+from app.engine.adaptation.lora.file import AdapterWeights, load_adapter
+from app.engine.adaptation.lora.peft_zip import CONFIG_NAME, WEIGHTS_NAME
 from app.engine.features import HOP_LENGTH, log_mel, pad_or_trim
-from app.engine.peft_format import CONFIG_NAME, WEIGHTS_NAME
 from app.engine.text import wer
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.db.models import AdapterStatus
-from app.engine.adapter_file import MAX_SCALE, AdapterWeights, dump_adapter
+from app.engine.adaptation.lora.file import MAX_SCALE, AdapterWeights, dump_adapter
 from app.engine.whisper import WhisperEngine
 from app.metrics import Metrics
 from app.services.adapters import ActiveAdapters

@@ -19,7 +19,7 @@ from safetensors.torch import save as save_safetensors
 
 from app.config import MIB, Settings
 from app.db.models import Adapter
-from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter, load_adapter
 from app.engine.whisper import WhisperEngine
 from app.state import ServiceState
 from tests.conftest import ADMIN, bearer, create_user, make_settings

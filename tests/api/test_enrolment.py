@@ -196,6 +196,11 @@ async def test_count_mismatch_and_empty_transcript(
     assert error["param"] == "transcripts[1]"
     assert "U+001B" in str(error["message"])
 
+    response = await enrol(client, alice, recordings, method="saml")
+    error = assert_openai_error(response, 400)
+    assert error["param"] == "method"
+    assert "supported: lora" in str(error["message"])
+
 
 async def test_one_undecodable_file_rejects_everything(
     client: httpx.AsyncClient, app: FastAPI, recordings: list[tuple[bytes, str]]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from app.engine.adapter_file import (
+from app.engine.adaptation.lora.file import (
     MAX_EXTRA_ENTRIES,
     MAX_EXTRA_VALUE_CHARS,
     AdapterWeights,

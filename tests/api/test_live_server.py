@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from openai import OpenAI
 
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.text import wer
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import TranscriptionTask, WhisperEngine

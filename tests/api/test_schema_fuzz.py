@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.api.schemas import PRINTABLE_NAME_PATTERN, UserCreate
-from app.engine.adapter_file import dump_adapter
+from app.engine.adaptation.lora.file import dump_adapter
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
 from tests.conftest import ADMIN, ADMIN_KEY, bearer, make_settings

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter, load_adapter
 from bench.service_process import (
     decode_passes,
     histogram_quantile,

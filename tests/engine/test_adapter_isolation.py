@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.decoder_pass import DecodeBatch
 from app.engine.errors import AdapterNumericError
 from app.engine.types import TranscriptionOptions

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional
 
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.dense import INVARIANT_ROWS
 from app.engine.projections import BaseWeights, Projection
 from app.engine.types import Transcription, TranscriptionOptions

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.audio import SAMPLE_RATE, DecodedAudio
 from app.engine.batching import BatchScheduler, QueueFullError
 from app.engine.types import Transcription, TranscriptionOptions

@@ -1,6 +1,7 @@
 import torch
 
-from app.engine.projections import BaseWeights, Factors, Projection, RowSpan, fused_factors
+from app.engine.adaptation.lora.bank import Factors
+from app.engine.projections import BaseWeights, Projection, RowSpan, fused_factors
 
 
 def _factors(in_features: int, out_features: int, rank: int, seed: int = 0) -> Factors:

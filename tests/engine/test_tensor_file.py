@@ -13,7 +13,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from app.engine.adapter_file import (
+from app.engine.adaptation.lora.file import (
     MAX_EXTRA_ENTRIES,
     MAX_EXTRA_VALUE_CHARS,
     AdapterWeights,

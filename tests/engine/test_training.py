@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.adapter_file import AdapterWeights, dump_adapter, load_adapter
+from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter, load_adapter
 from app.engine.encoder import FULL_WINDOW_FRAMES, EncoderWindow
 from app.engine.features import SAMPLE_RATE
 from app.engine.text import word_errors

@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from app.db.models import Adapter
 from app.db.session import transaction
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.whisper import WhisperEngine
 from app.metrics import Metrics
 from app.services.adapters import TENSOR_OVERHEAD_BYTES, ActiveAdapters

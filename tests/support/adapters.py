@@ -8,8 +8,9 @@ from adapters_store import AdapterStore
 from app.db.models import Adapter, new_id
 from app.db.repositories.adapters import AdapterRepository
 from app.db.session import transaction
-from app.engine.adapter_file import AdapterWeights, dump_adapter
-from app.engine.lora import ATTENTION_TARGETS, target_module_names
+from app.engine.adaptation.lora.config import ATTENTION_TARGETS
+from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter
+from app.engine.adaptation.lora.layer import target_module_names
 from app.engine.whisper import WhisperEngine
 from app.services.blob_keys import adapter_key
 from app.state import ServiceState
@@ -54,7 +55,7 @@ async def install_adapter(
                 id=adapter_id,
                 user_id=user_id,
                 version=await repository.next_version(user_id),
-                method="lora",
+                method=weights.method,
                 rank=weights.rank,
                 target_modules=weights.target_modules,
                 base_fingerprint=weights.base_fingerprint,

@@ -18,7 +18,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, cast, get_args
 
-from app.engine.adapter_file import dump_adapter, load_adapter
+from app.engine.adaptation.lora.file import dump_adapter, load_adapter
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, check_utterance
 from app.engine.training.errors import TrainingCancelled, TrainingFailed

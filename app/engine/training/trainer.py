@@ -28,9 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from app.engine.adapter_file import AdapterWeights
+from app.engine.adaptation.lora.file import AdapterWeights
+from app.engine.adaptation.lora.layer import (
+    LoraLinear,
+    init_trainable_layers,
+    set_dropout,
+    snapshot,
+    trainable_factors,
+)
 from app.engine.encoder import EncoderWindow, encode
-from app.engine.lora import LoraLinear
 from app.engine.text import wer, word_errors
 from app.engine.tokens import SpecialTokens
 from app.engine.training.config import TrainingConfig
@@ -410,41 +416,9 @@ def _init_lora(engine: WhisperEngine, config: TrainingConfig) -> dict[str, LoraL
     generator = torch.Generator().manual_seed(config.seed)
     model = engine.model
     model.requires_grad_(False)
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, LoraLinear) and name.rsplit(".", 1)[-1] in config.targets
-    }
-    for layer in layers.values():
-        layer.init_trainable(config.lora, generator)
+    layers = init_trainable_layers(model, config.lora, generator)
     model.train()  # and never eval(): see the module docstring
     return layers
-
-
-def _trainable(layers: dict[str, LoraLinear]) -> list[Tensor]:
-    return [factor for layer in layers.values() for factor in _factors(layer)]
-
-
-def _factors(layer: LoraLinear) -> tuple[Tensor, Tensor]:
-    if layer.lora_a is None or layer.lora_b is None:
-        raise RuntimeError("a targeted layer has no trainable LoRA factors")
-    return layer.lora_a, layer.lora_b
-
-
-def _snapshot(layers: dict[str, LoraLinear]) -> dict[str, Tensor]:
-    """Detached fp32 copies of the current factors (clones: the optimiser updates in place)."""
-    tensors: dict[str, Tensor] = {}
-    for name, layer in layers.items():
-        a, b = _factors(layer)
-        tensors[f"{name}.lora_A"] = a.detach().float().cpu().clone()
-        tensors[f"{name}.lora_B"] = b.detach().float().cpu().clone()
-    return tensors
-
-
-def _set_lora_dropout(layers: dict[str, LoraLinear], active: bool) -> None:
-    """Switches only the LoRA dropout: the quantised base layers must stay in training mode."""
-    for layer in layers.values():
-        layer.dropout.train(active)
 
 
 def _fit(
@@ -457,7 +431,7 @@ def _fit(
     config: TrainingConfig,
     run: _Run,
 ) -> tuple[list[_Epoch], _Epoch]:
-    parameters = _trainable(layers)
+    parameters = trainable_factors(layers)
     optimizer = torch.optim.AdamW(
         parameters, lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -472,12 +446,12 @@ def _fit(
     stale = 0
     for epoch in range(1, config.epochs + 1):
         run.epoch = epoch
-        _set_lora_dropout(layers, True)
+        set_dropout(layers, True)
         train_loss = _train_epoch(
             trainer, examples, config, rng, pad, optimizer, schedule, parameters, run
         )
-        _set_lora_dropout(layers, False)
-        tensors = _snapshot(layers)
+        set_dropout(layers, False)
+        tensors = snapshot(layers)
         result = _evaluate(trainer, evaluator, dev_examples, dev, tensors, config, pad, run)
         current = _Epoch(epoch, train_loss, *result, tensors=tensors)
         history.append(replace(current, tensors={}))  # only the best epoch's factors are kept

@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
-from app.engine.adapter_file import (
+from app.engine.adaptation.lora.file import (
     ADAPTER_FORMAT,
     MAX_RANK,
     AdapterFileError,
@@ -22,7 +22,7 @@ from app.engine.adapter_file import (
     dump_adapter,
     load_adapter,
 )
-from app.engine.lora import LoraLinear
+from app.engine.adaptation.lora.layer import LoraLinear
 
 FINGERPRINT = "f" * 64
 RANK = 2

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.engine.adapter_file import ADAPTER_FORMAT, AdapterFileError, read_adapter_header
+from app.engine.adaptation.lora.config import METHOD
+from app.engine.adaptation.lora.file import ADAPTER_FORMAT, AdapterFileError, read_adapter_header
 
 __all__ = [
     "CONFIG_NAME",
@@ -92,7 +93,7 @@ def to_peft(data: bytes, base_model: str | None) -> bytes:
     `base_model_name_or_path`."""
     file = read_adapter_header(data)
     metadata = file.metadata
-    if metadata.get("format") != ADAPTER_FORMAT or metadata.get("method", "lora") != "lora":
+    if metadata.get("format") != ADAPTER_FORMAT or metadata.get("method", METHOD) != METHOD:
         raise AdapterFileError(f"only {ADAPTER_FORMAT} LoRA files have a PEFT form")
     tensors: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
     for entry in file.entries:

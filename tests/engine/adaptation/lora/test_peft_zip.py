@@ -19,9 +19,15 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from app.engine.adapter_file import AdapterFileError, AdapterWeights, dump_adapter, load_adapter
-from app.engine.lora import ATTENTION_TARGETS, FFN_TARGETS, target_module_names
-from app.engine.peft_format import (
+from app.engine.adaptation.lora.config import ADAPTABLE
+from app.engine.adaptation.lora.file import (
+    AdapterFileError,
+    AdapterWeights,
+    dump_adapter,
+    load_adapter,
+)
+from app.engine.adaptation.lora.layer import target_module_names
+from app.engine.adaptation.lora.peft_zip import (
     CONFIG_NAME,
     MAX_MEMBERS,
     WEIGHTS_NAME,
@@ -399,7 +405,7 @@ def test_peft_loads_an_export_on_tiny_en_with_the_same_updates(
     tiny_en_dir: Path, tmp_path: Path
 ) -> None:
     base = WhisperForConditionalGeneration.from_pretrained(tiny_en_dir, dtype=torch.float32)
-    weights = random_weights(base, ATTENTION_TARGETS + FFN_TARGETS, seed=5)
+    weights = random_weights(base, ADAPTABLE, seed=5)
     for name, data in members(to_peft(dump_adapter(weights), "whisper-tiny.en")).items():
         (tmp_path / name).write_bytes(data)
 

@@ -11,21 +11,21 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast, get_args
+from typing import Protocol, cast, get_args
 
 import torch
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from app.engine.adaptation.lora.config import METHOD
 from app.engine.encoder import EncoderWindow
 from app.engine.errors import EngineError
-from app.engine.lora import LoraLinear
 from app.engine.tensor_file import TensorFile, TensorFileError, read_header
 
 __all__ = [
     "ADAPTER_FORMAT",
     "MAX_RANK",
-    "METHODS",
+    "AdaptableLayer",
     "AdapterFileError",
     "AdapterWeights",
     "BaseModelMismatchError",
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 ADAPTER_FORMAT = "pqm-lora/1"
-METHODS = ("lora",)
 MAX_RANK = 256
 MAX_SCALE = 64.0
 """Largest `alpha / rank`: trained adapters use 2, PEFT's usual settings at most 32."""
@@ -54,6 +53,13 @@ _KNOWN_METADATA = frozenset(
 )
 _FACTORS = ("lora_A", "lora_B")
 _HEADER_ALIGNMENT = 8
+
+
+class AdaptableLayer(Protocol):
+    """What `check_compatible` needs of a layer an adapter may adapt (`layer.LoraLinear`)."""
+
+    in_features: int
+    out_features: int
 
 
 class AdapterFileError(EngineError):
@@ -72,7 +78,7 @@ class AdapterWeights:
     alpha: float
     base_fingerprint: str
     encoder_window: EncoderWindow = "full"
-    method: str = "lora"
+    method: str = METHOD
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -127,9 +133,9 @@ def load_adapter(data: bytes | TensorFile) -> AdapterWeights:
     metadata = file.metadata
     if metadata.get("format") != ADAPTER_FORMAT:
         raise AdapterFileError(f"metadata 'format' must be {ADAPTER_FORMAT!r}")
-    method = metadata.get("method", "lora")
-    if method not in METHODS:
-        raise AdapterFileError(f"unknown method {method!r} (supported: {', '.join(METHODS)})")
+    method = metadata.get("method", METHOD)
+    if method != METHOD:
+        raise AdapterFileError(f"unknown method {method!r} (supported: {METHOD})")
     rank, alpha = _rank(metadata), _alpha(metadata)
     tensors = file.tensors()
     _check_factor_ranks(tensors, rank)
@@ -238,7 +244,7 @@ def _check_target_modules(metadata: dict[str, str], adapter: AdapterWeights) -> 
 
 
 def check_compatible(
-    adapter: AdapterWeights, fingerprint: str, layers: dict[str, LoraLinear]
+    adapter: AdapterWeights, fingerprint: str, layers: Mapping[str, AdaptableLayer]
 ) -> None:
     """Raises `AdapterFileError` unless every tensor fits a layer of this exact base model."""
     if adapter.base_fingerprint != fingerprint:
@@ -246,7 +252,7 @@ def check_compatible(
             "adapter was trained for a different base model "
             f"(fingerprint {adapter.base_fingerprint[:12]}…, served {fingerprint[:12]}…)"
         )
-    if adapter.method not in METHODS:
+    if adapter.method != METHOD:
         raise AdapterFileError(f"unknown method {adapter.method!r}")
     if not adapter.tensors:
         raise AdapterFileError("adapter holds no tensors")
@@ -255,7 +261,7 @@ def check_compatible(
 
 
 def _check_tensor(
-    adapter: AdapterWeights, name: str, tensor: Tensor, layers: dict[str, LoraLinear]
+    adapter: AdapterWeights, name: str, tensor: Tensor, layers: Mapping[str, AdaptableLayer]
 ) -> None:
     module, _, kind = name.rpartition(".")
     layer = layers.get(module)

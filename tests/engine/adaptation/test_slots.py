@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from app.engine.adapter_file import AdapterWeights
-from app.engine.adapter_slots import BASE_SLOT, AdapterSlots
-from app.engine.lora import LoraLinear
-from app.engine.projections import row_factors, slot_factors
+from app.engine.adaptation.lora.bank import LoraBanks
+from app.engine.adaptation.lora.file import AdapterWeights
+from app.engine.adaptation.lora.layer import LoraLinear
+from app.engine.adaptation.slots import BASE_SLOT, AdapterSlots
+from app.engine.projections import slot_factors
 
 IN, OUT = 16, 12
 
@@ -20,6 +21,10 @@ def merged_update(layer: LoraLinear, slot: int) -> torch.Tensor | None:
 
 def layers() -> dict[str, LoraLinear]:
     return {name: LoraLinear(nn.Linear(IN, OUT), IN, OUT) for name in ("a.q_proj", "a.v_proj")}
+
+
+def pool(layers: dict[str, LoraLinear], capacity: int) -> AdapterSlots:
+    return AdapterSlots(LoraBanks(layers), capacity)
 
 
 def adapter(
@@ -35,7 +40,7 @@ def adapter(
 
 def test_an_adapter_lands_in_its_slot_exactly() -> None:
     pool_layers = layers()
-    slots = AdapterSlots(pool_layers, capacity=2)
+    slots = pool(pool_layers, capacity=2)
     weights = adapter(1)
     slot = slots.acquire(weights)
     assert slot is not None
@@ -46,14 +51,13 @@ def test_an_adapter_lands_in_its_slot_exactly() -> None:
         update = merged_update(layer, slot)
         assert update is not None
         torch.testing.assert_close(update, expected)
-        factors = row_factors(layer, [BASE_SLOT, slot])
-        assert list(factors) == [1], "the base row gets no factors at all"
+        assert slot_factors(layer, BASE_SLOT) is None, "the base row gets no factors at all"
     assert slots.acquire(None) == BASE_SLOT
 
 
 def test_slot_factors_are_views_of_the_bank_with_a_column_major() -> None:
     pool_layers = layers()
-    slots = AdapterSlots(pool_layers, capacity=2)
+    slots = pool(pool_layers, capacity=2)
     slots.acquire(adapter(1, rank=4))
     slot = slots.acquire(adapter(2, rank=2))
     assert slot is not None
@@ -61,16 +65,16 @@ def test_slot_factors_are_views_of_the_bank_with_a_column_major() -> None:
     factors = slot_factors(layer, slot)
     assert factors is not None
     a, b = factors
-    assert layer.bank_a is not None
-    assert layer.bank_b is not None
+    assert layer.bank.a is not None
+    assert layer.bank.b is not None
     assert a.shape == (IN, 2)
     assert a.stride() == (1, IN), "one-row products take the BLAS's fast path"
-    assert a.untyped_storage().data_ptr() == layer.bank_a.untyped_storage().data_ptr()
-    assert b.untyped_storage().data_ptr() == layer.bank_b.untyped_storage().data_ptr()
+    assert a.untyped_storage().data_ptr() == layer.bank.a.untyped_storage().data_ptr()
+    assert b.untyped_storage().data_ptr() == layer.bank.b.untyped_storage().data_ptr()
 
 
 def test_least_recently_used_unpinned_slot_is_evicted() -> None:
-    slots = AdapterSlots(layers(), capacity=2)
+    slots = pool(layers(), capacity=2)
     first, second, third = adapter(1), adapter(2), adapter(3)
     s1 = slots.acquire(first)
     s2 = slots.acquire(second)
@@ -87,7 +91,7 @@ def test_least_recently_used_unpinned_slot_is_evicted() -> None:
 
 
 def test_pinned_slots_are_never_evicted() -> None:
-    slots = AdapterSlots(layers(), capacity=1)
+    slots = pool(layers(), capacity=1)
     first = adapter(1)
     s1 = slots.acquire(first)
     assert s1 is not None
@@ -97,7 +101,7 @@ def test_pinned_slots_are_never_evicted() -> None:
 
 
 def test_memory_is_fixed_by_capacity_and_rank_not_by_adapters_seen() -> None:
-    slots = AdapterSlots(layers(), capacity=3)
+    slots = pool(layers(), capacity=3)
     for seed in range(50):
         slot = slots.acquire(adapter(seed))
         assert slot is not None
@@ -109,7 +113,7 @@ def test_memory_is_fixed_by_capacity_and_rank_not_by_adapters_seen() -> None:
 
 def test_a_higher_rank_grows_the_banks_and_keeps_what_they_hold() -> None:
     pool_layers = layers()
-    slots = AdapterSlots(pool_layers, capacity=2)
+    slots = pool(pool_layers, capacity=2)
     low = adapter(1, rank=2)
     s_low = slots.acquire(low)
     assert s_low is not None
@@ -122,22 +126,24 @@ def test_a_higher_rank_grows_the_banks_and_keeps_what_they_hold() -> None:
     after = merged_update(pool_layers["a.q_proj"], s_low)
     assert after is not None
     assert torch.equal(after, before)
-    a, b = row_factors(pool_layers["a.q_proj"], [s_low])[0]
+    factors = slot_factors(pool_layers["a.q_proj"], s_low)
+    assert factors is not None
+    a, b = factors
     assert a.shape == (IN, 2), "a row uses its adapter's own rank"
     assert b.shape == (2, OUT)
 
 
 def test_an_adapter_that_skips_a_layer_leaves_it_to_the_base_model() -> None:
     pool_layers = layers()
-    slots = AdapterSlots(pool_layers, capacity=2)
+    slots = pool(pool_layers, capacity=2)
     slot = slots.acquire(adapter(1, targets=("a.q_proj",)))
     assert slot is not None
     assert merged_update(pool_layers["a.v_proj"], slot) is None
-    assert row_factors(pool_layers["a.v_proj"], [slot]) == {}
+    assert slot_factors(pool_layers["a.v_proj"], slot) is None
 
 
 def test_forget_frees_an_idle_slot_but_not_a_busy_one() -> None:
-    slots = AdapterSlots(layers(), capacity=2)
+    slots = pool(layers(), capacity=2)
     weights = adapter(1)
     slot = slots.acquire(weights)
     assert slot is not None
@@ -151,4 +157,4 @@ def test_forget_frees_an_idle_slot_but_not_a_busy_one() -> None:
 
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least one slot"):
-        AdapterSlots(layers(), capacity=0)
+        pool(layers(), capacity=0)

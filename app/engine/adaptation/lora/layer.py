@@ -1,47 +1,28 @@
-"""Low-rank adapters (LoRA) on Whisper's projections, the same module for training and serving.
+"""A projection wrapped for LoRA: the frozen base (fp32, int8 or NF4), one adapter's trainable
+factors for training, and the layer's serving bank (`bank.LoraBank`).
 
-`LoraLinear` wraps a frozen base projection (fp32, int8 or NF4) and adds a low-rank update:
-
-* in training, one adapter's trainable factors: `scale * B(A(x))`;
-* in serving, a *bank* of resident adapters (`A[slots, in, r]`, `B[slots, r, out]`, the scale
-  folded into B, zero-padded to the bank's rank, slot 0 all zeros). The serving passes
-  (`encoder_pass`, `decoder_pass`) read the banks directly: row i of a batch gets
-  `x_i @ A[s_i] @ B[s_i]`, so one forward pass serves requests with different adapters (or
-  none) side by side.
+Training calls the module: `base(x) + scale * B(A(dropout(x)))`. Serving never does: the passes
+(`encoder_pass`, `decoder_pass`) read the base weight and the bank's factors directly (see
+`projections`), so one forward pass serves requests with different adapters (or none).
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from app.engine.adaptation.lora.bank import LoraBank
+from app.engine.adaptation.lora.config import LoraConfig
+
 __all__ = [
-    "ATTENTION_TARGETS",
-    "FFN_TARGETS",
-    "LoraConfig",
     "LoraLinear",
+    "init_trainable_layers",
     "inject_lora",
-    "lora_modules",
-    "lora_state_dict",
+    "set_dropout",
+    "snapshot",
     "target_module_names",
+    "trainable_factors",
 ]
-
-ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-FFN_TARGETS = ("fc1", "fc2")
-
-
-@dataclass(frozen=True, slots=True)
-class LoraConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-    targets: tuple[str, ...] = ATTENTION_TARGETS
-    """Projection names (last component of the module path) to adapt, everywhere they occur."""
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
 
 
 class LoraLinear(nn.Module):
@@ -50,14 +31,11 @@ class LoraLinear(nn.Module):
         self.base = base
         self.in_features = in_features
         self.out_features = out_features
-        self.lora_a: Tensor | None = None  # [rank, in_features] (training)
-        self.lora_b: Tensor | None = None  # [out_features, rank] (training)
+        self.lora_a: Tensor | None = None  # [rank, in_features]
+        self.lora_b: Tensor | None = None  # [out_features, rank]
         self.scale = 0.0
         self.dropout: nn.Module = nn.Identity()
-        self.bank_a: Tensor | None = None  # [slots, bank rank, in_features] (serving)
-        self.bank_b: Tensor | None = None  # [slots, bank rank, out_features] (serving)
-        self.bank_ranks: list[int] = []
-        """The rank of each slot's adapter in this layer (0: none, or it does not adapt it)."""
+        self.bank = LoraBank(in_features, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.adapt(x, self.base(x))
@@ -79,6 +57,12 @@ class LoraLinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, config.rank, device=device))
         self.scale = config.scale
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """The trainable A [rank, in] and B [out, rank]."""
+        if self.lora_a is None or self.lora_b is None:
+            raise RuntimeError("a targeted layer has no trainable LoRA factors")
+        return self.lora_a, self.lora_b
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -112,16 +96,37 @@ def inject_lora(model: nn.Module, targets: Iterable[str]) -> dict[str, LoraLinea
     return wrapped
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoraLinear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+def init_trainable_layers(
+    model: nn.Module, config: LoraConfig, generator: torch.Generator
+) -> dict[str, LoraLinear]:
+    """Fresh trainable factors on every wrapped projection `config` targets, by module name."""
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLinear) and name.rsplit(".", 1)[-1] in config.targets
+    }
+    for layer in layers.values():
+        layer.init_trainable(config, generator)
+    return layers
 
 
-def lora_state_dict(layers: Mapping[str, LoraLinear]) -> dict[str, Tensor]:
-    """`{module}.lora_A` [rank, in] and `{module}.lora_B` [out, rank], detached fp32 copies."""
-    state: dict[str, Tensor] = {}
+def trainable_factors(layers: Mapping[str, LoraLinear]) -> list[Tensor]:
+    return [factor for layer in layers.values() for factor in layer.factors()]
+
+
+def snapshot(layers: Mapping[str, LoraLinear]) -> dict[str, Tensor]:
+    """The factors as an adapter file holds them: `{module}.lora_A` [rank, in] and
+    `{module}.lora_B` [out, rank], detached fp32 copies (clones: the optimiser updates in
+    place)."""
+    tensors: dict[str, Tensor] = {}
     for name, layer in layers.items():
-        if layer.lora_a is None or layer.lora_b is None:
-            continue
-        state[f"{name}.lora_A"] = layer.lora_a.detach().float().cpu().contiguous()
-        state[f"{name}.lora_B"] = layer.lora_b.detach().float().cpu().contiguous()
-    return state
+        a, b = layer.factors()
+        tensors[f"{name}.lora_A"] = a.detach().float().cpu().clone()
+        tensors[f"{name}.lora_B"] = b.detach().float().cpu().clone()
+    return tensors
+
+
+def set_dropout(layers: Mapping[str, LoraLinear], active: bool) -> None:
+    """Switches only the LoRA dropout: the quantised base layers must stay in training mode."""
+    for layer in layers.values():
+        layer.dropout.train(active)

@@ -1,0 +1,1 @@
+"""Adaptation methods, each in its own package (config, layer, bank, file), behind `registry`."""
