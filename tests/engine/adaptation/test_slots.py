@@ -142,6 +142,25 @@ def test_an_adapter_that_skips_a_layer_leaves_it_to_the_base_model() -> None:
     assert slot_factors(pool_layers["a.v_proj"], slot) is None
 
 
+def test_a_reused_slot_keeps_nothing_of_its_previous_adapter() -> None:
+    pool_layers = layers()
+    slots = pool(pool_layers, capacity=1)
+    first = slots.acquire(adapter(1, rank=4))
+    assert first is not None
+    slots.release(first)
+    second = adapter(2, rank=2, targets=("a.q_proj",))
+    slot = slots.acquire(second)
+    assert slot == first, "the only slot was evicted and reused"
+    assert merged_update(pool_layers["a.v_proj"], slot) is None
+    q = pool_layers["a.q_proj"]
+    expected = (second.tensors["a.q_proj.lora_B"] @ second.tensors["a.q_proj.lora_A"]) * 2.0
+    update = merged_update(q, slot)
+    assert update is not None
+    torch.testing.assert_close(update, expected)
+    assert q.bank.a is not None
+    assert not q.bank.a[slot, 2:].any(), "the bank's padding beyond the rank is zero again"
+
+
 def test_forget_frees_an_idle_slot_but_not_a_busy_one() -> None:
     slots = pool(layers(), capacity=2)
     weights = adapter(1)
