@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import zlib
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,31 @@ class WhisperEngine:
             while not task.done:
                 self.run_round([task])
             return task.outcome()
+
+    def transcribe_all(
+        self,
+        audios: Sequence[np.ndarray],
+        options: TranscriptionOptions,
+        adapter: AdapterWeights | None = None,
+        *,
+        batch_size: int = 8,
+    ) -> list[Transcription]:
+        """Transcribes `audios` with one adapter, `batch_size` at a time as rows of one batch
+        (each result bit for bit its solo transcription)."""
+        results: list[Transcription] = []
+        with self._lock:
+            for start in range(0, len(audios), batch_size):
+                tasks = [
+                    self.open(audio, options, adapter)
+                    for audio in audios[start : start + batch_size]
+                ]
+                opened = [task for task in tasks if task is not None]
+                if len(opened) != len(tasks):
+                    raise RuntimeError("every adapter slot is in use")
+                while not all(task.done for task in opened):
+                    self.run_round([task for task in opened if not task.done])
+                results.extend(task.outcome() for task in opened)
+        return results
 
     def open(
         self,

@@ -134,3 +134,13 @@ def test_a_request_joining_mid_decode_leaves_first_with_its_solo_result(
     assert short_task.outcome() == short_alone
     assert long_task.outcome() == long_alone
     assert rounds <= len(short_alone.segments[0].tokens) + 3
+
+
+@pytest.mark.slow
+def test_transcribe_all_gives_each_clip_its_solo_result(
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+) -> None:
+    """What the enrolment gate scores with: batches of `batch_size`, the last one short."""
+    clips = [*audio, audio[0]]
+    together = nf4_engine.transcribe_all(clips, GREEDY, adapters[2], batch_size=3)
+    assert together == [nf4_engine.transcribe(clip, GREEDY, adapters[2]) for clip in clips]

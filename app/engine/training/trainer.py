@@ -213,15 +213,16 @@ def train_with_gate(
     )
     examples = _examples(trainer, utterances, config)
     run.label = served.label
-    served_errors = [_word_errors(evaluator, u, served.adapter, config, run) for u in utterances]
+    served_errors = _word_errors(evaluator, utterances, served.adapter, config, run)
     assignment = fold_assignment(count, folds, config.seed)
     new_errors: dict[int, tuple[int, int]] = {}
     for fold in range(folds):
         inside = [i for i in range(count) if assignment[i] != fold]
         _, best = _fit_fresh(trainer, evaluator, [examples[i] for i in inside], config, fold, run)
         adapter = _adapter(best.tensors, config, evaluator.info.fingerprint, best, len(inside), 0)
-        for index in (i for i in range(count) if assignment[i] == fold):
-            new_errors[index] = _word_errors(evaluator, utterances[index], adapter, config, run)
+        held_out = [i for i in range(count) if assignment[i] == fold]
+        scored = _word_errors(evaluator, [utterances[i] for i in held_out], adapter, config, run)
+        new_errors.update(zip(held_out, scored, strict=True))
     scores = [
         HeldOutScore(words, served_count, new_errors[index][0])
         for index, (served_count, words) in enumerate(served_errors)
@@ -271,17 +272,18 @@ def _fit_fresh(
 
 def _word_errors(
     evaluator: WhisperEngine,
-    utterance: Utterance,
+    utterances: Sequence[Utterance],
     adapter: AdapterWeights | None,
     config: TrainingConfig,
     run: "_Run",
-) -> tuple[int, int]:
-    """(word errors, reference words) of one transcription as serving would make it."""
+) -> list[tuple[int, int]]:
+    """(word errors, reference words) of each utterance, transcribed as serving would (rows of
+    one batch: the same results as one at a time)."""
     run.check()
     options = replace(EVALUATION_OPTIONS, language=config.language)
-    text = evaluator.transcribe(utterance.audio, options, adapter).text
-    run.advance(_DECODE_COST, run.say("scoring held-out recordings"))
-    return word_errors(utterance.text, text)
+    texts = evaluator.transcribe_all([u.audio for u in utterances], options, adapter)
+    run.advance(_DECODE_COST * len(utterances), run.say("scoring held-out recordings"))
+    return [word_errors(u.text, t.text) for u, t in zip(utterances, texts, strict=True)]
 
 
 def _history_metrics(
