@@ -3,8 +3,8 @@
     python scripts/measure_adapter_bounds.py --speakers george,yweweler --speechocean 4
 
 Trains adapters at the service's default settings (`TrainingConfig()`): FSDD speakers (the
-enrolment split of `scripts/tune_lora.py`) and real speechocean762 speakers (their 20 utterances,
-split as the service splits an upload), then reports per module `||scale * B A||_F / ||W||_F`
+enrolment split of `scripts/tune_lora.py`) and real speechocean762 pool speakers (20 utterances,
+15% held out for early stopping), then reports per module `||scale * B A||_F / ||W||_F`
 against the NF4 weights served, and where `lora.file.MAX_UPDATE_RATIO` sits above the largest.
 """
 
@@ -16,14 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
-import soxr
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tune_lora import SAMPLE_RATE, TMP, fsdd_utterances
+from tune_lora import TMP, fsdd_utterances
 
 from app.engine.adaptation.lora.file import (
     MAX_SCALE,
@@ -36,6 +32,8 @@ from app.engine.model_import import import_bundled_model
 from app.engine.training import TrainingConfig, Utterance, split_train_dev, train_lora
 from app.engine.whisper import WhisperEngine
 from bench.serving import synthetic_adapters
+from bench.speakers import load
+from bench.speechocean import build_suite
 
 
 def summary(ratios: list[float]) -> dict[str, float]:
@@ -48,21 +46,20 @@ def summary(ratios: list[float]) -> dict[str, float]:
     }
 
 
-SPEECHOCEAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762"
-
-
 def speechocean_speakers(count: int) -> dict[str, list[Utterance]]:
-    """The first `count` speakers of the manifest (children and adults), all their utterances."""
-    speakers: dict[str, list[Utterance]] = {}
-    lines = (SPEECHOCEAN / "manifest.tsv").read_text().splitlines()[1:]
-    for line in lines:
-        path, speaker, text = line.split("\t")
-        if speaker not in speakers and len(speakers) == count:
-            continue
-        data, rate = sf.read(SPEECHOCEAN / path, dtype="float32", always_2d=True)
-        audio = soxr.resample(data.mean(axis=1), rate, SAMPLE_RATE).astype(np.float32)
-        speakers.setdefault(speaker, []).append(Utterance(audio=audio, text=text.lower()))
-    return speakers
+    """`count` speakers of the pool half (alternately children and adults, in manifest order),
+    all 20 utterances each: the evaluation half is for benchmarks only."""
+    pool = build_suite("pool")
+    children = [name for name, data in pool.speakers.items() if data.info["group"] == "child"]
+    adults = [name for name, data in pool.speakers.items() if data.info["group"] == "adult"]
+    chosen = [name for pair in zip(children, adults, strict=False) for name in pair][:count]
+    return {
+        name: [
+            Utterance(audio=load(u), text=u.text)
+            for u in pool.speakers[name].train + pool.speakers[name].test
+        ]
+        for name in chosen
+    }
 
 
 def main() -> None:
@@ -124,7 +121,7 @@ def main() -> None:
         "what": "||scale * B A||_F / ||W||_F per adapted module, W the served NF4 weight",
         "model": "tiny.en",
         "precision": "nf4",
-        "training": "TrainingConfig(); FSDD as scripts/tune_lora.py; speechocean762: all 20",
+        "training": "TrainingConfig(); FSDD as scripts/tune_lora.py; speechocean762 pool: all 20",
         "bound": {"max_update_ratio": MAX_UPDATE_RATIO, "max_scale": MAX_SCALE},
         "largest_measured": worst,
         "margin": round(MAX_UPDATE_RATIO / worst, 1),
