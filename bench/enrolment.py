@@ -1,6 +1,6 @@
 """What enrolment buys: a speaker's test WER before and after training their LoRA adapter.
 
-    python -m bench.enrolment [--quick] [--suite synthetic|fsdd|all] [--speakers a,b]
+    python -m bench.enrolment [--quick] [--suite synthetic|fsdd|speechocean|all] [--speakers a,b]
                               [--threads 2] [--no-train] [--no-cross] [--no-cache]
                               [--out bench/results/enrolment.json]
 
@@ -9,21 +9,29 @@ Per speaker, and averaged over speakers, on the speaker's test sentences:
 - `fp32`: the converted tiny.en at full precision, no adapter;
 - `nf4`: the served NF4 base, no adapter, 30 s encoder window;
 - `nf4w`: the same with the encoder window cut to the speech (at least 10 s, `fit10`);
-- `pqm`: NF4 plus the speaker's adapter (trained on their train split with `TrainingConfig()`'s
-  tuned defaults, their dev split for early stopping), as the service would serve it;
+- `pqm`: NF4 plus the speaker's adapter as the service trains it (`TrainingConfig()`'s
+  defaults; every enrolment recording goes through the gate's k-fold cross-validation, then the
+  adapter is trained on all of them), applied whether the gate activated it or not;
+- "served": `pqm` where the gate activated it, else `nf4`: what the speaker gets;
 - the relative WER reduction of `pqm` against `fp32`, the adapter's size (bytes of its file,
   parameters, % of the base's parameters) and the training wall time.
 
 Suites: `synthetic` (`bench.speakers`: espeak-ng voices and channels; scored on test sentences
-from the enrolment corpus and on held-out sentences of a different register) and `fsdd` (real
-speakers reading digit strings, `bench.fsdd`; skipped with a message when the data is absent),
+from the enrolment corpus and on held-out sentences of a different register), `speechocean`
+(the evaluation half of speechocean762, `bench.speechocean`: 30 real non-native speakers,
+children and adults, each enrolling with 14 recordings and tested on the other 6; never tune
+on it) and `fsdd` (real speakers reading digit strings, `bench.fsdd`; missing data is a skip),
 where every adapter is also applied to every other speaker's test set (cross-speaker table:
 rows = adapter, columns = test speaker).
 
 Memory: one fp32 engine evaluates every speaker and is released; then one NF4 engine evaluates
 the bases and every adapter (adapters are attached per call). `train_lora` loads its own models
 in a child process (`run_in_subprocess`, as the service trains), so they leave with it.
-Writes `enrolment.json` and a chart `enrolment.png` (WER bars per speaker, cross-speaker map).
+Per suite and split, pooled over every test utterance: the relative WER reduction against the
+NF4 base of the adapter and of what is served, with paired-bootstrap 95% intervals, the speaker
+served worst against the base (in words), and the gate against held-out truth (activated but
+worse, refused but better). Writes `enrolment.json` and a chart `enrolment.png` (WER bars per
+speaker, cross-speaker map).
 Base-model scores are cached under `bench/results/enrolment-cache/`, keyed by the exact audio,
 the model and the engine's source, so repeated (tuning) runs only pay for training and the
 adapters; `--no-cache` re-measures them.
@@ -52,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from bench import fsdd, speakers
+from bench import fsdd, speakers, speechocean
 from bench.common import (
     MIB,
     REPO_ROOT,
@@ -76,10 +84,11 @@ BUNDLED_MODEL = "tiny.en"
 MODELS_DIR = RESULTS_DIR / "models"
 DEFAULT_OUT = RESULTS_DIR / "enrolment.json"
 CACHE_DIR = RESULTS_DIR / "enrolment-cache"
-SUITES = ("synthetic", "fsdd")
+SUITES = ("synthetic", "fsdd", "speechocean")
 QUICK_SYNTHETIC = speakers.QUICK_SPEAKERS[:2]
 QUICK_FSDD = ("george",)
-EVAL_SPLITS = {"synthetic": ("test", "heldout"), "fsdd": ("test",)}
+SPEECHOCEAN = "speechocean762-evaluation"
+EVAL_SPLITS = {"synthetic": ("test", "heldout"), "fsdd": ("test",), SPEECHOCEAN: ("test",)}
 MODELS = ("fp32", "nf4", "nf4w", "pqm")
 """`nf4w`: the NF4 base with the shortened encoder window (`fit10`), the serving option
 measured here; every other base runs Whisper's 30 s window."""
@@ -294,17 +303,29 @@ class Trained:
 
 
 def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
-    """`train_lora` with the tuned defaults (but `threads`), in a child process as the service
-    runs it: its models and autograd memory go away with the child."""
+    """The service's enrolment with the tuned defaults (but `threads`): the gate's k-fold
+    cross-validation over every recording, then the adapter trained on all of them, in a child
+    process as the service runs it (its models and memory go away with the child)."""
     from app.engine.adaptation.lora.file import dump_adapter
-    from app.engine.training import TrainingConfig, TrainingRequest, run_in_subprocess
+    from app.engine.training import (
+        GateConfig,
+        GatedTraining,
+        ServingNumerics,
+        TrainingConfig,
+        TrainingRequest,
+        run_in_subprocess,
+    )
     from app.engine.training import Utterance as TrainUtterance
 
-    train = [TrainUtterance(load(u), u.text) for u in data.train]
-    dev = [TrainUtterance(load(u), u.text) for u in data.dev]
+    # Everything the speaker recorded goes through the gate's folds, as the service does it.
+    train = [TrainUtterance(load(u), u.text) for u in [*data.train, *data.dev]]
+    dev: list[TrainUtterance] = []
     config = replace(TrainingConfig(), threads=threads)
+    gated = GatedTraining(GateConfig(), None, "the base model", ServingNumerics())
     start = time.perf_counter()
-    result = run_in_subprocess(TrainingRequest(model_dir, train, dev, config, precision="nf4"))
+    result = run_in_subprocess(
+        TrainingRequest(model_dir, train, dev, config, precision="nf4", gated=gated)
+    )
     wall = time.perf_counter() - start
     adapter = result.adapter
     metrics = dict(result.metrics)
@@ -381,6 +402,8 @@ class Options:
     cross: bool
     quick: bool
     cache: bool = True
+    speechocean: tuple[str, ...] | None = None
+    """Evaluation-half speakers (None: all 30)."""
 
 
 def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
@@ -397,6 +420,12 @@ def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
         except fsdd.FsddUnavailable as exc:
             skipped["fsdd"] = str(exc)
             log(f"FSDD skipped: {exc}")
+    if "speechocean" in options.suites:
+        try:
+            suites.append(speechocean.build_suite("evaluation", options.speechocean))
+        except speechocean.SpeechoceanUnavailable as exc:
+            skipped["speechocean"] = str(exc)
+            log(f"speechocean762 skipped: {exc}")
     return suites, skipped
 
 
@@ -618,9 +647,11 @@ def _progress_line(result: SpeakerResult) -> str:
 
 
 def gate(entry: dict[str, Any]) -> bool | None:
-    """Whether the service's acceptance gate activates this speaker's first adapter: its dev
-    WER must beat the base model's (None when no adapter was trained)."""
+    """Whether the service's gate activates this speaker's first adapter (None when no adapter
+    was trained). Reports written before the k-fold gate: dev WER below the base's."""
     metrics = (entry.get("training") or {}).get("metrics") or {}
+    if "gate" in metrics:
+        return bool(metrics["gate"]["activate"])
     before, after = metrics.get("wer_before"), metrics.get("wer_after")
     if before is None or after is None:
         return None
@@ -633,6 +664,92 @@ def served_wer(entry: dict[str, Any], split: str) -> float | None:
     model = "pqm" if gate(entry) else "nf4"
     value = data.get(model, {}).get("wer")
     return None if value is None else float(value)
+
+
+def _utterance_errors(entry: dict[str, Any], split: str, model: str) -> list[tuple[int, int]]:
+    """(errors, words) of each utterance of a speaker's split under `model`."""
+    scored = entry["splits"].get(split, {}).get(model) or {}
+    return [(u["errors"], u["words"]) for u in scored.get("utterances", [])]
+
+
+def _relative(base: int, other: int) -> float | None:
+    return None if base == 0 else (base - other) / base
+
+
+def pooled(entries: Sequence[dict[str, Any]], split: str, seed: int = 0) -> dict[str, Any]:
+    """Pooled over every test utterance of the suite: relative WER reduction against the NF4
+    base of the adapter as trained and of what is served after the gate, each with a paired
+    bootstrap 95% interval (utterances resampled, their scores kept together); the speaker
+    served worst against the NF4 base, in words; and the gate against held-out truth."""
+    rows: list[tuple[int, int, int, int]] = []  # words, nf4, pqm, served errors
+    worst: tuple[int, str] | None = None
+    confusion = {"activated_helps": 0, "activated_hurts": 0, "refused_helps": 0, "refused_not": 0}
+    for entry in entries:
+        nf4 = _utterance_errors(entry, split, "nf4")
+        pqm = _utterance_errors(entry, split, "pqm")
+        if not nf4 or len(pqm) != len(nf4):
+            continue
+        activated = bool(gate(entry))
+        served = pqm if activated else nf4
+        rows += [(w, n, p, v) for (n, w), (p, _), (v, _) in zip(nf4, pqm, served, strict=True)]
+        extra = sum(v for v, _ in served) - sum(n for n, _ in nf4)
+        if worst is None or extra > worst[0]:
+            worst = (extra, entry["speaker"])
+        helps = sum(p for p, _ in pqm) < sum(n for n, _ in nf4)
+        if activated:
+            key = "activated_helps" if helps else "activated_hurts"
+        else:
+            key = "refused_helps" if helps else "refused_not"
+        confusion[key] += 1
+    if not rows:
+        return {}
+    data = np.array(rows, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    samples = data[rng.integers(0, len(data), size=(2000, len(data)))].sum(axis=1)
+    result: dict[str, Any] = {"utterances": len(data), "words": int(data[:, 0].sum())}
+    for column, name in ((2, "pqm"), (3, "served")):
+        base = data[:, 1].sum()
+        relative = _relative(int(base), int(data[:, column].sum()))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot = (samples[:, 1] - samples[:, column]) / samples[:, 1]
+        low, high = np.nanpercentile(boot, [2.5, 97.5])
+        result[f"{name}_vs_nf4"] = {
+            "relative_reduction": None if relative is None else round(relative, 4),
+            "ci95": [round(float(low), 4), round(float(high), 4)],
+        }
+    result["wer"] = {
+        name: round(int(data[:, column].sum()) / max(1, int(data[:, 0].sum())), 4)
+        for column, name in ((1, "nf4"), (2, "pqm"), (3, "served"))
+    }
+    result["worst_served_extra_words"] = (
+        None if worst is None else {"words": worst[0], "speaker": worst[1]}
+    )
+    result["gate_confusion"] = confusion
+    return result
+
+
+def add_pooled(report: dict[str, Any]) -> None:
+    """Each suite's `pooled` statistics per split (see `pooled`), from its speakers' entries."""
+    for kind, suite in report["suites"].items():
+        entries = [entry for entry in report["speakers"] if entry["suite"] == kind]
+        suite["pooled"] = {split: pooled(entries, split) for split in EVAL_SPLITS[kind]}
+
+
+def _print_pooled(kind: str, split: str, stats: dict[str, Any]) -> None:
+    if not stats:
+        return
+    served, trained = stats["served_vs_nf4"], stats["pqm_vs_nf4"]
+    worst = stats.get("worst_served_extra_words") or {}
+    print(
+        f"{kind} {split}, pooled over {stats['utterances']} utterances ({stats['words']} words): "
+        f"WER nf4 {stats['wer']['nf4']:.3f}, adapter {stats['wer']['pqm']:.3f}, served "
+        f"{stats['wer']['served']:.3f}; reduction vs nf4: served "
+        f"{_pct(served['relative_reduction'])} "
+        f"(95% {_pct(served['ci95'][0])} to {_pct(served['ci95'][1])}), adapter "
+        f"{_pct(trained['relative_reduction'])} (95% {_pct(trained['ci95'][0])} to "
+        f"{_pct(trained['ci95'][1])}); worst speaker served {worst.get('words')} words more "
+        f"({worst.get('speaker')}); gate {stats['gate_confusion']}"
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -670,6 +787,8 @@ def print_report(report: dict[str, Any]) -> None:
             "the acceptance gate activates the adapter, else nf4)"
         )
         print_table(headers, rows)
+        for split, stats in report["suites"][kind].get("pooled", {}).items():
+            _print_pooled(kind, split, stats)
     cross = report.get("cross_speaker")
     if cross:
         columns = list(next(iter(cross["matrix"].values())))
@@ -820,21 +939,24 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
     suites: tuple[str, ...] = SUITES if args.suite == "all" else (args.suite,)
     synthetic: tuple[str, ...] | None = QUICK_SYNTHETIC if args.quick else None
     digits: tuple[str, ...] | None = QUICK_FSDD if args.quick else None
+    ocean: tuple[str, ...] | None = None
     if args.speakers:
         names = [n.strip() for n in args.speakers.split(",") if n.strip()]
         known_synthetic = {s.name for s in speakers.SPEAKERS}
         known_fsdd = set(fsdd.FSDD_SPEAKERS)
-        unknown = [n for n in names if n not in known_synthetic | known_fsdd]
+        known_ocean = _evaluation_speakers()
+        unknown = [n for n in names if n not in known_synthetic | known_fsdd | known_ocean]
         if unknown:
             parser.error(
                 f"unknown speaker(s) {unknown}; synthetic: {sorted(known_synthetic)}, "
-                f"fsdd: {list(fsdd.FSDD_SPEAKERS)}"
+                f"fsdd: {list(fsdd.FSDD_SPEAKERS)}, speechocean762 evaluation half: "
+                f"{sorted(known_ocean)}"
             )
         synthetic = tuple(n for n in names if n in known_synthetic)
         digits = tuple(n for n in names if n in known_fsdd)
-        suites = tuple(
-            s for s in suites if (s == "synthetic" and synthetic) or (s == "fsdd" and digits)
-        )
+        ocean = tuple(n for n in names if n in known_ocean)
+        chosen = {"synthetic": synthetic, "fsdd": digits, "speechocean": ocean}
+        suites = tuple(s for s in suites if chosen[s])
         if not suites:
             parser.error("none of --speakers belongs to the chosen --suite")
     options = Options(
@@ -842,6 +964,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         suites=tuple(suites),
         synthetic=synthetic,
         fsdd=digits,
+        speechocean=ocean,
         threads=args.threads,
         train=not args.no_train,
         cross=not args.no_cross,
@@ -851,10 +974,19 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
     return options, args.out
 
 
+def _evaluation_speakers() -> set[str]:
+    try:
+        table = speechocean.speakers_of(speechocean.speechocean_dir())
+    except OSError:
+        return set()
+    return {name for name, row in table.items() if row["half"] == "evaluation"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options, out = parse_options(argv)
     if options.report is not None:
         report = json.loads(options.report.read_text())
+        add_pooled(report)
         print_report(report)
         chart = plot(report, options.report.with_suffix(".png"))
         print(f"\nchart: {chart}")
@@ -863,6 +995,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # clip took 10 s instead of 1.4 s with two threads). Set before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     report = run(options)
+    add_pooled(report)
     print_report(report)
     write_json(out, report)
     chart = plot(report, out.with_suffix(".png"))
