@@ -31,8 +31,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import REPO_ROOT, print_table
-from bench.speakers import SPLITS, SpeakerData, Suite, Utterance, audio_seconds
+from bench.common import REPO_ROOT
+from bench.speakers import SpeakerData, Suite, Utterance, print_suite
 
 __all__ = [
     "ACCENTS",
@@ -188,18 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except ValueError as exc:
         parser.error(str(exc))
-    rows = []
-    for data in suite.speakers.values():
-        every = [u for split in SPLITS for u in data.split(split)]
-        rows.append(
-            [
-                data.name,
-                data.info["accent"],
-                *(len(data.split(split)) for split in SPLITS),
-                f"{audio_seconds(every) / 60:.2f}",
-            ]
-        )
-    print_table(("speaker", "accent", "train", "dev", "test", "heldout", "minutes"), rows)
+    print_suite(suite, "accent")
     return 0
 
 

@@ -142,6 +142,18 @@ def load(utterance: Utterance) -> AudioArray:
     return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
 
 
+def print_suite(suite: Suite, column: str) -> None:
+    """Per speaker: `info[column]`, utterances per split and minutes of audio."""
+    from bench.common import print_table
+
+    rows = []
+    for data in suite.speakers.values():
+        every = [u for split in SPLITS for u in data.split(split)]
+        counts = [len(data.split(split)) for split in SPLITS]
+        rows.append([data.name, data.info[column], *counts, f"{audio_seconds(every) / 60:.2f}"])
+    print_table(("speaker", column, *SPLITS, "minutes"), rows)
+
+
 def audio_seconds(utterances: Iterable[Utterance]) -> float:
     """Total duration, from the files' headers where possible (no decoding)."""
     total = 0.0
