@@ -32,9 +32,10 @@ NF4 base of the adapter and of what is served, with paired-bootstrap 95% interva
 served worst against the base (in words), and the gate against held-out truth (activated but
 worse, refused but better). Writes `enrolment.json` and a chart `enrolment.png` (WER bars per
 speaker, cross-speaker map).
-Base-model scores are cached under `bench/results/enrolment-cache/`, keyed by the exact audio,
-the model and the engine's source, so repeated (tuning) runs only pay for training and the
-adapters; `--no-cache` re-measures them.
+Base-model scores and trained adapters are cached under `bench/results/enrolment-cache/`, keyed
+by the exact audio, the model and the engine's source (training's too, for adapters): an
+interrupted suite resumes where it stopped, and repeated runs only pay for what changed;
+`--no-cache` re-measures and retrains everything.
 `--quick`: two synthetic speakers and FSDD's george, for tuning (about 20 minutes on two busy
 cores). The run sets OMP_WAIT_POLICY=PASSIVE unless it is set: on a shared machine spinning
 OpenMP workers starve each other.
@@ -225,13 +226,57 @@ class BaseCache:
             write_json(path, {**scored.summary(), "utterances": scored.utterances})
 
 
-def _engine_stamp(model_dir: Path) -> str:
+def _engine_stamp(model_dir: Path, pattern: str = "*.py") -> str:
     from app.engine.model_import import describe_model_dir
 
     sha = hashlib.sha256(describe_model_dir(model_dir).fingerprint.encode())
-    for source in sorted((REPO_ROOT / "app" / "engine").glob("*.py")):
-        sha.update(source.name.encode() + b"\0" + source.read_bytes())
+    for source in sorted((REPO_ROOT / "app" / "engine").glob(pattern)):
+        sha.update(str(source.relative_to(REPO_ROOT)).encode() + b"\0" + source.read_bytes())
     return sha.hexdigest()
+
+
+class AdapterCache:
+    """Speakers already trained by an earlier run of the same code: an interrupted suite resumes.
+
+    An entry (the adapter file, its info and training report) is keyed by the suite, the
+    speaker's enrolment audio and transcripts, the training and gate settings, the model and
+    every source file of the engine (`app/engine/**/*.py`, training included).
+    """
+
+    def __init__(self, root: Path | None, model_dir: Path) -> None:
+        self.root = None if root is None else root / "adapters"
+        self.stamp = _engine_stamp(model_dir, "**/*.py") if root is not None else ""
+
+    def _path(self, kind: str, data: SpeakerData, threads: int) -> Path | None:
+        if self.root is None:
+            return None
+        sha = hashlib.sha256(f"{self.stamp}|{kind}|{data.name}|{threads}".encode())
+        sha.update(EvalSet.of([*data.train, *data.dev]).digest().encode())
+        return self.root / f"{kind}-{data.name}-{sha.hexdigest()[:24]}"
+
+    def get(self, kind: str, data: SpeakerData, threads: int) -> Trained | None:
+        from app.engine.adaptation.lora.file import load_adapter
+
+        path = self._path(kind, data, threads)
+        if path is None or not path.with_suffix(".json").exists():
+            return None
+        try:
+            report = json.loads(path.with_suffix(".json").read_text())
+            adapter = load_adapter(path.with_suffix(".safetensors").read_bytes())
+        except (OSError, ValueError, KeyError):
+            return None
+        log(f"{kind}/{data.name}: adapter from an earlier run ({path.name})")
+        return Trained(adapter, report["info"], report["training"])
+
+    def put(self, kind: str, data: SpeakerData, threads: int, trained: Trained) -> None:
+        from app.engine.adaptation.lora.file import dump_adapter
+
+        path = self._path(kind, data, threads)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".safetensors").write_bytes(dump_adapter(trained.adapter))
+        write_json(path.with_suffix(".json"), {"info": trained.info, "training": trained.training})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +511,7 @@ def run(options: Options) -> dict[str, Any]:
     log(f"{len(results)} speakers, {len(evalsets)} evaluation sets, {eval_audio_s / 60:.1f} min")
 
     cache = BaseCache(CACHE_DIR if options.cache else None, model_dir)
+    trained_cache = AdapterCache(CACHE_DIR if options.cache else None, model_dir)
 
     # fp32: one engine for every speaker (loaded only if the cache misses), then released.
     phase = time.perf_counter()
@@ -513,7 +559,10 @@ def run(options: Options) -> dict[str, Any]:
                     result.splits[split][model] = scored
             if train_error is None:
                 try:
-                    trained = train_speaker(model_dir, data, options.threads)
+                    trained = trained_cache.get(suite.kind, data, options.threads)
+                    if trained is None:
+                        trained = train_speaker(model_dir, data, options.threads)
+                        trained_cache.put(suite.kind, data, options.threads, trained)
                 except Exception as exc:  # reported; the other speakers still run
                     result.error = f"training failed: {type(exc).__name__}: {exc}"
                     log(f"{suite.kind}/{name}: {result.error}\n{traceback.format_exc()}")
@@ -929,7 +978,9 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
     parser.add_argument("--no-train", action="store_true", help="base models only")
     parser.add_argument("--no-cross", action="store_true", help="skip the cross-speaker table")
     parser.add_argument(
-        "--no-cache", action="store_true", help=f"re-measure the base models (cache: {CACHE_DIR})"
+        "--no-cache",
+        action="store_true",
+        help=f"re-measure the base models and retrain every adapter (cache: {CACHE_DIR})",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     parser.add_argument(
