@@ -1,7 +1,9 @@
 """The shipped Alembic migrations build the schema the ORM expects, on SQLite and PostgreSQL."""
 
+import multiprocessing
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from alembic import command
@@ -147,3 +149,27 @@ def test_unsupported_databases_are_rejected(raw: str) -> None:
         async_url(raw)
     with pytest.raises(ValueError, match="unsupported database"):
         sync_url(raw)
+
+
+def _upgrade_after(barrier: Any, raw_url: str) -> None:
+    barrier.wait()
+    upgrade_to_head(raw_url)
+
+
+def test_simultaneous_starters_all_come_up_on_one_schema(database_url: str) -> None:
+    """Compose starts every replica and worker at once against a fresh database."""
+    starters = 4
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(starters)
+    processes = [
+        spawn.Process(target=_upgrade_after, args=(barrier, database_url)) for _ in range(starters)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+
+    assert [process.exitcode for process in processes] == [0] * starters
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    assert current_revision(database_url) == head
+    assert table_names(database_url) >= APP_TABLES
