@@ -138,6 +138,27 @@ def test_short_run_returns_an_adapter_serving_accepts(
     assert all(0.0 <= f <= 1.0 for f in fractions)
 
 
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_an_adapter_of_one_stack_holds_that_stack_only_and_serves(
+    stack: str, tiny_en_dir: Path, utterances: list[Utterance], nf4_engine: WhisperEngine
+) -> None:
+    config = dataclasses.replace(TINY, stacks=(stack,), epochs=1)
+    adapter = train_lora(tiny_en_dir, utterances[:2], [], config).adapter
+
+    nf4_engine.check_adapter(adapter)
+    assert adapter.target_modules
+    assert {name.split(".")[1] for name in adapter.target_modules} == {stack}
+    assert json.loads(adapter.extra["stacks"]) == [stack]
+    assert nf4_engine.transcribe(utterances[0].audio, EVALUATION_OPTIONS, adapter).text
+
+
+def test_stacks_must_name_the_encoder_or_the_decoder() -> None:
+    with pytest.raises(ValueError, match="stacks must be among"):
+        TrainingConfig(stacks=())
+    with pytest.raises(ValueError, match="stacks must be among"):
+        TrainingConfig(stacks=("encoder", "proj_out"))
+
+
 def canonical(adapter: AdapterWeights) -> tuple[dict[str, Any], bytes]:
     """The adapter file's header (parsed) and tensor bytes. safetensors writes the metadata
     from a hash map, in an order that varies from call to call, so files holding identical

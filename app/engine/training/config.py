@@ -4,7 +4,7 @@ docs/tuning/lora_defaults.md."""
 from dataclasses import dataclass
 from typing import get_args
 
-from app.engine.adaptation.lora.config import ADAPTABLE, LoraConfig
+from app.engine.adaptation.lora.config import ADAPTABLE, STACKS, LoraConfig
 from app.engine.encoder import EncoderWindow
 
 __all__ = ["TrainingConfig"]
@@ -19,7 +19,9 @@ class TrainingConfig:
     dropout: float = 0.05
     """Dropout on the LoRA branch's input (the frozen base sees the input unchanged)."""
     targets: tuple[str, ...] = ADAPTABLE
-    """Projection names adapted in every encoder and decoder layer."""
+    """Projection names adapted in every layer of `stacks`."""
+    stacks: tuple[str, ...] = STACKS
+    """The encoder, the decoder or both."""
     learning_rate: float = 1e-3
     epochs: int = 8
     """At most this many passes over the training utterances."""
@@ -50,6 +52,10 @@ class TrainingConfig:
                     not set(self.targets) <= set(ADAPTABLE),
                     f"targets must be among {ADAPTABLE}",
                 ),
+                (
+                    not self.stacks or not set(self.stacks) <= set(STACKS),
+                    f"stacks must be among {STACKS}",
+                ),
                 (self.learning_rate <= 0, "learning_rate must be > 0"),
                 (self.epochs < 1, "epochs must be >= 1"),
                 (self.batch_size < 1, "batch_size must be >= 1"),
@@ -72,5 +78,9 @@ class TrainingConfig:
     @property
     def lora(self) -> LoraConfig:
         return LoraConfig(
-            rank=self.rank, alpha=self.lora_alpha, dropout=self.dropout, targets=self.targets
+            rank=self.rank,
+            alpha=self.lora_alpha,
+            dropout=self.dropout,
+            targets=self.targets,
+            stacks=self.stacks,
         )

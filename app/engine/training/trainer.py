@@ -144,7 +144,11 @@ def train_lora(
         "base_parameters": base_parameters,
         "parameter_ratio": adapter.parameter_count / base_parameters,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": {**asdict(config), "targets": list(config.targets)},
+        "config": {
+            **asdict(config),
+            "targets": list(config.targets),
+            "stacks": list(config.stacks),
+        },
         "precision": precision,
         "torch_threads": torch.get_num_threads(),
     }
@@ -245,7 +249,11 @@ def train_with_gate(
         "base_parameters": base_parameter_count(trainer.model),
         "parameter_ratio": adapter.parameter_count / base_parameter_count(trainer.model),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": {**asdict(config), "targets": list(config.targets)},
+        "config": {
+            **asdict(config),
+            "targets": list(config.targets),
+            "stacks": list(config.stacks),
+        },
         "precision": precision,
         "compute_dtype": numerics.compute_dtype,
         "torch_threads": torch.get_num_threads(),
@@ -586,6 +594,7 @@ def _adapter(
     extra = {
         "trainer": "pqm-lora-trainer/1",
         "targets": json.dumps(list(config.targets)),
+        "stacks": json.dumps(list(config.stacks)),
         "epoch": str(best.epoch),
         "learning_rate": repr(config.learning_rate),
         "seed": str(config.seed),

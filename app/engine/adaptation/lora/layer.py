@@ -103,7 +103,7 @@ def init_trainable_layers(
     layers = {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, LoraLinear) and name.rsplit(".", 1)[-1] in config.targets
+        if isinstance(module, LoraLinear) and config.adapts(name)
     }
     for layer in layers.values():
         layer.init_trainable(config, generator)
