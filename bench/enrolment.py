@@ -20,7 +20,7 @@ Suites: `synthetic` (`bench.speakers`: espeak-ng voices and channels; scored on 
 from the enrolment corpus and on held-out sentences of a different register), `speechocean`
 (the evaluation half of speechocean762, `bench.speechocean`: 30 real non-native speakers,
 children and adults, each enrolling with 14 recordings and tested on the other 6; never tune
-on it) and `fsdd` (real speakers reading digit strings, `bench.fsdd`; missing data is a skip),
+on it; `--half pool` runs the other half, for tuning only) and `fsdd` (real speakers reading digit strings, `bench.fsdd`; missing data is a skip),
 where every adapter is also applied to every other speaker's test set (cross-speaker table:
 rows = adapter, columns = test speaker).
 
@@ -76,6 +76,7 @@ from bench.common import (
     write_json,
 )
 from bench.speakers import SpeakerData, Suite, Utterance, load
+from bench.speechocean import Half
 
 if TYPE_CHECKING:
     from app.engine.adaptation.lora.file import AdapterWeights
@@ -88,8 +89,12 @@ CACHE_DIR = RESULTS_DIR / "enrolment-cache"
 SUITES = ("synthetic", "fsdd", "speechocean")
 QUICK_SYNTHETIC = speakers.QUICK_SPEAKERS[:2]
 QUICK_FSDD = ("george",)
-SPEECHOCEAN = "speechocean762-evaluation"
-EVAL_SPLITS = {"synthetic": ("test", "heldout"), "fsdd": ("test",), SPEECHOCEAN: ("test",)}
+EVAL_SPLITS = {
+    "synthetic": ("test", "heldout"),
+    "fsdd": ("test",),
+    "speechocean762-evaluation": ("test",),
+    "speechocean762-pool": ("test",),
+}
 MODELS = ("fp32", "nf4", "nf4w", "pqm")
 """`nf4w`: the NF4 base with the shortened encoder window (`fit10`), the serving option
 measured here; every other base runs Whisper's 30 s window."""
@@ -448,7 +453,9 @@ class Options:
     quick: bool
     cache: bool = True
     speechocean: tuple[str, ...] | None = None
-    """Evaluation-half speakers (None: all 30)."""
+    """Speakers of `speechocean_half` (None: all 30)."""
+    speechocean_half: Half = "evaluation"
+    """`pool` only to tune (the gate's thresholds): reported numbers come from `evaluation`."""
 
 
 def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
@@ -467,7 +474,8 @@ def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
             log(f"FSDD skipped: {exc}")
     if "speechocean" in options.suites:
         try:
-            suites.append(speechocean.build_suite("evaluation", options.speechocean))
+            half = options.speechocean_half
+            suites.append(speechocean.build_suite(half, options.speechocean))
         except speechocean.SpeechoceanUnavailable as exc:
             skipped["speechocean"] = str(exc)
             log(f"speechocean762 skipped: {exc}")
@@ -982,6 +990,12 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         action="store_true",
         help=f"re-measure the base models and retrain every adapter (cache: {CACHE_DIR})",
     )
+    parser.add_argument(
+        "--half",
+        choices=("evaluation", "pool"),
+        default="evaluation",
+        help="speechocean762 half: pool only for tuning (e.g. scripts/tune_gate.py)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     parser.add_argument(
         "--report", type=Path, help="only print the tables (and chart) of an earlier JSON report"
@@ -995,12 +1009,12 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         names = [n.strip() for n in args.speakers.split(",") if n.strip()]
         known_synthetic = {s.name for s in speakers.SPEAKERS}
         known_fsdd = set(fsdd.FSDD_SPEAKERS)
-        known_ocean = _evaluation_speakers()
+        known_ocean = _speechocean_speakers(args.half)
         unknown = [n for n in names if n not in known_synthetic | known_fsdd | known_ocean]
         if unknown:
             parser.error(
                 f"unknown speaker(s) {unknown}; synthetic: {sorted(known_synthetic)}, "
-                f"fsdd: {list(fsdd.FSDD_SPEAKERS)}, speechocean762 evaluation half: "
+                f"fsdd: {list(fsdd.FSDD_SPEAKERS)}, speechocean762 {args.half} half: "
                 f"{sorted(known_ocean)}"
             )
         synthetic = tuple(n for n in names if n in known_synthetic)
@@ -1016,6 +1030,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         synthetic=synthetic,
         fsdd=digits,
         speechocean=ocean,
+        speechocean_half=args.half,
         threads=args.threads,
         train=not args.no_train,
         cross=not args.no_cross,
@@ -1025,12 +1040,12 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
     return options, args.out
 
 
-def _evaluation_speakers() -> set[str]:
+def _speechocean_speakers(half: str) -> set[str]:
     try:
         table = speechocean.speakers_of(speechocean.speechocean_dir())
     except OSError:
         return set()
-    return {name for name, row in table.items() if row["half"] == "evaluation"}
+    return {name for name, row in table.items() if row["half"] == half}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

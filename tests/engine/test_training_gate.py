@@ -24,6 +24,8 @@ def test_a_consistent_gain_is_activated_and_said_in_words() -> None:
     metrics = evidence.to_metrics()
     assert metrics["wer_served"] == pytest.approx(26 / 160, abs=1e-4)
     assert metrics["activate"] is True
+    assert metrics["recordings"][:2] == [[8, 2, 1], [8, 2, 1]]
+    assert len(metrics["recordings"]) == 20
 
 
 def test_a_gain_carried_by_one_lucky_recording_is_not_enough() -> None:

@@ -61,6 +61,7 @@ class GateEvidence:
     activate: bool
     served: str
     """What the new adapter was compared with: "the base model" or "the active adapter <id>"."""
+    scores: tuple[HeldOutScore, ...] = ()
 
     @property
     def reason(self) -> str:
@@ -92,6 +93,7 @@ class GateEvidence:
             "confidence": self.confidence,
             "activate": self.activate,
             "reason": self.reason,
+            "recordings": [[s.words, s.errors_served, s.errors_new] for s in self.scores],
         }
 
 
@@ -127,6 +129,7 @@ def decide(
         confidence=config.confidence,
         activate=activate,
         served=served,
+        scores=tuple(scores),
     )
 
 
