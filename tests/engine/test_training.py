@@ -4,6 +4,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +34,7 @@ from app.engine.training import (
     train_lora,
     training_window,
 )
-from app.engine.training.data import IGNORE_INDEX, build_example, collate
+from app.engine.training.data import IGNORE_INDEX, build_example, collate, spec_augment
 from app.engine.training.gate import GateConfig
 from app.engine.training.process import lower_priority
 from app.engine.training.trainer import (
@@ -282,6 +283,33 @@ def test_examples_score_only_the_transcript(nf4_engine: WhisperEngine) -> None:
     assert scored == [*text_ids, tokens.eot]
     assert batch.labels[0, 0] == IGNORE_INDEX  # <|notimestamps|> is given, not predicted
     assert batch.target_count == sum(example.target_count for example in examples)
+
+
+def test_spec_augment_masks_bands_and_spans_of_a_copy_reproducibly() -> None:
+    mel = torch.randn(3, 80, 400)
+    first = spec_augment(mel, random.Random(5))
+    again = spec_augment(mel, random.Random(5))
+
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, mel)
+    for row in range(3):
+        fill = mel[row].mean()
+        masked = first[row] != mel[row]
+        assert torch.all(first[row][masked] == fill)
+        bands = masked.all(dim=1).sum()  # whole mel bins masked
+        spans = masked.all(dim=0).sum()  # whole frames masked
+        assert bands <= 2 * 10
+        assert spans <= 2 * int(0.05 * 400)
+        assert masked.sum() == bands * 400 + spans * 80 - bands * spans
+
+
+def test_training_with_spec_augment_runs_and_differs(
+    tiny_en_dir: Path, utterances: list[Utterance], tiny_runs: TinyRuns
+) -> None:
+    config = dataclasses.replace(TINY, spec_augment=True)
+    result = train_lora(tiny_en_dir, utterances[:3], [], config)
+    plain = tiny_runs.first.adapter.tensors
+    assert any(not torch.equal(t, plain[name]) for name, t in result.adapter.tensors.items())
 
 
 def test_utterances_longer_than_one_window_are_refused(tiny_en_dir: Path) -> None:

@@ -37,6 +37,8 @@ class TrainingConfig:
     warmup: float = 0.1
     """Fraction of the planned optimiser steps with a linearly rising learning rate."""
     max_grad_norm: float = 1.0
+    spec_augment: bool = False
+    """Mask random frequency bands and time spans of each training batch (`data.spec_augment`)."""
     language: str = "en"
     """Language token of the decoder prefix (multilingual models only)."""
 

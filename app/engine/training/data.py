@@ -32,6 +32,7 @@ __all__ = [
     "check_utterance",
     "collate",
     "prompt_tokens",
+    "spec_augment",
     "split_train_dev",
     "step_batches",
     "target_tokens",
@@ -196,3 +197,30 @@ def split_train_dev(
     dev = set(random.Random(seed).sample(range(count), size))
     train = [u for i, u in enumerate(utterances) if i not in dev]
     return train, [u for i, u in enumerate(utterances) if i in dev]
+
+
+FREQUENCY_MASKS = (2, 10)
+"""SpecAugment's frequency masks: how many, and the widest in mel bins."""
+TIME_MASKS = (2, 0.05)
+"""Its time masks: how many, and the widest as a fraction of the window's frames."""
+
+
+def spec_augment(mel: Tensor, rng: random.Random) -> Tensor:
+    """A copy of `mel` [batch, bins, frames] with SpecAugment's masks (Park et al., 2019) drawn
+    per example and filled with that example's mean: regularisation for small uploads."""
+    masked = mel.clone()
+    _, bins, frames = mel.shape
+    count, widest = FREQUENCY_MASKS
+    time_count, time_fraction = TIME_MASKS
+    widest_time = max(1, int(time_fraction * frames))
+    for row in masked:
+        fill = row.mean()
+        for _ in range(count):
+            width = rng.randint(0, widest)
+            start = rng.randint(0, bins - width)
+            row[start : start + width, :] = fill
+        for _ in range(time_count):
+            width = rng.randint(0, widest_time)
+            start = rng.randint(0, frames - width)
+            row[:, start : start + width] = fill
+    return masked

@@ -48,6 +48,7 @@ from app.engine.training.data import (
     build_example,
     check_utterance,
     collate,
+    spec_augment,
     step_batches,
 )
 from app.engine.training.errors import TrainingCancelled, TrainingDataError
@@ -504,6 +505,8 @@ def _train_epoch(
     for micro_batches in step_batches(examples, config.batch_size, rng):
         run.check()
         batches = [collate([examples[i] for i in indices], pad) for indices in micro_batches]
+        if config.spec_augment:
+            batches = [replace(b, mel=spec_augment(b.mel, rng)) for b in batches]
         tokens = sum(batch.target_count for batch in batches)
         optimizer.zero_grad(set_to_none=True)
         for batch in batches:
