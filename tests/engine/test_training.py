@@ -34,8 +34,16 @@ from app.engine.training import (
     train_lora,
     training_window,
 )
-from app.engine.training.data import IGNORE_INDEX, build_example, collate, spec_augment
+from app.engine.training.data import (
+    IGNORE_INDEX,
+    BaseTargets,
+    Example,
+    build_example,
+    collate,
+    spec_augment,
+)
 from app.engine.training.gate import GateConfig
+from app.engine.training.kld import regularised_loss_sum
 from app.engine.training.process import lower_priority
 from app.engine.training.trainer import (
     EVALUATION_OPTIONS,
@@ -303,13 +311,52 @@ def test_spec_augment_masks_bands_and_spans_of_a_copy_reproducibly() -> None:
         assert masked.sum() == bands * 400 + spans * 80 - bands * spans
 
 
-def test_training_with_spec_augment_runs_and_differs(
-    tiny_en_dir: Path, utterances: list[Utterance], tiny_runs: TinyRuns
+def test_without_the_base_the_loss_is_the_transcript_cross_entropy() -> None:
+    logits = torch.randn(2, 5, 50)
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4, 7, IGNORE_INDEX], [IGNORE_INDEX, 1, 2, 3, 9]])
+    plain = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    torch.testing.assert_close(regularised_loss_sum(logits, labels, [], 0.0), plain)
+
+
+def test_the_regularised_target_mixes_the_transcript_with_the_base_distribution() -> None:
+    logits = torch.randn(1, 4, 40)
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4, 7]])
+    base = torch.softmax(torch.randn(3, 40), dim=-1)  # the whole vocabulary: k = 40
+    order = torch.argsort(base, dim=-1, descending=True)
+    example = Example(
+        mel=torch.zeros(80, 10),
+        tokens=(0, 3, 4, 7),
+        prefix_length=1,
+        base=BaseTargets(order, base.gather(1, order)),
+    )
+    log_probs = torch.log_softmax(logits[0, 1:], dim=-1)
+    hard = -log_probs[torch.arange(3), labels[0, 1:]].sum()
+    soft = -(base * log_probs).sum()
+
+    mixed = regularised_loss_sum(logits, labels, [example], 0.3)
+
+    torch.testing.assert_close(mixed, 0.7 * hard + 0.3 * soft)
+
+
+@pytest.fixture(scope="module")
+def no_dev_run(tiny_en_dir: Path, utterances: list[Utterance]) -> AdapterWeights:
+    """TINY on 3 utterances with no dev set: every epoch runs, the last is kept."""
+    return train_lora(tiny_en_dir, utterances[:3], [], TINY).adapter
+
+
+@pytest.mark.parametrize("change", [{"spec_augment": True}, {"kl_weight": 0.5}])
+def test_regularisation_runs_and_changes_what_is_learned(
+    change: dict[str, Any],
+    tiny_en_dir: Path,
+    utterances: list[Utterance],
+    no_dev_run: AdapterWeights,
 ) -> None:
-    config = dataclasses.replace(TINY, spec_augment=True)
-    result = train_lora(tiny_en_dir, utterances[:3], [], config)
-    plain = tiny_runs.first.adapter.tensors
-    assert any(not torch.equal(t, plain[name]) for name, t in result.adapter.tensors.items())
+    config = dataclasses.replace(TINY, **change)
+    tensors = train_lora(tiny_en_dir, utterances[:3], [], config).adapter.tensors
+    assert tensors.keys() == no_dev_run.tensors.keys()
+    assert any(not torch.equal(t, no_dev_run.tensors[name]) for name, t in tensors.items())
 
 
 def test_utterances_longer_than_one_window_are_refused(tiny_en_dir: Path) -> None:

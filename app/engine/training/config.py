@@ -38,6 +38,9 @@ class TrainingConfig:
     """Fraction of the planned optimiser steps with a linearly rising learning rate."""
     max_grad_norm: float = 1.0
     spec_augment: bool = False
+    kl_weight: float = 0.0
+    """rho of KL-regularised adaptation (`kld`): how much of each token's target is the base
+    model's own distribution rather than the transcript."""
     """Mask random frequency bands and time spans of each training batch (`data.spec_augment`)."""
     language: str = "en"
     """Language token of the decoder prefix (multilingual models only)."""
@@ -67,6 +70,7 @@ class TrainingConfig:
                 (self.weight_decay < 0, "weight_decay must be >= 0"),
                 (not 0.0 <= self.warmup < 1.0, "warmup must be in [0, 1)"),
                 (self.max_grad_norm <= 0, "max_grad_norm must be > 0"),
+                (not 0.0 <= self.kl_weight < 1.0, "kl_weight must be in [0, 1)"),
             )
             if failed
         ]

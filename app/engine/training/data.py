@@ -25,6 +25,7 @@ __all__ = [
     "IGNORE_INDEX",
     "MAX_DECODER_TOKENS",
     "MAX_UTTERANCE_SECONDS",
+    "BaseTargets",
     "Batch",
     "Example",
     "Utterance",
@@ -55,12 +56,25 @@ class Utterance:
 
 
 @dataclass(frozen=True, slots=True)
+class BaseTargets:
+    """The base model's most likely next tokens at each scored position of one example
+    (`kld.base_targets`)."""
+
+    tokens: Tensor
+    """[targets, k] token ids."""
+    probabilities: Tensor
+    """[targets, k], each row summing to 1."""
+
+
+@dataclass(frozen=True, slots=True)
 class Example:
     mel: Tensor
     """[n_mels, frames]: the encoder window serving uses for this audio."""
     tokens: tuple[int, ...]
     """Prefix, transcript tokens, `<|endoftext|>`."""
     prefix_length: int
+    base: BaseTargets | None = None
+    """What the base model predicts, where training is KL-regularised."""
 
     @property
     def frames(self) -> int:

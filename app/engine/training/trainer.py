@@ -41,7 +41,6 @@ from app.engine.text import wer, word_errors
 from app.engine.tokens import SpecialTokens
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import (
-    IGNORE_INDEX,
     Batch,
     Example,
     Utterance,
@@ -53,6 +52,7 @@ from app.engine.training.data import (
 )
 from app.engine.training.errors import TrainingCancelled, TrainingDataError
 from app.engine.training.gate import GateConfig, HeldOutScore, decide, fold_assignment
+from app.engine.training.kld import regularised_loss_sum, with_base_targets
 from app.engine.types import ComputeDtype, Precision, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 
@@ -451,6 +451,8 @@ def _fit(
         optimizer, _warmup_then_linear(steps_per_epoch * config.epochs, config.warmup)
     )
     pad = _special_tokens(trainer).eot
+    if config.kl_weight > 0:  # the factors are fresh (B = 0): these logits are the base model's
+        examples = with_base_targets(examples, pad, lambda batch: _logits(trainer.model, batch))
     rng = random.Random(config.seed)
     history: list[_Epoch] = []
     best: _Epoch | None = None
@@ -504,13 +506,14 @@ def _train_epoch(
     total_loss = total_tokens = 0.0
     for micro_batches in step_batches(examples, config.batch_size, rng):
         run.check()
-        batches = [collate([examples[i] for i in indices], pad) for indices in micro_batches]
+        groups = [[examples[i] for i in indices] for indices in micro_batches]
+        batches = [collate(group, pad) for group in groups]
         if config.spec_augment:
             batches = [replace(b, mel=spec_augment(b.mel, rng)) for b in batches]
         tokens = sum(batch.target_count for batch in batches)
         optimizer.zero_grad(set_to_none=True)
-        for batch in batches:
-            loss = _loss_sum(trainer.model, batch) / tokens
+        for group, batch in zip(groups, batches, strict=True):
+            loss = _loss_sum(trainer.model, batch, group, config.kl_weight) / tokens
             loss.backward()  # type: ignore[no-untyped-call]
             total_loss += float(loss.detach()) * tokens
         total_tokens += tokens
@@ -525,19 +528,21 @@ def _train_epoch(
     return total_loss / max(1.0, total_tokens)
 
 
-def _loss_sum(model: Any, batch: Batch) -> Tensor:
-    """Summed cross-entropy of the transcript tokens, teacher-forced after the prefix."""
+def _loss_sum(
+    model: Any, batch: Batch, examples: Sequence[Example] = (), kl_weight: float = 0.0
+) -> Tensor:
+    """Summed cross-entropy of the transcript tokens, teacher-forced after the prefix (mixed
+    with the base model's distribution by `kl_weight`, see `kld`)."""
+    return regularised_loss_sum(_logits(model, batch), batch.labels, examples, kl_weight)
+
+
+def _logits(model: Any, batch: Batch) -> Tensor:
     encoded = encode(model.model.encoder, batch.mel)
     hidden = model.model.decoder(
         input_ids=batch.input_ids, encoder_hidden_states=encoded, use_cache=False
     ).last_hidden_state
     logits: Tensor = model.proj_out(hidden)
-    return nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(),
-        batch.labels.flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    return logits
 
 
 def _evaluate(
