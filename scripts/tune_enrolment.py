@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.engine.types import TranscriptionOptions
 from bench import speechocean
 from bench.common import RESULTS_DIR, print_table
 from bench.speakers import SpeakerData, load
@@ -48,6 +49,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "drop0.2": {"dropout": 0.2},
     "wd0.1": {"weight_decay": 0.1},
     "e4": {"epochs": 4},
+    "enc": {"stacks": ("encoder",)},
+    "enc-lr2e-3": {"stacks": ("encoder",), "learning_rate": 2e-3},
+    "enc-e16": {"stacks": ("encoder",), "epochs": 16},
+    "dec": {"stacks": ("decoder",)},
+    "specaug": {"spec_augment": True},
+    "specaug-e16": {"spec_augment": True, "epochs": 16},
+    "enc-specaug": {"stacks": ("encoder",), "spec_augment": True},
+    "kl0.5": {"kl_weight": 0.5},
+    "enc-kl0.5": {"stacks": ("encoder",), "kl_weight": 0.5},
+    "enc-e12": {"stacks": ("encoder",), "epochs": 12},
+    "enc-r16": {"stacks": ("encoder",), "rank": 16},
 }
 DEFAULT_OUT = RESULTS_DIR / "tune-enrolment.jsonl"
 
@@ -63,11 +75,26 @@ def pool_speakers(count: int) -> list[str]:
     return (mixed + rest)[:count]
 
 
-def run_one(task: tuple[str, str, Path]) -> dict[str, Any]:
-    name, config_name, model_dir = task
+def base_errors(engine: Any, speaker: SpeakerData, cache: Path) -> list[int]:
+    """The NF4 base's word errors per test recording, computed once per speaker and model."""
+    from app.engine.text import word_errors
+
+    path = cache / f"base-{speaker.name}-{engine.info.fingerprint[:16]}.json"
+    if path.exists():
+        cached: list[int] = json.loads(path.read_text())
+        return cached
+    options = TranscriptionOptions(language="en", with_timestamps=False)
+    errors = [
+        word_errors(u.text, engine.transcribe(load(u), options).text)[0] for u in speaker.test
+    ]
+    path.write_text(json.dumps(errors))
+    return errors
+
+
+def run_one(task: tuple[str, str, Path, Path]) -> dict[str, Any]:
+    name, config_name, model_dir, cache = task
     from app.engine.text import word_errors
     from app.engine.training import TrainingConfig, Utterance, train_lora
-    from app.engine.types import TranscriptionOptions
     from app.engine.whisper import WhisperEngine
 
     speaker: SpeakerData = speechocean.build_suite("pool", [name]).speakers[name]
@@ -79,13 +106,10 @@ def run_one(task: tuple[str, str, Path]) -> dict[str, Any]:
     engine = WhisperEngine.load(model_dir, precision="nf4", device="cpu", threads=1)
     options = TranscriptionOptions(language="en", with_timestamps=False)
     rows = []
-    for utterance in speaker.test:
-        audio = load(utterance)
-        base = engine.transcribe(audio, options).text
-        adapted = engine.transcribe(audio, options, adapter=result.adapter).text
-        base_errors, words = word_errors(utterance.text, base)
-        adapted_errors, _ = word_errors(utterance.text, adapted)
-        rows.append({"words": words, "nf4": base_errors, "adapter": adapted_errors})
+    for utterance, nf4 in zip(speaker.test, base_errors(engine, speaker, cache), strict=True):
+        adapted = engine.transcribe(load(utterance), options, adapter=result.adapter).text
+        errors, words = word_errors(utterance.text, adapted)
+        rows.append({"words": words, "nf4": nf4, "adapter": errors})
     return {
         "speaker": name,
         "group": speaker.info["group"],
@@ -162,8 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown config(s) {unknown}")
+    cache = args.out.parent / "tune-enrolment-base"
+    cache.mkdir(exist_ok=True)
     tasks = [
-        (name, config, model_dir)
+        (name, config, model_dir, cache)
         for config in configs
         for name in pool_speakers(args.speakers)
         if (name, config) not in done
