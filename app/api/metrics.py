@@ -5,11 +5,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.schemas import error_responses, success_response
+from app.db.enrolment_status import EnrolmentStatus
 from app.db.repositories.enrolments import EnrolmentRepository
 
 router = APIRouter(tags=["observability"])
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @router.get(
@@ -23,7 +22,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 async def metrics(state: StateDep, session: SessionDep, principal: PrincipalDep) -> Response:
     principal.require_admin()
     counts = await EnrolmentRepository(session).count_by_status()
-    for status in JOB_STATUSES:
+    for status in EnrolmentStatus:
         state.metrics.enrolment_jobs.labels(status).set(counts.get(status, 0))
     state.metrics.queue_pending.set(state.scheduler.pending)
     slots = state.recognizer.slot_stats()

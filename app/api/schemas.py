@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from app.db.enrolment_status import EnrolmentStatus
 from app.text_rules import unprintable_character
 
 
@@ -135,7 +136,7 @@ class EnrolmentJobPublic(OrmModel):
     id: str
     object: Literal["enrolment"] = "enrolment"
     user_id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: EnrolmentStatus
     method: str
     params: dict[str, Any]
     utterance_count: int

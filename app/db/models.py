@@ -106,7 +106,7 @@ class EnrolmentJob(TimestampMixin, Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
-    """queued | running | succeeded | failed | cancelled"""
+    """An `EnrolmentStatus`, changed only by `EnrolmentRepository` (through its transitions)."""
     method: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     """Training overrides the user asked for (rank, epochs, seed)."""

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters_store import AdapterStore
 from app.config import EnrolmentSettings
-from app.db.base import utcnow
+from app.db.enrolment_status import EnrolmentStatus
 from app.db.models import EnrolmentJob, Recording, new_id
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.engine.adaptation.registry import method_names
@@ -23,7 +23,6 @@ from app.services.users import get_user
 from app.text_rules import unprintable_character
 
 DEFAULT_METHOD = "lora"
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +70,6 @@ async def create_enrolment(
     job = EnrolmentJob(
         id=job_id,
         user_id=user_id,
-        status="queued",
         method=request.method,
         params={"rank": request.rank, "epochs": request.epochs, "seed": request.seed},
         utterance_count=len(utterances),
@@ -210,11 +208,11 @@ async def cancel_job(session: AsyncSession, principal: Principal, job_id: str) -
     """A queued job is cancelled at once; a running one is stopped by its worker within
     seconds (its status says `running` with `cancel_requested` until then)."""
     job = await get_job(session, principal, job_id)
-    if job.status in FINISHED:
-        raise ConflictError(f"The job has already {job.status}.", code="job_finished")
+    status = EnrolmentStatus(job.status)
+    if status.finished:
+        raise ConflictError(f"The job has already {status}.", code="job_finished")
     job.cancel_requested = True
-    if job.status == "queued":
-        job.status = "cancelled"
-        job.finished_at = utcnow()
+    if status is EnrolmentStatus.QUEUED:
+        await EnrolmentRepository(session).finish(job, EnrolmentStatus.CANCELLED)
     await session.flush()
     return job

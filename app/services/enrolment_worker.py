@@ -27,6 +27,7 @@ from adapters_store import AdapterStore
 from adapters_store.base import sha256_hex
 from app.config import EnrolmentSettings, Settings
 from app.db.base import utcnow
+from app.db.enrolment_status import EnrolmentStatus
 from app.db.models import Adapter, AdapterStatus, EnrolmentJob, Recording, new_id
 from app.db.repositories.adapters import AdapterRepository
 from app.db.repositories.enrolments import EnrolmentRepository
@@ -141,12 +142,14 @@ class EnrolmentWorker:
         settings = self._ctx.settings
         cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
         async with transaction(self._ctx.sessions) as session:
-            for job in await EnrolmentRepository(session).stale_running(cutoff):
+            jobs = EnrolmentRepository(session)
+            for job in await jobs.stale_running(cutoff):
                 if job.attempts < settings.max_attempts and not job.cancel_requested:
-                    job.status, job.progress, job.eta_seconds = "queued", 0.0, None
-                    job.message = f"re-queued: its worker stopped (attempt {job.attempts})"
+                    message = f"re-queued: its worker stopped (attempt {job.attempts})"
+                    await jobs.requeue(job, message, refund_attempt=False)
                 else:
-                    _finish(job, "failed", error="the worker stopped while training this job")
+                    error = "the worker stopped while training this job"
+                    await jobs.finish(job, EnrolmentStatus.FAILED, error=error)
                 logger.warning(
                     "recovered a job whose worker stopped",
                     extra={"job_id": job.id, "status": job.status},
@@ -164,10 +167,10 @@ class EnrolmentWorker:
                 await self._requeue(job.id)
                 logger.info("enrolment interrupted by shutdown; re-queued", extra=log)
             else:
-                await self._set_outcome(job.id, "cancelled", error=None)
+                await self._set_outcome(job.id, EnrolmentStatus.CANCELLED, error=None)
                 logger.info("enrolment cancelled", extra=log)
         except Exception as exc:
-            await self._set_outcome(job.id, "failed", error=_describe(exc))
+            await self._set_outcome(job.id, EnrolmentStatus.FAILED, error=_describe(exc))
             logger.exception("enrolment failed", extra=log)
 
     async def _training_request(self, job: EnrolmentJob) -> tuple[str | None, TrainingRequest]:
@@ -221,7 +224,7 @@ class EnrolmentWorker:
         """Records progress; False when the job was cancelled or deleted meanwhile."""
         async with transaction(self._ctx.sessions) as session:
             job = await session.get(EnrolmentJob, job_id)
-            if job is None or job.status != "running" or job.cancel_requested:
+            if job is None or job.status != EnrolmentStatus.RUNNING or job.cancel_requested:
                 return False
             job.heartbeat_at = utcnow()
             if progress is not None:
@@ -287,7 +290,7 @@ class EnrolmentWorker:
         activation and the job's success, or none of it."""
         async with transaction(self._ctx.sessions) as session:
             job = await session.get(EnrolmentJob, job_id, with_for_update=True)
-            if job is None or job.cancel_requested or job.status != "running":
+            if job is None or job.cancel_requested or job.status != EnrolmentStatus.RUNNING:
                 raise TrainingCancelled("the job was cancelled or deleted while finishing")
             store = self._ctx.store.bind(session)
             stored = await store.put(new.key, new.data)
@@ -301,21 +304,21 @@ class EnrolmentWorker:
                 await repository.activate(adapter)
             job.adapter_id, job.activated = new.id, new.activate
             job.activation_reason, job.metrics = new.reason, new.metrics
-            _finish(job, "succeeded")
+            await EnrolmentRepository(session).finish(job, EnrolmentStatus.SUCCEEDED)
 
     async def _requeue(self, job_id: str) -> None:
         async with transaction(self._ctx.sessions) as session:
-            job = await session.get(EnrolmentJob, job_id)
-            if job is not None and job.status == "running":
-                job.status, job.progress, job.eta_seconds = "queued", 0.0, None
-                job.attempts = max(0, job.attempts - 1)
-                job.message = "re-queued: the worker shut down"
+            jobs = EnrolmentRepository(session)
+            job = await jobs.get(job_id)
+            if job is not None and job.status == EnrolmentStatus.RUNNING:
+                await jobs.requeue(job, "re-queued: the worker shut down", refund_attempt=True)
 
-    async def _set_outcome(self, job_id: str, status: str, error: str | None) -> None:
+    async def _set_outcome(self, job_id: str, outcome: EnrolmentStatus, error: str | None) -> None:
         async with transaction(self._ctx.sessions) as session:
-            job = await session.get(EnrolmentJob, job_id)
-            if job is not None and job.status == "running":
-                _finish(job, status, error=error)
+            jobs = EnrolmentRepository(session)
+            job = await jobs.get(job_id)
+            if job is not None and job.status == EnrolmentStatus.RUNNING:
+                await jobs.finish(job, outcome, error=error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,15 +369,6 @@ def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:
         alpha = None if default.alpha is None else default.alpha * rank / default.rank
         config = replace(config, rank=rank, alpha=alpha)
     return config
-
-
-def _finish(job: EnrolmentJob, status: str, error: str | None = None) -> None:
-    job.status = status
-    job.error = error[:2000] if error else None
-    job.finished_at = utcnow()
-    job.eta_seconds = None
-    if status == "succeeded":
-        job.progress = 1.0
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,16 +4,22 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
+from app.db.enrolment_status import UNFINISHED, EnrolmentStatus, check_transition
 from app.db.models import EnrolmentJob, Recording
-
-ACTIVE_STATUSES = ("queued", "running")
 
 
 class EnrolmentRepository:
+    """Jobs and their recordings. Every change of a job's status is made here, through
+    `check_transition`."""
+
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
     async def add(self, job: EnrolmentJob, recordings: list[Recording]) -> EnrolmentJob:
+        """Records a new job (given without a status), queued."""
+        if job.status is not None:
+            raise ValueError(f"a new job has no status yet; this one is {job.status}")
+        job.status = check_transition(None, EnrolmentStatus.QUEUED)
         self._session.add(job)
         await self._session.flush()
         self._session.add_all(recordings)
@@ -26,7 +32,7 @@ class EnrolmentRepository:
     async def unfinished_for_user(self, user_id: str) -> EnrolmentJob | None:
         result = await self._session.execute(
             select(EnrolmentJob).where(
-                EnrolmentJob.user_id == user_id, EnrolmentJob.status.in_(ACTIVE_STATUSES)
+                EnrolmentJob.user_id == user_id, EnrolmentJob.status.in_(UNFINISHED)
             )
         )
         return result.scalars().first()
@@ -43,10 +49,11 @@ class EnrolmentRepository:
         The conditional UPDATE makes the claim safe between processes: of two workers racing
         for the same job, exactly one sees its row updated.
         """
+        queued = EnrolmentStatus.QUEUED
         while True:
             candidate = await self._session.scalar(
                 select(EnrolmentJob.id)
-                .where(EnrolmentJob.status == "queued")
+                .where(EnrolmentJob.status == queued)
                 .order_by(EnrolmentJob.created_at)
                 .limit(1)
             )
@@ -55,9 +62,9 @@ class EnrolmentRepository:
             now = utcnow()
             result = await self._session.execute(
                 update(EnrolmentJob)
-                .where(EnrolmentJob.id == candidate, EnrolmentJob.status == "queued")
+                .where(EnrolmentJob.id == candidate, EnrolmentJob.status == queued)
                 .values(
-                    status="running",
+                    status=check_transition(queued, EnrolmentStatus.RUNNING),
                     worker_id=worker_id,
                     started_at=now,
                     heartbeat_at=now,
@@ -68,16 +75,40 @@ class EnrolmentRepository:
             if getattr(result, "rowcount", 0) == 1:
                 return await self._session.get(EnrolmentJob, candidate, populate_existing=True)
 
+    async def requeue(self, job: EnrolmentJob, message: str, *, refund_attempt: bool) -> None:
+        """Puts a running job back in the queue for any worker to retry; `refund_attempt`: the
+        interrupted attempt does not count towards the job's limit."""
+        job.status = check_transition(job.status, EnrolmentStatus.QUEUED)
+        job.progress, job.eta_seconds, job.message = 0.0, None, message
+        if refund_attempt:
+            job.attempts = max(0, job.attempts - 1)
+        await self._session.flush()
+
+    async def finish(
+        self, job: EnrolmentJob, outcome: EnrolmentStatus, error: str | None = None
+    ) -> None:
+        """Ends the job with `outcome` (a finished status); `error` says why it failed."""
+        if not outcome.finished:
+            raise ValueError(f"{outcome} is not an outcome")
+        job.status = check_transition(job.status, outcome)
+        job.error = error[:2000] if error else None
+        job.finished_at = utcnow()
+        job.eta_seconds = None
+        if outcome is EnrolmentStatus.SUCCEEDED:
+            job.progress = 1.0
+        await self._session.flush()
+
     async def stale_running(self, heartbeat_before: datetime) -> list[EnrolmentJob]:
         result = await self._session.execute(
             select(EnrolmentJob).where(
-                EnrolmentJob.status == "running", EnrolmentJob.heartbeat_at < heartbeat_before
+                EnrolmentJob.status == EnrolmentStatus.RUNNING,
+                EnrolmentJob.heartbeat_at < heartbeat_before,
             )
         )
         return list(result.scalars())
 
-    async def count_by_status(self) -> dict[str, int]:
+    async def count_by_status(self) -> dict[EnrolmentStatus, int]:
         result = await self._session.execute(
             select(EnrolmentJob.status, func.count()).group_by(EnrolmentJob.status)
         )
-        return {status: count for status, count in result.all()}
+        return {EnrolmentStatus(status): count for status, count in result.all()}
