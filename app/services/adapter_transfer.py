@@ -8,7 +8,6 @@ first turned into the service's own file (`lora.peft_zip.from_peft`), then goes 
 """
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -17,13 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters_store import AdapterStore, BlobNotFoundError, StoreError
 from adapters_store.base import sha256_hex
-from app.db.models import Adapter, new_id
+from app.db.models import Adapter
 from app.db.repositories.adapters import AdapterRepository
 from app.engine.adaptation.lora.file import (
     AdapterFileError,
-    AdapterWeights,
     BaseModelMismatchError,
-    dump_adapter,
     load_adapter,
     read_adapter_header,
 )
@@ -33,8 +30,8 @@ from app.engine.recognizer import SpeechRecognizer
 from app.engine.tensor_file import TensorFile
 from app.engine.types import ModelInfo
 from app.errors import BadRequestError, DataIntegrityError, NotFoundError, PayloadTooLargeError
+from app.services.adapter_storage import CheckedAdapter, NewAdapter, checked_form, store_adapter
 from app.services.auth import Principal
-from app.services.blob_keys import adapter_key
 from app.services.users import get_user
 
 __all__ = ["AdapterFile", "AdapterUpload", "ExportForm", "export_adapter", "import_adapter"]
@@ -138,22 +135,9 @@ async def import_adapter(
     # a hostile file is refused without delaying anyone's transcription.
     fingerprint = recognizer.info.fingerprint
     file = await asyncio.to_thread(_checked_header, upload.data, fingerprint, max_bytes)
-    weights, data = await runner.run(lambda: _canonical(file, recognizer))
-    adapter_id = new_id()
-    key = adapter_key(user_id, adapter_id)
-    bound = store.bind(session)
-    try:
-        await _write_verified(bound, key, data)
-        repository = AdapterRepository(session)
-        version = await repository.next_version(user_id)
-        adapter = await repository.add(_row(adapter_id, user_id, key, version, data, weights))
-        if upload.activate:
-            await repository.activate(adapter)
-    except Exception:  # a file-system blob does not roll back with the transaction
-        with contextlib.suppress(Exception):
-            await bound.delete(key)
-        raise
-    return adapter
+    form = await runner.run(lambda: _canonical(file, recognizer))
+    new = NewAdapter(user_id=user_id, form=form, source="import", activate=upload.activate)
+    return await store_adapter(session, store, new)
 
 
 def _checked_header(data: bytes, fingerprint: str, max_bytes: int) -> TensorFile:
@@ -171,49 +155,22 @@ def _checked_header(data: bytes, fingerprint: str, max_bytes: int) -> TensorFile
         raise _refused(exc, "invalid_adapter") from exc
 
 
-def _canonical(file: TensorFile, recognizer: SpeechRecognizer) -> tuple[AdapterWeights, bytes]:
-    """The checked weights and the file to store (in the form `dump_adapter` writes): torch
-    work for the inference thread, in proportion to the tensors' data."""
+def _canonical(file: TensorFile, recognizer: SpeechRecognizer) -> CheckedAdapter:
+    """The file to store and its weights: torch work for the inference thread, in proportion
+    to the tensors' data. The upload itself is checked first, so that nothing in it is
+    silently converted (such as float16 tensors to float32); one out of bounds is refused."""
     try:
-        weights = load_adapter(file)
-        recognizer.check_adapter(weights)
-        recognizer.check_adapter_bounds(weights)
+        uploaded = load_adapter(file)
+        recognizer.check_adapter(uploaded)
+        form = checked_form(uploaded, recognizer)
     except BaseModelMismatchError as exc:
         raise _refused(exc, "base_model_mismatch") from exc
     except AdapterFileError as exc:
         raise _refused(exc, "invalid_adapter") from exc
-    return weights, dump_adapter(weights)
+    if form.out_of_bounds is not None:
+        raise _refused(form.out_of_bounds, "invalid_adapter")
+    return form
 
 
-def _refused(exc: AdapterFileError, code: str) -> BadRequestError:
-    return BadRequestError(f"The adapter file was refused: {exc}.", param="file", code=code)
-
-
-async def _write_verified(store: AdapterStore, key: str, data: bytes) -> None:
-    stored = await store.put(key, data)
-    if sha256_hex(await store.get(key)) != stored.sha256:
-        raise DataIntegrityError("The adapter weights failed verification after writing.")
-
-
-def _row(
-    adapter_id: str, user_id: str, key: str, version: int, data: bytes, weights: AdapterWeights
-) -> Adapter:
-    return Adapter(
-        id=adapter_id,
-        user_id=user_id,
-        version=version,
-        method=weights.method,
-        rank=weights.rank,
-        target_modules=weights.target_modules,
-        base_fingerprint=weights.base_fingerprint,
-        encoder_window=weights.encoder_window,
-        blob_key=key,
-        size_bytes=len(data),
-        sha256=sha256_hex(data),
-        parameter_count=weights.parameter_count,
-        metrics={},
-        source="import",
-        enrolment_id=None,
-        active=False,
-        note=None,
-    )
+def _refused(problem: AdapterFileError | str, code: str) -> BadRequestError:
+    return BadRequestError(f"The adapter file was refused: {problem}.", param="file", code=code)

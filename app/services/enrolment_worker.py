@@ -24,20 +24,14 @@ import soundfile as sf
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters_store import AdapterStore
-from adapters_store.base import sha256_hex
 from app.config import EnrolmentSettings, Settings
 from app.db.base import utcnow
 from app.db.enrolment_status import EnrolmentStatus
-from app.db.models import Adapter, AdapterStatus, EnrolmentJob, Recording, new_id
+from app.db.models import EnrolmentJob, Recording
 from app.db.repositories.adapters import AdapterRepository
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
-from app.engine.adaptation.lora.file import (
-    AdapterFileError,
-    AdapterWeights,
-    dump_adapter,
-    load_adapter,
-)
+from app.engine.adaptation.lora.file import dump_adapter
 from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.training import (
@@ -53,8 +47,8 @@ from app.engine.training import (
     run_in_subprocess,
 )
 from app.engine.whisper import TranscriptionTask
+from app.services.adapter_storage import NewAdapter, checked_form, store_adapter
 from app.services.adapters import ActiveAdapters
-from app.services.blob_keys import adapter_key
 from app.services.model_loading import resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -233,23 +227,9 @@ class EnrolmentWorker:
                 job.message = progress.message
         return True
 
-    def _stored_form(self, adapter: AdapterWeights) -> tuple[bytes, AdapterWeights, str | None]:
-        """The file to store, what it parses back to (what is stored is exactly what will be
-        served), and why it may not serve when it is out of bounds (torch work: run on the
-        inference thread)."""
-        data = dump_adapter(adapter)
-        weights = load_adapter(data)
-        self._ctx.recognizer.check_adapter(weights)
-        try:
-            self._ctx.recognizer.check_adapter_bounds(weights)
-        except AdapterFileError as exc:
-            return data, weights, str(exc)
-        return data, weights, None
-
     async def _complete(self, job_id: str, served_id: str | None, result: TrainingResult) -> None:
-        data, weights, out_of_bounds = await self._ctx.scheduler.run(
-            lambda: self._stored_form(result.adapter)
-        )
+        recognizer = self._ctx.recognizer
+        form = await self._ctx.scheduler.run(lambda: checked_form(result.adapter, recognizer))
         metrics: dict[str, Any] = dict(result.metrics)
         async with self._ctx.sessions() as session:
             job = await session.get(EnrolmentJob, job_id)
@@ -261,49 +241,37 @@ class EnrolmentWorker:
         if activate and (served_now.id if served_now else None) != served_id:
             activate = False
             reason = "not activated: what the user is served changed while this adapter trained"
-        if out_of_bounds is not None:  # kept for inspection, never served
-            activate, reason = False, f"quarantined: out of bounds: {out_of_bounds}"
-        adapter_id = new_id()
-        new = _NewAdapter(
-            id=adapter_id,
+        if form.out_of_bounds is not None:  # kept for inspection, never served
+            activate, reason = False, f"quarantined: out of bounds: {form.out_of_bounds}"
+        new = NewAdapter(
             user_id=user_id,
-            key=adapter_key(user_id, adapter_id),
-            data=data,
-            weights=weights,
-            metrics=metrics,
+            form=form,
+            source="enrolment",
             activate=activate,
-            reason=reason,
-            status=AdapterStatus.READY if out_of_bounds is None else AdapterStatus.QUARANTINED,
+            note=None if activate else reason,
+            enrolment_id=job_id,
+            metrics=metrics,
         )
         try:
-            await self._commit_adapter(job_id, new)
-        except Exception:  # a file-system blob does not roll back with the transaction
+            await self._commit_adapter(job_id, new, reason)
+        except Exception:  # the job's commit failed after the weights were written
             await self._ctx.store.delete(new.key)
             raise
         logger.info(
             "enrolment succeeded",
-            extra={"job_id": job_id, "adapter_id": adapter_id, "activated": activate},
+            extra={"job_id": job_id, "adapter_id": new.id, "activated": activate},
         )
 
-    async def _commit_adapter(self, job_id: str, new: "_NewAdapter") -> None:
-        """One transaction: the weights written and read back intact, then the adapter row, its
-        activation and the job's success, or none of it."""
+    async def _commit_adapter(self, job_id: str, new: NewAdapter, reason: str) -> None:
+        """One transaction: the adapter stored (see `store_adapter`) and the job's success, or
+        none of it."""
         async with transaction(self._ctx.sessions) as session:
             job = await session.get(EnrolmentJob, job_id, with_for_update=True)
             if job is None or job.cancel_requested or job.status != EnrolmentStatus.RUNNING:
                 raise TrainingCancelled("the job was cancelled or deleted while finishing")
-            store = self._ctx.store.bind(session)
-            stored = await store.put(new.key, new.data)
-            if sha256_hex(await store.get(new.key)) != stored.sha256:
-                raise RuntimeError("adapter weights failed verification after writing")
-            repository = AdapterRepository(session)
-            adapter = await repository.add(
-                new.row(await repository.next_version(new.user_id), job_id)
-            )
-            if new.activate:
-                await repository.activate(adapter)
+            await store_adapter(session, self._ctx.store, new)
             job.adapter_id, job.activated = new.id, new.activate
-            job.activation_reason, job.metrics = new.reason, new.metrics
+            job.activation_reason, job.metrics = reason, new.metrics
             await EnrolmentRepository(session).finish(job, EnrolmentStatus.SUCCEEDED)
 
     async def _requeue(self, job_id: str) -> None:
@@ -319,42 +287,6 @@ class EnrolmentWorker:
             job = await jobs.get(job_id)
             if job is not None and job.status == EnrolmentStatus.RUNNING:
                 await jobs.finish(job, outcome, error=error)
-
-
-@dataclass(frozen=True, slots=True)
-class _NewAdapter:
-    id: str
-    user_id: str
-    key: str
-    data: bytes
-    weights: AdapterWeights
-    metrics: dict[str, Any]
-    activate: bool
-    reason: str
-    status: AdapterStatus
-
-    def row(self, version: int, job_id: str) -> Adapter:
-        weights = self.weights
-        return Adapter(
-            id=self.id,
-            user_id=self.user_id,
-            version=version,
-            method=weights.method,
-            rank=weights.rank,
-            target_modules=weights.target_modules,
-            base_fingerprint=weights.base_fingerprint,
-            encoder_window=weights.encoder_window,
-            blob_key=self.key,
-            size_bytes=len(self.data),
-            sha256=sha256_hex(self.data),
-            parameter_count=weights.parameter_count,
-            metrics=self.metrics,
-            source="enrolment",
-            enrolment_id=job_id,
-            active=False,
-            note=None if self.activate else self.reason,
-            status=self.status,
-        )
 
 
 def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:
