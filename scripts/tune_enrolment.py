@@ -58,6 +58,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "enc-specaug": {"stacks": ("encoder",), "spec_augment": True},
     "kl0.5": {"kl_weight": 0.5},
     "enc-kl0.5": {"stacks": ("encoder",), "kl_weight": 0.5},
+    "kl0.3": {"kl_weight": 0.3},
+    "kl0.7": {"kl_weight": 0.7},
+    "kl0.8": {"kl_weight": 0.8},
+    "kl0.5-specaug": {"kl_weight": 0.5, "spec_augment": True},
+    "kl0.5-e12": {"kl_weight": 0.5, "epochs": 12},
+    "kl0.7-lr2e-3": {"kl_weight": 0.7, "learning_rate": 2e-3},
     "enc-e12": {"stacks": ("encoder",), "epochs": 12},
     "enc-r16": {"stacks": ("encoder",), "rank": 16},
 }
