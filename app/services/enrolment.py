@@ -208,11 +208,10 @@ async def cancel_job(session: AsyncSession, principal: Principal, job_id: str) -
     """A queued job is cancelled at once; a running one is stopped by its worker within
     seconds (its status says `running` with `cancel_requested` until then)."""
     job = await get_job(session, principal, job_id)
-    status = EnrolmentStatus(job.status)
-    if status.finished:
-        raise ConflictError(f"The job has already {status}.", code="job_finished")
-    job.cancel_requested = True
-    if status is EnrolmentStatus.QUEUED:
-        await EnrolmentRepository(session).finish(job, EnrolmentStatus.CANCELLED)
-    await session.flush()
-    return job
+    jobs = EnrolmentRepository(session)
+    while True:  # a worker may claim, re-queue or finish the job meanwhile: cancel it as it is now
+        status = EnrolmentStatus(job.status)
+        if status.finished:
+            raise ConflictError(f"The job has already {status}.", code="job_finished")
+        if await jobs.cancel(job):
+            return job

@@ -1,9 +1,10 @@
 """The enrolment job worker: claims queued jobs from the database and trains them, one at a time.
 
 Runs inside the API process by default and as `pqm worker` on its own; any number of workers
-may share one database (claims are conditional updates). Training itself runs in a child process
-with bounded threads so that serving keeps its cores. A job's heartbeat is written every few
-seconds; a job whose heartbeat stops (its worker died) is re-queued or failed by the next sweep.
+may share one database (every status change is a conditional update). Training itself runs in a
+child process with bounded threads so that serving keeps its cores. A job's heartbeat is written
+every few seconds; a job whose heartbeat stops (its worker died) is re-queued or failed by the
+next sweep.
 """
 
 import asyncio
@@ -140,10 +141,12 @@ class EnrolmentWorker:
             for job in await jobs.stale_running(cutoff):
                 if job.attempts < settings.max_attempts and not job.cancel_requested:
                     message = f"re-queued: its worker stopped (attempt {job.attempts})"
-                    await jobs.requeue(job, message, refund_attempt=False)
+                    recovered = await jobs.requeue(job, message, refund_attempt=False)
                 else:
                     error = "the worker stopped while training this job"
-                    await jobs.finish(job, EnrolmentStatus.FAILED, error=error)
+                    recovered = await jobs.finish(job, EnrolmentStatus.FAILED, error=error)
+                if not recovered:  # another sweep, its worker or a client got there first
+                    continue
                 logger.warning(
                     "recovered a job whose worker stopped",
                     extra={"job_id": job.id, "status": job.status},
@@ -272,7 +275,8 @@ class EnrolmentWorker:
             await store_adapter(session, self._ctx.store, new)
             job.adapter_id, job.activated = new.id, new.activate
             job.activation_reason, job.metrics = reason, new.metrics
-            await EnrolmentRepository(session).finish(job, EnrolmentStatus.SUCCEEDED)
+            if not await EnrolmentRepository(session).finish(job, EnrolmentStatus.SUCCEEDED):
+                raise TrainingCancelled("the job was cancelled while finishing")
 
     async def _requeue(self, job_id: str) -> None:
         async with transaction(self._ctx.sessions) as session:

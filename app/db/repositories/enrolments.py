@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
@@ -10,7 +10,8 @@ from app.db.models import EnrolmentJob, Recording
 
 class EnrolmentRepository:
     """Jobs and their recordings. Every change of a job's status is made here, through
-    `check_transition`."""
+    `check_transition`, as an UPDATE conditional on the status it changes from: with several
+    workers and API processes, someone else may change a job between reading and writing it."""
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -75,28 +76,68 @@ class EnrolmentRepository:
             if getattr(result, "rowcount", 0) == 1:
                 return await self._session.get(EnrolmentJob, candidate, populate_existing=True)
 
-    async def requeue(self, job: EnrolmentJob, message: str, *, refund_attempt: bool) -> None:
+    async def cancel(self, job: EnrolmentJob) -> bool:
+        """Cancels a queued job; a running one is only marked `cancel_requested`, for its
+        worker to stop and finish it cancelled. False when someone else changed the job first
+        (see `_change_if_unchanged`)."""
+        if job.status == EnrolmentStatus.RUNNING:
+            return await self._change_if_unchanged(
+                job, update(EnrolmentJob).values(cancel_requested=True)
+            )
+        return await self.finish(job, EnrolmentStatus.CANCELLED)
+
+    async def requeue(self, job: EnrolmentJob, message: str, *, refund_attempt: bool) -> bool:
         """Puts a running job back in the queue for any worker to retry; `refund_attempt`: the
-        interrupted attempt does not count towards the job's limit."""
-        job.status = check_transition(job.status, EnrolmentStatus.QUEUED)
-        job.progress, job.eta_seconds, job.message = 0.0, None, message
-        if refund_attempt:
-            job.attempts = max(0, job.attempts - 1)
-        await self._session.flush()
+        interrupted attempt does not count towards the job's limit. False when someone else
+        changed the job first (see `_change_if_unchanged`)."""
+        statement = update(EnrolmentJob).values(
+            status=check_transition(job.status, EnrolmentStatus.QUEUED),
+            progress=0.0,
+            eta_seconds=None,
+            message=message,
+        )
+        if refund_attempt:  # a running job was claimed, so it has at least one attempt
+            statement = statement.values(attempts=EnrolmentJob.attempts - 1)
+        return await self._change_if_unchanged(job, statement)
 
     async def finish(
         self, job: EnrolmentJob, outcome: EnrolmentStatus, error: str | None = None
-    ) -> None:
-        """Ends the job with `outcome` (a finished status); `error` says why it failed."""
+    ) -> bool:
+        """Ends the job with `outcome` (a finished status); `error` says why it failed. False
+        when someone else changed the job first (see `_change_if_unchanged`)."""
         if not outcome.finished:
             raise ValueError(f"{outcome} is not an outcome")
-        job.status = check_transition(job.status, outcome)
-        job.error = error[:2000] if error else None
-        job.finished_at = utcnow()
-        job.eta_seconds = None
+        statement = update(EnrolmentJob).values(
+            status=check_transition(job.status, outcome),
+            error=error[:2000] if error else None,
+            finished_at=utcnow(),
+            eta_seconds=None,
+        )
         if outcome is EnrolmentStatus.SUCCEEDED:
-            job.progress = 1.0
-        await self._session.flush()
+            statement = statement.values(progress=1.0)
+        if outcome is EnrolmentStatus.CANCELLED:
+            statement = statement.values(cancel_requested=True)
+        return await self._change_if_unchanged(job, statement)
+
+    async def _change_if_unchanged(self, job: EnrolmentJob, statement: Update) -> bool:
+        """Applies `statement` to the job's row only while its status, worker and cancel
+        request are still those `job` was loaded with, then reloads `job`. False when someone
+        else changed them first (a worker claimed it, a sweep re-queued it, a client cancelled
+        it): `job` then shows the job as it is now, for the caller to decide again.
+
+        As in `claim_next`, the condition is in the UPDATE itself: checking the loaded object
+        would let two processes each see the old status and both change it.
+        """
+        result = await self._session.execute(
+            statement.where(
+                EnrolmentJob.id == job.id,
+                EnrolmentJob.status == job.status,
+                EnrolmentJob.worker_id.is_not_distinct_from(job.worker_id),
+                EnrolmentJob.cancel_requested == job.cancel_requested,
+            ).execution_options(synchronize_session=False)
+        )
+        await self._session.refresh(job)
+        return getattr(result, "rowcount", 0) == 1
 
     async def stale_running(self, heartbeat_before: datetime) -> list[EnrolmentJob]:
         result = await self._session.execute(
