@@ -7,6 +7,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from app.db.enrolment_status import EnrolmentStatus
+from app.db.models import AdapterStatus
 from app.text_rules import unprintable_character
 
 
@@ -173,7 +174,7 @@ class AdapterPublic(OrmModel):
     enrolment_id: str | None
     active: bool
     note: str | None
-    status: Literal["ready", "quarantined"]
+    status: AdapterStatus
     """`quarantined`: found unsafe (see `note`); never served, cannot be activated."""
     created_at: Timestamp
 
