@@ -5,8 +5,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.schemas import error_responses, success_response
-from app.db.enrolment_status import EnrolmentStatus
-from app.db.repositories.enrolments import EnrolmentRepository
+from app.services.observability import render_metrics
 
 router = APIRouter(tags=["observability"])
 
@@ -20,14 +19,7 @@ router = APIRouter(tags=["observability"])
     },
 )
 async def metrics(state: StateDep, session: SessionDep, principal: PrincipalDep) -> Response:
-    principal.require_admin()
-    counts = await EnrolmentRepository(session).count_by_status()
-    for status in EnrolmentStatus:
-        state.metrics.enrolment_jobs.labels(status).set(counts.get(status, 0))
-    state.metrics.queue_pending.set(state.scheduler.pending)
-    slots = state.recognizer.slot_stats()
-    if slots is not None:
-        state.metrics.adapters_resident.labels("slots").set(slots.resident)
-        state.metrics.adapter_cache_bytes.labels("slots").set(slots.bank_bytes)
-        state.metrics.count_slot_events(slots.hits, slots.misses, slots.evictions)
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    text = await render_metrics(
+        session, principal, state.metrics, state.scheduler, state.recognizer
+    )
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
