@@ -20,9 +20,9 @@ Suites: `synthetic` (`bench.speakers`: espeak-ng voices and channels; scored on 
 from the enrolment corpus and on held-out sentences of a different register), `speechocean`
 (the evaluation half of speechocean762, `bench.speechocean`: 30 real non-native speakers,
 children and adults, each enrolling with 14 recordings and tested on the other 6; never tune
-on it; `--half pool` runs the other half, for tuning only) and `fsdd` (real speakers reading digit strings, `bench.fsdd`; missing data is a skip),
-where every adapter is also applied to every other speaker's test set (cross-speaker table:
-rows = adapter, columns = test speaker).
+on it; `--half pool` runs the other half, for tuning only) and `fsdd` (real speakers reading
+digit strings, `bench.fsdd`; missing data is a skip), where every adapter is also applied to
+every other speaker's test set (cross-speaker table: rows = adapter, columns = test speaker).
 
 Memory: one fp32 engine evaluates every speaker and is released; then one NF4 engine evaluates
 the bases and every adapter (adapters are attached per call). `train_lora` loads its own models
@@ -244,13 +244,18 @@ class AdapterCache:
     """Speakers already trained by an earlier run of the same code: an interrupted suite resumes.
 
     An entry (the adapter file, its info and training report) is keyed by the suite, the
-    speaker's enrolment audio and transcripts, the training and gate settings, the model and
-    every source file of the engine (`app/engine/**/*.py`, training included).
+    speaker's enrolment audio and transcripts, the training and gate settings (`app/config.py`),
+    the model and every source file of the engine (`app/engine/**/*.py`, training included).
     """
 
     def __init__(self, root: Path | None, model_dir: Path) -> None:
         self.root = None if root is None else root / "adapters"
-        self.stamp = _engine_stamp(model_dir, "**/*.py") if root is not None else ""
+        settings = (REPO_ROOT / "app" / "config.py").read_bytes()  # the gate's thresholds
+        self.stamp = (
+            _engine_stamp(model_dir, "**/*.py") + hashlib.sha256(settings).hexdigest()
+            if root is not None
+            else ""
+        )
 
     def _path(self, kind: str, data: SpeakerData, threads: int) -> Path | None:
         if self.root is None:
@@ -370,8 +375,16 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     # Everything the speaker recorded goes through the gate's folds, as the service does it.
     train = [TrainUtterance(load(u), u.text) for u in [*data.train, *data.dev]]
     dev: list[TrainUtterance] = []
+    from app.config import EnrolmentSettings
+
     config = replace(TrainingConfig(), threads=threads)
-    gated = GatedTraining(GateConfig(), None, "the base model", ServingNumerics())
+    settings = EnrolmentSettings()  # the service's gate, as `pqm serve` runs it by default
+    gate = GateConfig(
+        folds=settings.gate_folds,
+        confidence=settings.gate_confidence,
+        min_words_saved=settings.gate_min_words_saved,
+    )
+    gated = GatedTraining(gate, None, "the base model", ServingNumerics())
     start = time.perf_counter()
     result = run_in_subprocess(
         TrainingRequest(model_dir, train, dev, config, precision="nf4", gated=gated)

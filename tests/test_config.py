@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from app.config import WEAK_ADMIN_KEY_LENGTH, Settings
 from app.db.session import sync_url
+from app.engine.training.gate import GateConfig
 
 STRONG_KEY = "k" * 32
 
@@ -32,6 +33,16 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.admin_key is None
     assert settings.queue.max_pending == 64
     assert settings.queue.max_pending_audio_s == 8 * 3600
+
+
+def test_the_services_gate_defaults_are_the_engines() -> None:
+    """Two homes for the same tuned numbers (settings must not import torch): kept equal."""
+    enrolment, gate = Settings().enrolment, GateConfig()
+    assert (enrolment.gate_folds, enrolment.gate_confidence, enrolment.gate_min_words_saved) == (
+        gate.folds,
+        gate.confidence,
+        gate.min_words_saved,
+    )
 
 
 def test_reads_prefixed_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
