@@ -20,6 +20,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -129,12 +130,18 @@ def run_one(task: tuple[str, str, Path, Path]) -> dict[str, Any]:
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
     table: list[list[object]] = []
+    errors = {(row["speaker"], row["config"]): _errors(row) for row in rows}
     for config in dict.fromkeys(row["config"] for row in rows):
         mine = [row for row in rows if row["config"] == config]
         words = sum(u["words"] for row in mine for u in row["utterances"])
         nf4 = sum(u["nf4"] for row in mine for u in row["utterances"])
         adapter = sum(u["adapter"] for row in mine for u in row["utterances"])
         deltas = [sum(u["adapter"] - u["nf4"] for u in row["utterances"]) for row in mine]
+        paired = [
+            errors[row["speaker"], config] - errors[row["speaker"], "default"]
+            for row in mine
+            if (row["speaker"], "default") in errors
+        ]
         table.append(
             [
                 config,
@@ -145,10 +152,26 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
                 sum(d < 0 for d in deltas),
                 sum(d > 0 for d in deltas),
                 max(deltas),
+                _paired_interval(paired) if config != "default" else "",
                 f"{sum(row['train_seconds'] for row in mine) / len(mine):.0f}",
             ]
         )
     return table
+
+
+def _errors(row: dict[str, Any]) -> int:
+    return sum(u["adapter"] for u in row["utterances"])
+
+
+def _paired_interval(differences: Sequence[int], resamples: int = 4000) -> str:
+    """Word errors against the default on the same speakers, with a 95% bootstrap interval
+    over speakers (training noise per speaker is large: a few words either way)."""
+    if not differences:
+        return ""
+    rng = random.Random(0)
+    totals = sorted(sum(rng.choices(differences, k=len(differences))) for _ in range(resamples))
+    low, high = totals[int(0.025 * resamples)], totals[int(0.975 * resamples)]
+    return f"{sum(differences):+d} [{low:+d}, {high:+d}] ({len(differences)})"
 
 
 def print_summary(path: Path) -> None:
@@ -162,6 +185,7 @@ def print_summary(path: Path) -> None:
         "helped",
         "hurt",
         "worst +words",
+        "vs default (words, 95%, speakers)",
         "train s",
     ]
     print_table(header, summary(rows))
