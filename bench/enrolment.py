@@ -80,6 +80,7 @@ from bench.speechocean import Half
 
 if TYPE_CHECKING:
     from app.engine.adaptation.lora.file import AdapterWeights
+    from app.engine.training import GateConfig
     from app.engine.whisper import WhisperEngine
 
 BUNDLED_MODEL = "tiny.en"
@@ -244,18 +245,14 @@ class AdapterCache:
     """Speakers already trained by an earlier run of the same code: an interrupted suite resumes.
 
     An entry (the adapter file, its info and training report) is keyed by the suite, the
-    speaker's enrolment audio and transcripts, the training and gate settings (`app/config.py`),
-    the model and every source file of the engine (`app/engine/**/*.py`, training included).
+    speaker's enrolment audio and transcripts, the service's gate settings, the model and every
+    source file of the engine (`app/engine/**/*.py`, training and its defaults included).
     """
 
     def __init__(self, root: Path | None, model_dir: Path) -> None:
         self.root = None if root is None else root / "adapters"
-        settings = (REPO_ROOT / "app" / "config.py").read_bytes()  # the gate's thresholds
-        self.stamp = (
-            _engine_stamp(model_dir, "**/*.py") + hashlib.sha256(settings).hexdigest()
-            if root is not None
-            else ""
-        )
+        gate = repr(service_gate())  # the service's thresholds live in its settings
+        self.stamp = _engine_stamp(model_dir, "**/*.py") + gate if root is not None else ""
 
     def _path(self, kind: str, data: SpeakerData, threads: int) -> Path | None:
         if self.root is None:
@@ -357,13 +354,25 @@ class Trained:
     training: dict[str, Any]
 
 
+def service_gate() -> GateConfig:
+    """The gate as `pqm serve` runs it on its default settings."""
+    from app.config import EnrolmentSettings
+    from app.engine.training import GateConfig
+
+    settings = EnrolmentSettings()
+    return GateConfig(
+        folds=settings.gate_folds,
+        confidence=settings.gate_confidence,
+        min_words_saved=settings.gate_min_words_saved,
+    )
+
+
 def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     """The service's enrolment with the tuned defaults (but `threads`): the gate's k-fold
     cross-validation over every recording, then the adapter trained on all of them, in a child
     process as the service runs it (its models and memory go away with the child)."""
     from app.engine.adaptation.lora.file import dump_adapter
     from app.engine.training import (
-        GateConfig,
         GatedTraining,
         ServingNumerics,
         TrainingConfig,
@@ -375,16 +384,8 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     # Everything the speaker recorded goes through the gate's folds, as the service does it.
     train = [TrainUtterance(load(u), u.text) for u in [*data.train, *data.dev]]
     dev: list[TrainUtterance] = []
-    from app.config import EnrolmentSettings
-
     config = replace(TrainingConfig(), threads=threads)
-    settings = EnrolmentSettings()  # the service's gate, as `pqm serve` runs it by default
-    gate = GateConfig(
-        folds=settings.gate_folds,
-        confidence=settings.gate_confidence,
-        min_words_saved=settings.gate_min_words_saved,
-    )
-    gated = GatedTraining(gate, None, "the base model", ServingNumerics())
+    gated = GatedTraining(service_gate(), None, "the base model", ServingNumerics())
     start = time.perf_counter()
     result = run_in_subprocess(
         TrainingRequest(model_dir, train, dev, config, precision="nf4", gated=gated)
