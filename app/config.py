@@ -95,6 +95,21 @@ class EnrolmentSettings(BaseModel):
     max_attempts: int = Field(default=2, ge=1)
 
 
+class QuotaSettings(BaseModel):
+    """What one user may keep: recordings uploaded to enrol or as corrections."""
+
+    max_recordings: int = Field(default=2000, ge=1)
+    max_recording_seconds: float = Field(default=4 * 3600, gt=0)
+    """Seconds of audio in all of a user's recordings together."""
+
+
+class InviteLinkSettings(BaseModel):
+    expires_after_s: int = Field(default=24 * 3600, ge=60)
+    """How long a new invite link works, unless its creator asks for less."""
+    max_expires_after_s: int = Field(default=7 * 24 * 3600, ge=60)
+    """The longest a creator may ask for."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PQM_", env_nested_delimiter="__", env_file=None, extra="ignore"
@@ -118,6 +133,11 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     adapters: AdapterCacheSettings = Field(default_factory=AdapterCacheSettings)
     enrolment: EnrolmentSettings = Field(default_factory=EnrolmentSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    links: InviteLinkSettings = Field(default_factory=InviteLinkSettings)
+    public_url: str | None = None
+    """The service's address as speakers reach it, for invite links (e.g.
+    `https://pqm.example.org`); unset: the address the link's creator used."""
 
     @model_validator(mode="after")
     def _slots_fit_a_batch(self) -> "Settings":
@@ -125,6 +145,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "adapters.resident_slots must be at least queue.max_batch_size "
                 f"({self.adapters.resident_slots} < {self.queue.max_batch_size})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _link_default_within_its_maximum(self) -> "Settings":
+        if self.links.expires_after_s > self.links.max_expires_after_s:
+            raise ValueError(
+                "links.expires_after_s must be at most links.max_expires_after_s "
+                f"({self.links.expires_after_s} > {self.links.max_expires_after_s})"
             )
         return self
 

@@ -52,6 +52,13 @@ class ForbiddenError(AppError):
     default_code = "insufficient_permissions"
 
 
+class QuotaExceededError(ForbiddenError):
+    """A per-user quota (recordings kept, their seconds) would be passed."""
+
+    error_type = "insufficient_quota"
+    default_code = "quota_exceeded"
+
+
 class NotFoundError(AppError):
     status_code = 404
     error_type = "invalid_request_error"

@@ -11,7 +11,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import app as app_package
 from adapters_store import AdapterStore, FilesystemStore, SqlBlobStore
-from app.api import adapters, audio, enrolments, health, models, prompts, users
+from app.api import (
+    adapters,
+    audio,
+    enrolments,
+    health,
+    links,
+    me,
+    models,
+    prompts,
+    recordings,
+    users,
+)
 from app.api import metrics as metrics_api
 from app.api.middleware import (
     AccessLogMiddleware,
@@ -78,6 +89,9 @@ def create_app(
         audio.router,
         models.router,
         users.router,
+        me.router,
+        recordings.router,
+        links.router,
         prompts.router,
         metrics_api.router,
         enrolments.router,
@@ -133,6 +147,7 @@ async def _start(
         max_audio_seconds=settings.max_audio_seconds,
         retry_after_s=settings.queue.retry_after_s,
         model_id=settings.model.id,
+        correctable_seconds=settings.enrolment.max_file_seconds,
     )
     info = recognizer.info
     logger.info(

@@ -97,6 +97,21 @@ class Metrics:
             registry=r,
         )
 
+        self.correction_words = Counter(
+            "pqm_correction_words_total",
+            "Words in users' corrections of transcripts this service produced, by the method "
+            "that produced them (base, lora).",
+            ["method"],
+            registry=r,
+        )
+        self.correction_word_errors = Counter(
+            "pqm_correction_word_errors_total",
+            "Word errors (substitutions, deletions, insertions) those corrections revealed, by "
+            "method: divided by pqm_correction_words_total, the word error rate users see.",
+            ["method"],
+            registry=r,
+        )
+
     def count_slot_events(self, hits: int, misses: int, evictions: int) -> None:
         """Brings the slot-tier counters up to the engine's cumulative counts."""
         for event, total in (("hit", hits), ("miss", misses), ("eviction", evictions)):

@@ -7,7 +7,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from app.db.enrolment_status import EnrolmentStatus
-from app.db.models import AdapterStatus
+from app.db.models import AdapterStatus, RecordingOrigin
+from app.services.auth import Role
 from app.text_rules import unprintable_character
 
 
@@ -182,3 +183,61 @@ class AdapterPublic(OrmModel):
 class AdapterList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterPublic]
+
+
+class EnrolmentJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EnrolmentJobPublic]
+
+
+class Me(BaseModel):
+    object: Literal["me"] = "me"
+    role: Role
+    """`admin`, `user` (the user's API key) or `link` (an invite link's token)."""
+    user_id: str | None
+    name: str | None
+    link_id: str | None = None
+    link_expires_at: Timestamp | None = None
+
+
+class RecordingPublic(OrmModel):
+    id: str
+    object: Literal["recording"] = "recording"
+    user_id: str
+    origin: RecordingOrigin
+    transcript: str
+    duration_seconds: float
+    enrolment_id: str | None
+    """The enrolment whose upload brought it, if one did."""
+    created_at: Timestamp
+
+
+class RecordingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RecordingPublic]
+
+
+class InviteLinkCreate(BaseModel):
+    expires_in: int | None = Field(default=None, ge=60)
+    """Seconds the link works; unset: `PQM_LINKS__EXPIRES_AFTER_S`."""
+
+
+class InviteLinkPublic(OrmModel):
+    id: str
+    object: Literal["invite_link"] = "invite_link"
+    user_id: str
+    expires_at: Timestamp
+    revoked_at: Timestamp | None
+    created_at: Timestamp
+
+
+class InviteLinkCreated(InviteLinkPublic):
+    url: str
+    """The page's address with the token in its fragment; shown once."""
+    token: str
+    """The bearer token itself (what the page sends); shown once, stored hashed."""
+
+
+class InviteLinkList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[InviteLinkPublic]

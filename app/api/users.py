@@ -1,6 +1,7 @@
 """Users: created by the admin; readable and deletable by the admin or the user itself."""
 
 from fastapi import APIRouter, status
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
 from app.api.schemas import (
@@ -11,7 +12,7 @@ from app.api.schemas import (
     success_response,
 )
 from app.db.models import User
-from app.services import users
+from app.services import export, users
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
@@ -41,7 +42,7 @@ async def create_user(
     responses={**success_response(), **error_responses(401, 404, 422)},
 )
 async def get_user(user_id: str, session: SessionDep, principal: PrincipalDep) -> UserPublic:
-    return _public(await users.get_user(session, principal, user_id))
+    return _public(await users.get_speaker(session, principal, user_id))
 
 
 @router.delete(
@@ -53,3 +54,34 @@ async def delete_user(
     user_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> None:
     await users.delete_user(session, state.adapter_store, principal, user_id)
+
+
+@router.post(
+    "/{user_id}/key",
+    response_model=UserCreated,
+    responses={**success_response(), **error_responses(401, 403, 404, 422)},
+)
+async def rotate_key(user_id: str, session: SessionDep, principal: PrincipalDep) -> UserCreated:
+    """A new API key, shown once; the old one stops working at once."""
+    rotated = await users.rotate_key(session, principal, user_id)
+    return UserCreated(**_public(rotated.user).model_dump(), api_key=rotated.api_key)
+
+
+@router.get(
+    "/{user_id}/export",
+    response_class=StreamingResponse,
+    responses={
+        **success_response(content={"application/zip": {}}),
+        **error_responses(401, 404, 422),
+    },
+)
+async def export_user(
+    user_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> StreamingResponse:
+    """A zip of the user's recordings with transcripts, adapters and `metadata.json`."""
+    plan = await export.plan_export(session, principal, user_id)
+    return StreamingResponse(
+        export.zip_stream(plan, state.adapter_store),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{plan.filename}"'},
+    )

@@ -128,18 +128,60 @@ class EnrolmentJob(TimestampMixin, Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
+class RecordingOrigin(StrEnum):
+    """How a recording came: uploaded to enrol, or a correction of a transcript (the audio that
+    was transcribed with the text it should have given)."""
+
+    ENROLMENT = "enrolment"
+    CORRECTION = "correction"
+
+
 class Recording(TimestampMixin, Base):
-    """One enrolment utterance: 16 kHz FLAC in the blob store, kept so adapters can be retrained."""
+    """One utterance and what it says: 16 kHz FLAC in the blob store, kept so adapters can be
+    (re)trained from it."""
 
     __tablename__ = "recordings"
-    __table_args__ = (UniqueConstraint("enrolment_id", "position"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    enrolment_id: Mapped[str] = mapped_column(
-        ForeignKey("enrolment_jobs.id", ondelete="CASCADE"), index=True
+    enrolment_id: Mapped[str | None] = mapped_column(
+        ForeignKey("enrolment_jobs.id", ondelete="CASCADE"), index=True, default=None
     )
-    position: Mapped[int] = mapped_column(Integer)
+    """The enrolment whose upload brought it; None for recordings added on their own."""
+    origin: Mapped[str] = mapped_column(
+        String(16),
+        default=RecordingOrigin.ENROLMENT,
+        server_default=RecordingOrigin.ENROLMENT.value,
+    )
+    """A `RecordingOrigin`."""
     transcript: Mapped[str] = mapped_column(Text)
     blob_key: Mapped[str] = mapped_column(String(255))
     duration_seconds: Mapped[float] = mapped_column(Float)
+
+
+class EnrolmentRecording(Base):
+    """Which recordings an enrolment job trains on, in order: those its upload brought, or, for
+    a retraining, the user's stored ones."""
+
+    __tablename__ = "enrolment_recordings"
+
+    enrolment_id: Mapped[str] = mapped_column(
+        ForeignKey("enrolment_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recording_id: Mapped[str] = mapped_column(
+        ForeignKey("recordings.id", ondelete="CASCADE"), index=True
+    )
+
+
+class InviteLink(TimestampMixin, Base):
+    """A short-lived token that lets a speaker enrol, try and correct without an API key."""
+
+    __tablename__ = "invite_links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """sha256 of the token (a 256-bit random string, like API keys)."""
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

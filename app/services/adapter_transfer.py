@@ -69,7 +69,7 @@ async def export_adapter(
     """The stored file, verified against the adapter's recorded size and checksum; or, for
     `peft`, that file in PEFT's form, naming the `served` model as its base if it was trained
     for it."""
-    principal.require_access_to(user_id)
+    principal.require_speaker_access_to(user_id)
     adapter = await AdapterRepository(session).get_for_user(user_id, adapter_id)
     if adapter is None:
         raise NotFoundError(f"No adapter with id {adapter_id!r}.", param="adapter_id")

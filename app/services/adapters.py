@@ -39,7 +39,7 @@ LOAD_COPIES = 2
 
 
 async def list_adapters(session: AsyncSession, principal: Principal, user_id: str) -> list[Adapter]:
-    principal.require_access_to(user_id)
+    principal.require_speaker_access_to(user_id)
     return await AdapterRepository(session).list_for_user(user_id)
 
 

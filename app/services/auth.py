@@ -11,6 +11,8 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.base import utcnow
+from app.db.repositories.invite_links import InviteLinkRepository
 from app.db.repositories.users import UserRepository
 from app.errors import ForbiddenError, NotFoundError, UnauthorizedError
 
@@ -18,18 +20,23 @@ logger = logging.getLogger(__name__)
 
 USER_KEY_PREFIX = "pqm-"
 ADMIN_KEY_PREFIX = "pqm-admin-"
+LINK_TOKEN_PREFIX = "pqm-link-"  # noqa: S105 (a prefix that names the kind of token)
 DISPLAY_PREFIX_LENGTH = 12
 
 
 class Role(StrEnum):
     ADMIN = "admin"
     USER = "user"
+    LINK = "link"
+    """An invite link's token: the speaker's page, without the user's API key."""
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     role: Role
     user_id: str | None = None
+    link_id: str | None = None
+    """The invite link a `LINK` principal came with."""
 
     @property
     def is_admin(self) -> bool:
@@ -39,10 +46,23 @@ class Principal:
         if not self.is_admin:
             raise ForbiddenError("This operation needs the admin key.")
 
-    def require_access_to(self, user_id: str) -> None:
-        """Admins see every user; a user sees only itself. Others get 404, never 403."""
+    def require_speaker_access_to(self, user_id: str) -> None:
+        """What an invite link may do besides the user's own key and the admin: enrol,
+        transcribe, add corrections and read the user's own things. Others get 404."""
         if not self.is_admin and self.user_id != user_id:
             raise NotFoundError(f"No user with id {user_id!r}.", param="user_id")
+
+    def require_access_to(self, user_id: str) -> None:
+        """Everything else on a user: the admin, or the user's own key; another user's id gets
+        404, never 403. An invite link for the user gets 403 (it is deny by default: a new
+        route allows links only by asking `require_speaker_access_to`)."""
+        self.require_speaker_access_to(user_id)
+        if self.role is Role.LINK:
+            raise ForbiddenError(
+                "An invite link may only enrol, transcribe, add corrections and read the "
+                "user's own things; this needs the user's API key.",
+                code="not_allowed_for_invite_link",
+            )
 
 
 def generate_user_key() -> str:
@@ -60,10 +80,22 @@ async def authenticate(session: AsyncSession, token: str | None, admin_key: str)
         )
     if hmac.compare_digest(token.encode(), admin_key.encode()):
         return Principal(role=Role.ADMIN)
+    if token.startswith(LINK_TOKEN_PREFIX):
+        return await _link_principal(session, token)
     user = await UserRepository(session).get_by_key_hash(hash_api_key(token))
     if user is None:
         raise UnauthorizedError("Incorrect API key provided.")
     return Principal(role=Role.USER, user_id=user.id)
+
+
+async def _link_principal(session: AsyncSession, token: str) -> Principal:
+    link = await InviteLinkRepository(session).usable_by_token_hash(hash_api_key(token), utcnow())
+    if link is None:
+        raise UnauthorizedError(
+            "This invite link is unknown, revoked or expired; ask for a new one.",
+            code="invalid_invite_link",
+        )
+    return Principal(role=Role.LINK, user_id=link.user_id, link_id=link.id)
 
 
 def load_or_create_admin_key(configured: str | None, key_file: Path) -> str:

@@ -9,9 +9,7 @@ def adapter_key(user_id: str, adapter_id: str) -> str:
     return f"{user_prefix(user_id)}/adapters/{adapter_id}.safetensors"
 
 
-def recordings_prefix(user_id: str, job_id: str) -> str:
-    return f"{user_prefix(user_id)}/recordings/{job_id}"
-
-
-def recording_key(user_id: str, job_id: str, position: int) -> str:
-    return f"{recordings_prefix(user_id, job_id)}/{position:04d}.flac"
+def recording_key(user_id: str, recording_id: str) -> str:
+    """Recordings stored before they were a resource of their own sit under
+    `recordings/<job id>/<position>.flac`; each row keeps its key."""
+    return f"{user_prefix(user_id)}/recordings/{recording_id}.flac"

@@ -1,50 +1,60 @@
 """Use cases for enrolment: validate and store a speaker's recordings, queue, inspect, cancel."""
 
 import asyncio
-import io
 from dataclasses import dataclass
+from datetime import datetime
 
-import numpy as np
-import soundfile as sf
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters_store import AdapterStore
-from app.config import EnrolmentSettings
+from app.config import EnrolmentSettings, QuotaSettings
 from app.db.enrolment_status import EnrolmentStatus
-from app.db.models import EnrolmentJob, Recording, new_id
+from app.db.models import EnrolmentJob, Recording, RecordingOrigin, new_id
 from app.db.repositories.enrolments import EnrolmentRepository
+from app.db.repositories.recordings import RecordingRepository
 from app.engine.adaptation.registry import method_names
-from app.engine.audio import SAMPLE_RATE, decode_audio
-from app.engine.errors import AudioDecodeError
-from app.errors import BadRequestError, ConflictError, InvalidAudioError, NotFoundError
+from app.engine.audio import SAMPLE_RATE
+from app.errors import BadRequestError, ConflictError, NotFoundError
 from app.services.auth import Principal
-from app.services.blob_keys import recording_key, recordings_prefix
-from app.services.users import get_user
-from app.text_rules import unprintable_character
+from app.services.quotas import check_room_for
+from app.services.recording_checks import (
+    CheckedRecording,
+    UploadedRecording,
+    check_file_size,
+    checked_transcript,
+    decode_recording,
+)
+from app.services.recordings import delete_blobs, store_recordings
+from app.services.users import get_speaker
 
 DEFAULT_METHOD = "lora"
 
-
-@dataclass(frozen=True, slots=True)
-class UploadedRecording:
-    filename: str
-    data: bytes
+__all__ = [
+    "DEFAULT_METHOD",
+    "EnrolmentRequest",
+    "UploadedRecording",
+    "cancel_job",
+    "create_enrolment",
+    "get_job",
+    "list_jobs",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class EnrolmentRequest:
     recordings: list[UploadedRecording]
+    """Empty (with no transcripts): retrain on the user's stored recordings."""
     transcripts: list[str]
     method: str = DEFAULT_METHOD
     rank: int | None = None
     epochs: int | None = None
     seed: int = 0
+    since: datetime | None = None
+    """A retraining uses the stored recordings made at or after this time (None: all)."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Utterance:
-    audio: np.ndarray
-    transcript: str
+    @property
+    def retrains(self) -> bool:
+        return not self.recordings and not self.transcripts
 
 
 async def create_enrolment(
@@ -54,35 +64,111 @@ async def create_enrolment(
     user_id: str,
     request: EnrolmentRequest,
     limits: EnrolmentSettings,
+    quotas: QuotaSettings,
 ) -> EnrolmentJob:
-    """Validates every recording first: one bad item rejects the request and stores nothing."""
-    await get_user(session, principal, user_id)
-    _check_shape(request, limits)
-    utterances = await asyncio.to_thread(_decode_all, request, limits)
-    repository = EnrolmentRepository(session)
-    if await repository.unfinished_for_user(user_id) is not None:
-        raise ConflictError(
-            "An enrolment is already queued or running for this user.", code="enrolment_running"
+    """Queues a job on an upload, validated whole first (one bad item rejects the request and
+    stores nothing), or, with no upload, on the user's stored recordings. The activation gate
+    decides either way."""
+    await get_speaker(session, principal, user_id)
+    _check_method(request)
+    if request.retrains:
+        return await _retrain(session, user_id, request, limits)
+    if request.since is not None:
+        raise BadRequestError(
+            "since chooses stored recordings to retrain on; send it without files.",
+            param="since",
         )
+    _check_shape(request, limits)
+    checked = await asyncio.to_thread(_decode_all, request, limits)
+    jobs = EnrolmentRepository(session)
+    await _refuse_while_unfinished(jobs, user_id)
+    await check_room_for(session, user_id, len(checked), sum(c.seconds for c in checked), quotas)
     job_id = new_id()
     store = store.bind(session)
-    recordings = await _store_recordings(store, user_id, job_id, utterances)
-    job = EnrolmentJob(
+    recordings = await store_recordings(
+        store, user_id, checked, RecordingOrigin.ENROLMENT, enrolment_id=job_id
+    )
+    try:
+        return await jobs.add(_new_job(job_id, user_id, request, recordings), recordings)
+    except Exception:  # files outside the database do not roll back with it
+        await delete_blobs(store, recordings)
+        raise
+
+
+async def _retrain(
+    session: AsyncSession, user_id: str, request: EnrolmentRequest, limits: EnrolmentSettings
+) -> EnrolmentJob:
+    recordings = await RecordingRepository(session).list_for_user(user_id, request.since)
+    _check_stored(recordings, request.since, limits)
+    jobs = EnrolmentRepository(session)
+    await _refuse_while_unfinished(jobs, user_id)
+    return await jobs.add(_new_job(new_id(), user_id, request, recordings), recordings)
+
+
+def _new_job(
+    job_id: str, user_id: str, request: EnrolmentRequest, recordings: list[Recording]
+) -> EnrolmentJob:
+    params: dict[str, object] = {"rank": request.rank, "epochs": request.epochs}
+    params["seed"] = request.seed
+    if request.retrains:
+        params["retrain"] = True
+        params["since"] = request.since.isoformat() if request.since else None
+    return EnrolmentJob(
         id=job_id,
         user_id=user_id,
         method=request.method,
-        params={"rank": request.rank, "epochs": request.epochs, "seed": request.seed},
-        utterance_count=len(utterances),
-        audio_seconds=round(sum(len(u.audio) for u in utterances) / SAMPLE_RATE, 3),
+        params=params,
+        utterance_count=len(recordings),
+        audio_seconds=round(sum(r.duration_seconds for r in recordings), 3),
         progress=0.0,
         cancel_requested=False,
         attempts=0,
     )
-    try:
-        return await repository.add(job, recordings)
-    except Exception:  # files outside the database do not roll back with it
-        await store.delete_prefix(recordings_prefix(user_id, job_id))
-        raise
+
+
+async def _refuse_while_unfinished(jobs: EnrolmentRepository, user_id: str) -> None:
+    if await jobs.unfinished_for_user(user_id) is not None:
+        raise ConflictError(
+            "An enrolment is already queued or running for this user.", code="enrolment_running"
+        )
+
+
+def _check_method(request: EnrolmentRequest) -> None:
+    if request.method not in method_names():
+        raise BadRequestError(
+            f"Unknown method {request.method!r}; supported: {', '.join(method_names())}.",
+            param="method",
+        )
+
+
+def _check_count(count: int, limits: EnrolmentSettings, what: str) -> None:
+    if count < limits.min_utterances:
+        raise BadRequestError(
+            f"Enrolment needs at least {limits.min_utterances} recordings; {what} {count}.",
+            param="files",
+            code="too_few_recordings",
+        )
+    if count > limits.max_utterances:
+        raise BadRequestError(
+            f"At most {limits.max_utterances} recordings per enrolment; {what} {count}.",
+            param="files",
+            code="too_many_recordings",
+        )
+
+
+def _check_stored(
+    recordings: list[Recording], since: datetime | None, limits: EnrolmentSettings
+) -> None:
+    what = "the user has stored" + (f" since {since.isoformat()}" if since else "")
+    _check_count(len(recordings), limits, what)
+    total = sum(recording.duration_seconds for recording in recordings)
+    if total > limits.max_total_seconds:
+        raise BadRequestError(
+            f"The stored recordings hold {total:.0f} s, more than the "
+            f"{limits.max_total_seconds:.0f} s an enrolment takes; choose fewer with since.",
+            param="since",
+            code="too_much_audio",
+        )
 
 
 def _check_shape(request: EnrolmentRequest, limits: EnrolmentSettings) -> None:
@@ -94,69 +180,23 @@ def _check_shape(request: EnrolmentRequest, limits: EnrolmentSettings) -> None:
             param="transcripts",
             code="count_mismatch",
         )
-    if count < limits.min_utterances:
-        raise BadRequestError(
-            f"Enrolment needs at least {limits.min_utterances} recordings; got {count}.",
-            param="files",
-            code="too_few_recordings",
-        )
-    if count > limits.max_utterances:
-        raise BadRequestError(
-            f"At most {limits.max_utterances} recordings per enrolment; got {count}.",
-            param="files",
-            code="too_many_recordings",
-        )
-    if request.method not in method_names():
-        raise BadRequestError(
-            f"Unknown method {request.method!r}; supported: {', '.join(method_names())}.",
-            param="method",
-        )
+    _check_count(count, limits, "got")
     for index, (recording, transcript) in enumerate(
         zip(request.recordings, request.transcripts, strict=True)
     ):
-        if len(recording.data) > limits.max_file_bytes:
-            raise BadRequestError(
-                f"files[{index}] is larger than {limits.max_file_bytes} bytes.",
-                param=f"files[{index}]",
-                code="file_too_large",
-            )
-        text = transcript.strip()
-        if not text:
-            raise BadRequestError(f"transcripts[{index}] is empty.", param=f"transcripts[{index}]")
-        found = unprintable_character(text, allow_whitespace=True)
-        if found is not None:
-            raise BadRequestError(
-                f"transcripts[{index}] contains a control character ({found}).",
-                param=f"transcripts[{index}]",
-            )
-        if len(text) > limits.max_transcript_chars:
-            raise BadRequestError(
-                f"transcripts[{index}] is longer than {limits.max_transcript_chars} characters.",
-                param=f"transcripts[{index}]",
-            )
+        check_file_size(recording, f"files[{index}]", limits)
+        checked_transcript(transcript, f"transcripts[{index}]", limits)
 
 
-def _decode_all(request: EnrolmentRequest, limits: EnrolmentSettings) -> list[_Utterance]:
-    utterances: list[_Utterance] = []
+def _decode_all(request: EnrolmentRequest, limits: EnrolmentSettings) -> list[CheckedRecording]:
+    checked: list[CheckedRecording] = []
     total = 0.0
     for index, (recording, transcript) in enumerate(
         zip(request.recordings, request.transcripts, strict=True)
     ):
         param = f"files[{index}]"
-        try:
-            audio = decode_audio(recording.data, max_duration_s=limits.max_file_seconds)
-        except AudioDecodeError as exc:
-            raise InvalidAudioError(
-                f"files[{index}] ({recording.filename!r}): {exc}", param=param
-            ) from exc
-        seconds = len(audio) / SAMPLE_RATE
-        if seconds < limits.min_file_seconds:
-            raise InvalidAudioError(
-                f"files[{index}] is {seconds:.2f} s long; each recording needs at least "
-                f"{limits.min_file_seconds} s of audio.",
-                param=param,
-            )
-        total += seconds
+        audio = decode_recording(recording, param, limits)
+        total += len(audio) / SAMPLE_RATE
         if total > limits.max_total_seconds:
             raise BadRequestError(
                 f"The recordings exceed {limits.max_total_seconds:.0f} s in total "
@@ -164,37 +204,17 @@ def _decode_all(request: EnrolmentRequest, limits: EnrolmentSettings) -> list[_U
                 param=param,
                 code="too_much_audio",
             )
-        utterances.append(_Utterance(audio=audio, transcript=" ".join(transcript.split())))
-    return utterances
+        text = checked_transcript(transcript, f"transcripts[{index}]", limits)
+        checked.append(CheckedRecording(audio=audio, transcript=text))
+    return checked
 
 
-async def _store_recordings(
-    store: AdapterStore,
-    user_id: str,
-    job_id: str,
-    utterances: list[_Utterance],
-) -> list[Recording]:
-    recordings = []
-    for position, utterance in enumerate(utterances):
-        key = recording_key(user_id, job_id, position)
-        await store.put(key, await asyncio.to_thread(_flac, utterance.audio))
-        recordings.append(
-            Recording(
-                user_id=user_id,
-                enrolment_id=job_id,
-                position=position,
-                transcript=utterance.transcript,
-                blob_key=key,
-                duration_seconds=round(len(utterance.audio) / SAMPLE_RATE, 3),
-            )
-        )
-    return recordings
-
-
-def _flac(audio: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return buffer.getvalue()
+async def list_jobs(
+    session: AsyncSession, principal: Principal, user_id: str
+) -> list[EnrolmentJob]:
+    """The user's jobs, newest first."""
+    await get_speaker(session, principal, user_id)
+    return await EnrolmentRepository(session).list_for_user(user_id)
 
 
 async def get_job(session: AsyncSession, principal: Principal, job_id: str) -> EnrolmentJob:
@@ -208,6 +228,7 @@ async def cancel_job(session: AsyncSession, principal: Principal, job_id: str) -
     """A queued job is cancelled at once; a running one is stopped by its worker within
     seconds (its status says `running` with `cancel_requested` until then)."""
     job = await get_job(session, principal, job_id)
+    principal.require_access_to(job.user_id)
     jobs = EnrolmentRepository(session)
     while True:  # a worker may claim, re-queue or finish the job meanwhile: cancel it as it is now
         status = EnrolmentStatus(job.status)

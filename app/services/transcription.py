@@ -22,11 +22,13 @@ from app.errors import (
     ModelNotFoundError,
     ServiceUnavailableError,
 )
+from app.logging import current_request_id
 from app.metrics import Metrics
 from app.services.adapters import ActiveAdapters
 from app.services.auth import Principal
 from app.services.formats import ResponseFormat
-from app.services.users import get_user
+from app.services.served_transcripts import BASE_METHOD, ServedTranscripts
+from app.services.users import get_speaker
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,10 @@ class TranscriptionService:
         max_audio_seconds: float,
         retry_after_s: int,
         model_id: str | None = None,
+        correctable_seconds: float = 30.0,
     ) -> None:
+        """`correctable_seconds`: the longest audio a correction may hold (the recordings'
+        per-file limit); what was served for such requests is remembered (`served`)."""
         self._recognizer = recognizer
         self._scheduler = scheduler
         self._sessions = sessions
@@ -85,6 +90,7 @@ class TranscriptionService:
         self._max_audio_seconds = max_audio_seconds
         self._retry_after_s = retry_after_s
         self.model_id = model_id or recognizer.info.model_id
+        self.served = ServedTranscripts(metrics, max_audio_seconds=correctable_seconds)
 
     def check_model(self, name: str) -> None:
         if name not in (self.model_id, OPENAI_MODEL_ALIAS):
@@ -131,6 +137,13 @@ class TranscriptionService:
                 "audio_s": round(transcription.duration, 2),
             },
         )
+        owner = request.user if request.user is not None else principal.user_id
+        request_id = current_request_id.get()
+        if owner is not None and request_id is not None:
+            method = row.method if adapter is not None and row is not None else BASE_METHOD
+            self.served.remember(
+                request_id, owner, method, transcription.text, transcription.duration
+            )
         return TranscriptionOutcome(transcription, adapter_id, fallback)
 
     async def _run(
@@ -158,7 +171,7 @@ class TranscriptionService:
         itself), else the caller's own; None for the base model."""
         speaker = principal.user_id
         if request.user is not None:
-            await get_user(session, principal, request.user)  # 404 for anyone else's id
+            await get_speaker(session, principal, request.user)  # 404 for anyone else's id
             speaker = request.user
         return speaker if request.personalise else None
 

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters_store import AdapterStore
-from app.db.models import User
+from app.db.models import InviteLink, User
+from app.db.repositories.invite_links import InviteLinkRepository
 from app.db.repositories.users import UserRepository
 from app.errors import NotFoundError
 from app.services.auth import (
@@ -37,7 +38,18 @@ async def create_user(session: AsyncSession, principal: Principal, name: str) ->
 
 
 async def get_user(session: AsyncSession, principal: Principal, user_id: str) -> User:
+    """The user, for the admin or the user's own key (an invite link is refused)."""
     principal.require_access_to(user_id)
+    return await _existing(session, user_id)
+
+
+async def get_speaker(session: AsyncSession, principal: Principal, user_id: str) -> User:
+    """The user, for what an invite link may do too (see `require_speaker_access_to`)."""
+    principal.require_speaker_access_to(user_id)
+    return await _existing(session, user_id)
+
+
+async def _existing(session: AsyncSession, user_id: str) -> User:
     user = await UserRepository(session).get(user_id)
     if user is None:
         raise NotFoundError(f"No user with id {user_id!r}.", param="user_id")
@@ -53,3 +65,35 @@ async def delete_user(
     if not await UserRepository(session).delete(user_id):
         raise NotFoundError(f"No user with id {user_id!r}.", param="user_id")
     await store.bind(session).delete_prefix(user_prefix(user_id))
+
+
+async def rotate_key(session: AsyncSession, principal: Principal, user_id: str) -> CreatedUser:
+    """A new key for the user, returned once; the old one stops working with this transaction
+    (every request looks its key up)."""
+    user = await get_user(session, principal, user_id)
+    api_key = generate_user_key()
+    await UserRepository(session).replace_key(
+        user, hash_api_key(api_key), api_key[:DISPLAY_PREFIX_LENGTH]
+    )
+    return CreatedUser(user=user, api_key=api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request's key stands for."""
+
+    principal: Principal
+    user: User | None
+    """None for the admin."""
+    link: InviteLink | None
+    """The invite link a link token came with."""
+
+
+async def identify(session: AsyncSession, principal: Principal) -> Identity:
+    if principal.user_id is None:
+        return Identity(principal, None, None)
+    user = await get_speaker(session, principal, principal.user_id)
+    link = None
+    if principal.link_id is not None:
+        link = await InviteLinkRepository(session).get_for_user(user.id, principal.link_id)
+    return Identity(principal, user, link)

@@ -18,7 +18,15 @@ from app.db.base import Base
 from app.db.migrate import alembic_config, upgrade_to_head
 from app.db.session import async_url, sync_url
 
-APP_TABLES = {"users", "adapter_blobs", "adapters", "enrolment_jobs", "recordings"}
+APP_TABLES = {
+    "users",
+    "adapter_blobs",
+    "adapters",
+    "enrolment_jobs",
+    "recordings",
+    "enrolment_recordings",
+    "invite_links",
+}
 
 
 @contextmanager
@@ -173,3 +181,52 @@ def test_simultaneous_starters_all_come_up_on_one_schema(database_url: str) -> N
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     assert current_revision(database_url) == head
     assert table_names(database_url) >= APP_TABLES
+
+
+@pytest.mark.postgres
+def test_enrolment_recordings_survive_the_recordings_resource_migration(database_url: str) -> None:
+    """0005: recordings stored by an enrolment before it become recordings of origin
+    `enrolment`, still what their job trains on, in their order; and a downgrade brings back
+    the positions."""
+    config = alembic_config(database_url)
+    command.upgrade(config, "0004")
+    with connect(database_url) as connection, connection.begin():
+        connection.execute(
+            text(
+                "INSERT INTO users (id, name, api_key_hash, api_key_prefix, created_at) "
+                "VALUES ('u1', 'alice', 'h1', 'pqm-abc', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO enrolment_jobs (id, user_id, status, method, params, "
+                "utterance_count, audio_seconds, progress, cancel_requested, attempts, "
+                "created_at) VALUES ('j1', 'u1', 'succeeded', 'lora', '{}', 2, 4.0, 1.0, "
+                "false, 1, CURRENT_TIMESTAMP)"
+            )
+        )
+        for rid, position in (("r2", 1), ("r1", 0)):
+            connection.execute(
+                text(
+                    "INSERT INTO recordings (id, user_id, enrolment_id, position, transcript, "
+                    "blob_key, duration_seconds, created_at) VALUES (:id, 'u1', 'j1', :p, "
+                    "'hello', :key, 2.0, CURRENT_TIMESTAMP)"
+                ),
+                {"id": rid, "p": position, "key": f"users/u1/recordings/j1/{position:04d}.flac"},
+            )
+
+    command.upgrade(config, "head")
+
+    with connect(database_url) as connection:
+        links = connection.execute(
+            text("SELECT recording_id FROM enrolment_recordings ORDER BY position")
+        ).scalars()
+        assert list(links) == ["r1", "r2"]
+        origins = connection.execute(text("SELECT DISTINCT origin FROM recordings")).scalars()
+        assert list(origins) == ["enrolment"]
+
+    command.downgrade(config, "0004")
+
+    with connect(database_url) as connection:
+        rows = connection.execute(text("SELECT id, position FROM recordings ORDER BY id"))
+        assert [tuple(row) for row in rows] == [("r1", 0), ("r2", 1)]

@@ -5,7 +5,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.enrolment_status import UNFINISHED, EnrolmentStatus, check_transition
-from app.db.models import EnrolmentJob, Recording
+from app.db.models import EnrolmentJob, EnrolmentRecording, Recording
 
 
 class EnrolmentRepository:
@@ -17,13 +17,19 @@ class EnrolmentRepository:
         self._session = session
 
     async def add(self, job: EnrolmentJob, recordings: list[Recording]) -> EnrolmentJob:
-        """Records a new job (given without a status), queued."""
+        """Records a new job (given without a status), queued, to train on `recordings` in
+        that order: new ones (its upload) are recorded with it, stored ones are linked."""
         if job.status is not None:
             raise ValueError(f"a new job has no status yet; this one is {job.status}")
         job.status = check_transition(None, EnrolmentStatus.QUEUED)
         self._session.add(job)
         await self._session.flush()
         self._session.add_all(recordings)
+        await self._session.flush()
+        self._session.add_all(
+            EnrolmentRecording(enrolment_id=job.id, position=position, recording_id=recording.id)
+            for position, recording in enumerate(recordings)
+        )
         await self._session.flush()
         return job
 
@@ -40,7 +46,19 @@ class EnrolmentRepository:
 
     async def recordings(self, job_id: str) -> list[Recording]:
         result = await self._session.execute(
-            select(Recording).where(Recording.enrolment_id == job_id).order_by(Recording.position)
+            select(Recording)
+            .join(EnrolmentRecording, EnrolmentRecording.recording_id == Recording.id)
+            .where(EnrolmentRecording.enrolment_id == job_id)
+            .order_by(EnrolmentRecording.position)
+        )
+        return list(result.scalars())
+
+    async def list_for_user(self, user_id: str) -> list[EnrolmentJob]:
+        """Newest first."""
+        result = await self._session.execute(
+            select(EnrolmentJob)
+            .where(EnrolmentJob.user_id == user_id)
+            .order_by(EnrolmentJob.created_at.desc(), EnrolmentJob.id)
         )
         return list(result.scalars())
 

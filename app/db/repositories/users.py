@@ -23,3 +23,8 @@ class UserRepository:
     async def delete(self, user_id: str) -> bool:
         result = await self._session.execute(delete(User).where(User.id == user_id))
         return bool(getattr(result, "rowcount", 0))
+
+    async def replace_key(self, user: User, key_hash: str, key_prefix: str) -> None:
+        user.api_key_hash = key_hash
+        user.api_key_prefix = key_prefix
+        await self._session.flush()
