@@ -32,7 +32,7 @@ async def add_recording(
     session: SessionDep,
     principal: PrincipalDep,
     file: Annotated[UploadFile, File(description="The audio (the per-file limits apply).")],
-    transcript: Annotated[str, Form(description="What the audio says.")],
+    transcript: Annotated[str, Form(min_length=1, description="What the audio says.")],
     origin: Annotated[RecordingOrigin, Form()] = RecordingOrigin.CORRECTION,
     request_id: Annotated[
         str | FormOmitted,

@@ -69,9 +69,11 @@ class FuzzTarget:
     """Reaches the app in-process; its lifespan runs while the module's tests do."""
     alice_key: str
     existing: dict[str, str]
-    """Path parameter name -> an id that exists (Alice's user, adapter and enrolment job)."""
+    """Path parameter name -> an id that exists (Alice's user, adapter, enrolment job,
+    recording and invite link)."""
     doomed_user_id: str
-    """Bob, whom `DELETE /v1/users/{user_id}` may delete without starving the other operations."""
+    """Bob, whom `DELETE /v1/users/{user_id}` may delete (and whose key `POST .../key` may
+    rotate) without starving the other operations."""
     recordings: list[bytes]
     """Real speech, one recording per enrolment sentence."""
     adapter_file: bytes
@@ -117,10 +119,25 @@ def _populated(client: asgi.ASGIClient, engine: WhisperEngine) -> FuzzTarget:
             headers=as_alice,
         )
     )
+    recording = _created(
+        client.post(
+            f"/v1/users/{alice['id']}/recordings",
+            files={"file": ("c.wav", recordings[0])},
+            data={"transcript": ENROLMENT_SENTENCES[0]},
+            headers=as_alice,
+        )
+    )
+    link = _created(client.post(f"/v1/users/{alice['id']}/links", json={}, headers=ADMIN))
     return FuzzTarget(
         client=client,
         alice_key=alice["api_key"],
-        existing={"user_id": alice["id"], "adapter_id": adapter["id"], "job_id": job["id"]},
+        existing={
+            "user_id": alice["id"],
+            "adapter_id": adapter["id"],
+            "job_id": job["id"],
+            "recording_id": recording["id"],
+            "link_id": link["id"],
+        },
         doomed_user_id=bob["id"],
         recordings=recordings,
         adapter_file=adapter_file,
@@ -156,7 +173,11 @@ def _aim_at_existing(case: FuzzCase, target: FuzzTarget) -> None:
     for name, value in parameters.items():
         if name not in target.existing or len(str(value)) % 2:
             continue
-        if case.method.upper() == "DELETE" and case.path == "/v1/users/{user_id}":
+        doomed = (case.method.upper(), case.path) in {
+            ("DELETE", "/v1/users/{user_id}"),
+            ("POST", "/v1/users/{user_id}/key"),
+        }
+        if doomed:
             parameters[name] = target.doomed_user_id
         else:
             parameters[name] = target.existing[name]
@@ -177,8 +198,10 @@ def _aim_at_real_content(case: FuzzCase, target: FuzzTarget) -> None:
         body.update(file=target.recordings[0], model="whisper-1")
     elif "transcripts" in body:  # an enrolment
         body["files"] = list(
-            itertools.islice(itertools.cycle(target.recordings), len(body["files"]))
+            itertools.islice(itertools.cycle(target.recordings), len(body.get("files", [])))
         )
+    elif "transcript" in body:  # a recording
+        body["file"] = target.recordings[0]
     elif "file" in body:  # an adapter's import
         body["file"] = target.adapter_file
 
