@@ -87,7 +87,7 @@ def target(
     settings_ = make_settings(
         tmp_path_factory.mktemp("fuzz") / "data",
         model={"path": tiny_en_dir},
-        enrolment={"worker": False, "min_utterances": 4, "min_dev_utterances": 2},
+        enrolment={"worker": False, "min_utterances": 4},
     )
     app = create_app(settings_, recognizer=nf4_engine)
     try:
