@@ -77,7 +77,7 @@ class EnrolmentSettings(BaseModel):
     max_transcript_chars: int = Field(default=400, ge=1)
     gate_folds: int = Field(default=4, ge=2)
     """The activation gate's k-fold cross-validation over the upload (see `training.gate`)."""
-    gate_confidence: float = Field(default=0.8, ge=0.5, lt=1.0)
+    gate_confidence: float = Field(default=0.7, ge=0.5, lt=1.0)
     """How sure the gate must be (one-sided, paired bootstrap) that the new adapter saves word
     errors over what the user is served now."""
     gate_min_words_saved: int = Field(default=2, ge=0)

@@ -22,7 +22,7 @@ __all__ = ["GateConfig", "GateEvidence", "HeldOutScore", "decide", "fold_assignm
 class GateConfig:
     folds: int = 4
     """k of the k-fold cross-validation (at most the number of utterances)."""
-    confidence: float = 0.8
+    confidence: float = 0.7
     """One-sided level of the bootstrap bound on the errors saved."""
     min_words_saved: int = 2
     """Held-out word errors the new adapter must save at least (a margin against ties)."""
