@@ -74,7 +74,7 @@ class OneConnection:
 def test_server_error_is_json_500_and_the_connection_serves_the_next_request(
     live: LiveApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(users_service, "get_user", _fail)
+    monkeypatch.setattr(users_service, "get_speaker", _fail)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     json_admin = {**admin, "Content-Type": "application/json"}
     connection = OneConnection(live.port)
@@ -140,7 +140,7 @@ def test_log_records_of_a_request_carry_its_id(
             headers=ADMIN,
         )
         assert transcribed.status_code == 200
-        monkeypatch.setattr(users_service, "get_user", _fail)
+        monkeypatch.setattr(users_service, "get_speaker", _fail)
         failed = client.get("/v1/users/0123", headers=ADMIN)
         assert failed.status_code == 500
     transcribed_id = transcribed.headers["x-request-id"]
