@@ -906,12 +906,14 @@ def _adapter_means(entries: Sequence[dict[str, Any]]) -> list[object]:
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
-    """Grouped bars of test WER per speaker: fp32, NF4, NF4 + adapter; one panel per split."""
+    """Grouped bars of test WER per speaker: fp32, NF4, NF4 + adapter (hatched where the gate
+    refused it, so the speaker is served NF4); one panel per split."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
     except ImportError:
         log("matplotlib is not installed; no chart (pip install -e '.[bench]')")
         return None
@@ -941,13 +943,19 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
             values.append(report["suites"][kind]["averages"][split][model])
             heights = [np.nan if v is None else min(v, 1.5) for v in values]
             heights_seen += heights
-            axis.bar(
+            bars = axis.bar(
                 positions + (offset - (len(MODELS) - 1) / 2) * width,
                 heights,
                 width,
                 label=labels[model],
                 color=colours[model],
             )
+            if model == "pqm":  # what the gate refused is not served: drawn hollow
+                for bar, entry in zip(bars, entries, strict=False):
+                    if gate(entry) is False:
+                        bar.set_facecolor("white")
+                        bar.set_hatch("///")
+                        bar.set_edgecolor(colours[model])
         axis.set_xticks(positions, names, rotation=20, ha="right")
         axis.set_ylabel("WER (capped at 1.5)")
         top = max((v for v in heights_seen if not np.isnan(v)), default=1.0)
@@ -956,7 +964,16 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         title = "test digit strings" if kind == "fsdd" else titles.get(split, split)
         axis.set_title(f"{kind}: {title}")
         axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize="small", ncols=len(MODELS), loc="upper left")
+        handles = [Patch(color=colours[m], label=labels[m]) for m in MODELS]
+        handles.append(
+            Patch(
+                facecolor="white",
+                edgecolor=colours["pqm"],
+                hatch="///",
+                label="refused by the gate",
+            )
+        )
+        axis.legend(handles=handles, fontsize="small", ncols=len(handles), loc="upper left")
     if cross:
         _plot_cross(axes[-1, 0], cross)
     path.parent.mkdir(parents=True, exist_ok=True)
