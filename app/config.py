@@ -93,6 +93,16 @@ class EnrolmentSettings(BaseModel):
     stale_after_s: float = Field(default=60.0, gt=0)
     """A running job whose heartbeat is older than this lost its worker and is recovered."""
     max_attempts: int = Field(default=2, ge=1)
+    auto_retrain_after: int = Field(default=0, ge=0)
+    """Off at 0 (the default). Otherwise, once a user has added this many recordings on their
+    own (`POST /v1/users/{id}/recordings`: corrections and prompts read one at a time, not the
+    files of an enrolment upload) since their last enrolment job was created, whatever became
+    of that job, the service queues a retraining on their stored recordings by itself (the
+    newest that fit an enrolment's limits). Never while the user has a job queued or running;
+    the gate decides activation as for any job."""
+    auto_retrain_max_concurrent: int = Field(default=1, ge=1)
+    """Automatic jobs queued or running at once, service-wide: training slows serving on small
+    machines. A user held back by it gets their job with their next recording."""
 
 
 class QuotaSettings(BaseModel):

@@ -152,6 +152,8 @@ class EnrolmentJobPublic(OrmModel):
     activated: bool | None
     activation_reason: str | None
     cancel_requested: bool
+    automatic: bool
+    """Queued by the service itself after enough new recordings (the auto-retrain policy)."""
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None

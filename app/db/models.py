@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -121,6 +122,8 @@ class EnrolmentJob(TimestampMixin, Base):
     activated: Mapped[bool | None] = mapped_column(Boolean, default=None)
     activation_reason: Mapped[str | None] = mapped_column(String(500), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    automatic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Queued by the service itself (`enrolment.auto_retrain_after`), not asked for."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(64), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

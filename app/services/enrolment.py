@@ -1,7 +1,6 @@
 """Use cases for enrolment: validate and store a speaker's recordings, queue, inspect, cancel."""
 
 import asyncio
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +15,7 @@ from app.engine.adaptation.registry import method_names
 from app.engine.audio import SAMPLE_RATE
 from app.errors import BadRequestError, ConflictError, NotFoundError
 from app.services.auth import Principal
+from app.services.enrolment_jobs import DEFAULT_METHOD, EnrolmentRequest, new_job
 from app.services.quotas import check_room_for
 from app.services.recording_checks import (
     CheckedRecording,
@@ -27,8 +27,6 @@ from app.services.recording_checks import (
 from app.services.recordings import delete_blobs, store_recordings
 from app.services.users import get_speaker
 
-DEFAULT_METHOD = "lora"
-
 __all__ = [
     "DEFAULT_METHOD",
     "EnrolmentRequest",
@@ -38,23 +36,6 @@ __all__ = [
     "get_job",
     "list_jobs",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class EnrolmentRequest:
-    recordings: list[UploadedRecording]
-    """Empty (with no transcripts): retrain on the user's stored recordings."""
-    transcripts: list[str]
-    method: str = DEFAULT_METHOD
-    rank: int | None = None
-    epochs: int | None = None
-    seed: int = 0
-    since: datetime | None = None
-    """A retraining uses the stored recordings made at or after this time (None: all)."""
-
-    @property
-    def retrains(self) -> bool:
-        return not self.recordings and not self.transcripts
 
 
 async def create_enrolment(
@@ -89,7 +70,7 @@ async def create_enrolment(
         store, user_id, checked, RecordingOrigin.ENROLMENT, enrolment_id=job_id
     )
     try:
-        return await jobs.add(_new_job(job_id, user_id, request, recordings), recordings)
+        return await jobs.add(new_job(job_id, user_id, request, recordings), recordings)
     except Exception:  # files outside the database do not roll back with it
         await delete_blobs(store, recordings)
         raise
@@ -102,28 +83,7 @@ async def _retrain(
     _check_stored(recordings, request.since, limits)
     jobs = EnrolmentRepository(session)
     await _refuse_while_unfinished(jobs, user_id)
-    return await jobs.add(_new_job(new_id(), user_id, request, recordings), recordings)
-
-
-def _new_job(
-    job_id: str, user_id: str, request: EnrolmentRequest, recordings: list[Recording]
-) -> EnrolmentJob:
-    params: dict[str, object] = {"rank": request.rank, "epochs": request.epochs}
-    params["seed"] = request.seed
-    if request.retrains:
-        params["retrain"] = True
-        params["since"] = request.since.isoformat() if request.since else None
-    return EnrolmentJob(
-        id=job_id,
-        user_id=user_id,
-        method=request.method,
-        params=params,
-        utterance_count=len(recordings),
-        audio_seconds=round(sum(r.duration_seconds for r in recordings), 3),
-        progress=0.0,
-        cancel_requested=False,
-        attempts=0,
-    )
+    return await jobs.add(new_job(new_id(), user_id, request, recordings), recordings)
 
 
 async def _refuse_while_unfinished(jobs: EnrolmentRepository, user_id: str) -> None:

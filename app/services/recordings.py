@@ -12,6 +12,7 @@ from app.db.models import Recording, RecordingOrigin, new_id
 from app.db.repositories.recordings import RecordingRepository
 from app.errors import DataIntegrityError, NotFoundError
 from app.services.auth import Principal
+from app.services.auto_retrain import queue_if_due
 from app.services.blob_keys import recording_key
 from app.services.quotas import check_room_for
 from app.services.recording_checks import (
@@ -47,7 +48,7 @@ async def add_recording(
     served: ServedTranscripts,
 ) -> Recording:
     """Checked as each file of an enrolment upload is (`recording_checks`), within the user's
-    quotas."""
+    quotas; may queue an automatic retraining (`auto_retrain`)."""
     await get_speaker(session, principal, user_id)
     check_file_size(new.upload, "file", limits)
     transcript = checked_transcript(new.transcript, "transcript", limits)
@@ -58,6 +59,7 @@ async def add_recording(
     [recording] = await store_recordings(store, user_id, [checked], new.origin)
     try:
         await RecordingRepository(session).add(recording)
+        await queue_if_due(session, user_id, limits)
     except Exception:  # files outside the database do not roll back with it
         await delete_blobs(store, [recording])
         raise

@@ -7,6 +7,9 @@ from app.db.base import utcnow
 from app.db.enrolment_status import UNFINISHED, EnrolmentStatus, check_transition
 from app.db.models import EnrolmentJob, EnrolmentRecording, Recording
 
+_AUTOMATIC_JOBS_LOCK = 0x50514D02
+"""PostgreSQL advisory lock key of `lock_automatic_jobs`: "PQM" and 2 (migrations take "PQM")."""
+
 
 class EnrolmentRepository:
     """Jobs and their recordings. Every change of a job's status is made here, through
@@ -43,6 +46,31 @@ class EnrolmentRepository:
             )
         )
         return result.scalars().first()
+
+    async def latest_for_user(self, user_id: str) -> EnrolmentJob | None:
+        return await self._session.scalar(
+            select(EnrolmentJob)
+            .where(EnrolmentJob.user_id == user_id)
+            .order_by(EnrolmentJob.created_at.desc(), EnrolmentJob.id)
+            .limit(1)
+        )
+
+    async def count_unfinished_automatic(self) -> int:
+        """Automatic jobs queued or running, service-wide. Call `lock_automatic_jobs` first
+        when the count decides whether to add one."""
+        count = await self._session.scalar(
+            select(func.count())
+            .select_from(EnrolmentJob)
+            .where(EnrolmentJob.automatic.is_(True), EnrolmentJob.status.in_(UNFINISHED))
+        )
+        return int(count or 0)
+
+    async def lock_automatic_jobs(self) -> None:
+        """Until the transaction ends, no one else passes this point, so that two users' uploads
+        cannot both see room under the cap on automatic jobs. PostgreSQL: a transaction-level
+        advisory lock; SQLite takes one writer at a time, and callers have written already."""
+        if self._session.get_bind().dialect.name == "postgresql":
+            await self._session.execute(select(func.pg_advisory_xact_lock(_AUTOMATIC_JOBS_LOCK)))
 
     async def recordings(self, job_id: str) -> list[Recording]:
         result = await self._session.execute(

@@ -37,6 +37,18 @@ class RecordingRepository:
         result = await self._session.execute(statement.order_by(Recording.created_at, Recording.id))
         return list(result.scalars())
 
+    async def count_added_alone(self, user_id: str, after: datetime | None) -> int:
+        """The user's recordings added on their own (not by an enrolment upload), created after
+        `after` (None: ever)."""
+        statement = (
+            select(func.count())
+            .select_from(Recording)
+            .where(Recording.user_id == user_id, Recording.enrolment_id.is_(None))
+        )
+        if after is not None:
+            statement = statement.where(Recording.created_at > after)
+        return int(await self._session.scalar(statement) or 0)
+
     async def usage_locked(self, user_id: str) -> RecordingUsage:
         """What the user's recordings add up to, with the user's row locked for the rest of the
         transaction (PostgreSQL), so that two uploads cannot both pass a quota check made on

@@ -1,0 +1,57 @@
+"""What an enrolment asks for, and the job that records it (shared by the enrolment use cases
+and the auto-retrain policy)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.db.models import EnrolmentJob, Recording
+from app.services.recording_checks import UploadedRecording
+
+DEFAULT_METHOD = "lora"
+
+__all__ = ["DEFAULT_METHOD", "EnrolmentRequest", "new_job"]
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentRequest:
+    recordings: list[UploadedRecording]
+    """Empty (with no transcripts): retrain on the user's stored recordings."""
+    transcripts: list[str]
+    method: str = DEFAULT_METHOD
+    rank: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    since: datetime | None = None
+    """A retraining uses the stored recordings made at or after this time (None: all)."""
+
+    @property
+    def retrains(self) -> bool:
+        return not self.recordings and not self.transcripts
+
+
+def new_job(
+    job_id: str,
+    user_id: str,
+    request: EnrolmentRequest,
+    recordings: list[Recording],
+    *,
+    automatic: bool = False,
+) -> EnrolmentJob:
+    """The job to record (not added) that trains on `recordings`."""
+    params: dict[str, object] = {"rank": request.rank, "epochs": request.epochs}
+    params["seed"] = request.seed
+    if request.retrains:
+        params["retrain"] = True
+        params["since"] = request.since.isoformat() if request.since else None
+    return EnrolmentJob(
+        id=job_id,
+        user_id=user_id,
+        method=request.method,
+        params=params,
+        utterance_count=len(recordings),
+        audio_seconds=round(sum(r.duration_seconds for r in recordings), 3),
+        progress=0.0,
+        cancel_requested=False,
+        automatic=automatic,
+        attempts=0,
+    )
