@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -92,6 +93,12 @@ class WorkerContext:
         )
 
 
+class ClaimLost(Exception):
+    """The job is no longer this worker's to end: a sweep re-queued it (the worker looked
+    stopped, its heartbeat late) and another worker may run it now, or it finished or was
+    deleted meanwhile. This worker's result is discarded."""
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -153,12 +160,24 @@ class EnrolmentWorker:
                 )
 
     async def process(self, job: EnrolmentJob) -> None:
-        log = {"job_id": job.id, "user_id": job.user_id}
+        log = {"job_id": job.id, "user_id": job.user_id, "worker_id": self.worker_id}
         logger.info("enrolment started", extra=log)
+        try:
+            await self._train_to_outcome(job, log)
+        except ClaimLost:
+            logger.warning(
+                "enrolment result discarded: the job is no longer this worker's "
+                "(re-queued by a sweep and perhaps claimed by another worker, or finished)",
+                extra=log,
+            )
+
+    async def _train_to_outcome(self, job: EnrolmentJob, log: dict[str, str]) -> None:
         try:
             served_id, request = await self._training_request(job)
             result = await self._train(job.id, request)
             await self._complete(job.id, served_id, result)
+        except ClaimLost:
+            raise
         except TrainingCancelled:
             if self._stopping.is_set():
                 await self._requeue(job.id)
@@ -218,26 +237,28 @@ class EnrolmentWorker:
         return training.result()
 
     async def _heartbeat(self, job_id: str, progress: TrainingProgress | None) -> bool:
-        """Records progress; False when the job was cancelled or deleted meanwhile."""
+        """Records progress; False when the job was cancelled, deleted or is no longer this
+        worker's meanwhile: training should stop."""
         async with transaction(self._ctx.sessions) as session:
-            job = await session.get(EnrolmentJob, job_id)
-            if job is None or job.status != EnrolmentStatus.RUNNING or job.cancel_requested:
-                return False
-            job.heartbeat_at = utcnow()
-            if progress is not None:
-                job.progress = round(min(progress.fraction, 0.99), 4)
-                job.eta_seconds = progress.eta_seconds
-                job.message = progress.message
-        return True
+            jobs = EnrolmentRepository(session)
+            if progress is None:
+                return await jobs.heartbeat(job_id, self.worker_id)
+            return await jobs.heartbeat(
+                job_id,
+                self.worker_id,
+                progress=round(min(progress.fraction, 0.99), 4),
+                eta_seconds=progress.eta_seconds,
+                message=progress.message,
+            )
 
     async def _complete(self, job_id: str, served_id: str | None, result: TrainingResult) -> None:
         recognizer = self._ctx.recognizer
         form = await self._ctx.scheduler.run(lambda: checked_form(result.adapter, recognizer))
         metrics: dict[str, Any] = dict(result.metrics)
         async with self._ctx.sessions() as session:
-            job = await session.get(EnrolmentJob, job_id)
+            job = await EnrolmentRepository(session).claimed(job_id, self.worker_id)
             if job is None:
-                raise TrainingCancelled("the job was deleted while training")
+                raise ClaimLost(job_id)
             user_id = job.user_id
             served_now = await AdapterRepository(session).active_for_user(user_id)
         activate, reason = bool(metrics["gate"]["activate"]), str(metrics["gate"]["reason"])
@@ -269,28 +290,46 @@ class EnrolmentWorker:
         """One transaction: the adapter stored (see `store_adapter`) and the job's success, or
         none of it."""
         async with transaction(self._ctx.sessions) as session:
-            job = await session.get(EnrolmentJob, job_id, with_for_update=True)
-            if job is None or job.cancel_requested or job.status != EnrolmentStatus.RUNNING:
-                raise TrainingCancelled("the job was cancelled or deleted while finishing")
+            jobs = EnrolmentRepository(session)
+            job = await jobs.claimed(job_id, self.worker_id, for_update=True)
+            if job is None:
+                raise ClaimLost(job_id)
+            if job.cancel_requested:
+                raise TrainingCancelled("the job was cancelled while finishing")
             await store_adapter(session, self._ctx.store, new)
             job.adapter_id, job.activated = new.id, new.activate
             job.activation_reason, job.metrics = reason, new.metrics
-            if not await EnrolmentRepository(session).finish(job, EnrolmentStatus.SUCCEEDED):
-                raise TrainingCancelled("the job was cancelled while finishing")
+            if not await jobs.finish(job, EnrolmentStatus.SUCCEEDED):
+                # Cancelled or taken over meanwhile: ending it as cancelled tells which.
+                raise TrainingCancelled("the job changed while finishing")
 
     async def _requeue(self, job_id: str) -> None:
-        async with transaction(self._ctx.sessions) as session:
-            jobs = EnrolmentRepository(session)
-            job = await jobs.get(job_id)
-            if job is not None and job.status == EnrolmentStatus.RUNNING:
-                await jobs.requeue(job, "re-queued: the worker shut down", refund_attempt=True)
+        message = "re-queued: the worker shut down"
+        await self._end_own_run(
+            job_id, lambda jobs, job: jobs.requeue(job, message, refund_attempt=True)
+        )
 
     async def _set_outcome(self, job_id: str, outcome: EnrolmentStatus, error: str | None) -> None:
+        await self._end_own_run(job_id, lambda jobs, job: jobs.finish(job, outcome, error=error))
+
+    async def _end_own_run(
+        self,
+        job_id: str,
+        change: Callable[[EnrolmentRepository, EnrolmentJob], Awaitable[bool]],
+    ) -> None:
+        """Applies `change` while the job is still running for this worker; raises `ClaimLost`
+        once it is not. A change refused because a client asked to cancel meanwhile is tried
+        again on the job as it is now."""
         async with transaction(self._ctx.sessions) as session:
             jobs = EnrolmentRepository(session)
-            job = await jobs.get(job_id)
-            if job is not None and job.status == EnrolmentStatus.RUNNING:
-                await jobs.finish(job, outcome, error=error)
+            job = await jobs.claimed(job_id, self.worker_id)
+            while job is not None and self._runs(job):
+                if await change(jobs, job):
+                    return
+        raise ClaimLost(job_id)
+
+    def _runs(self, job: EnrolmentJob) -> bool:
+        return job.status == EnrolmentStatus.RUNNING and job.worker_id == self.worker_id
 
 
 def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:

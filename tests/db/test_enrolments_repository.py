@@ -226,3 +226,26 @@ async def test_a_job_another_worker_runs_now_is_not_finished_for_the_first(
         assert (job.status, job.worker_id) == (S.RUNNING, "worker-2")
     job = await stored_job(sessions, job_id)
     assert (job.status, job.worker_id, job.attempts, job.error) == (S.RUNNING, "worker-2", 2, None)
+
+
+async def test_only_the_worker_that_runs_a_job_heartbeats_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    job_id = await running_job(sessions)
+    async with transaction(sessions) as sweep:
+        assert await EnrolmentRepository(sweep).requeue(
+            await _loaded(sweep, job_id), "again", refund_attempt=False
+        )
+    await claim(sessions, "worker-2")
+    async with transaction(sessions) as first:
+        jobs = EnrolmentRepository(first)
+        assert await jobs.claimed(job_id, "worker-1") is None
+        assert not await jobs.heartbeat(job_id, "worker-1", progress=0.5, message="stale")
+    job = await stored_job(sessions, job_id)
+    assert (job.worker_id, job.progress, job.message) == ("worker-2", 0.0, "again")
+    async with transaction(sessions) as second:
+        jobs = EnrolmentRepository(second)
+        assert await jobs.claimed(job_id, "worker-2") is not None
+        assert await jobs.heartbeat(job_id, "worker-2", progress=0.25, message="training")
+    job = await stored_job(sessions, job_id)
+    assert (job.worker_id, job.progress, job.message) == ("worker-2", 0.25, "training")

@@ -90,6 +90,53 @@ class EnrolmentRepository:
         )
         return list(result.scalars())
 
+    async def claimed(
+        self, job_id: str, worker_id: str, *, for_update: bool = False
+    ) -> EnrolmentJob | None:
+        """The job while it runs for `worker_id`; None once it does not: it finished, was
+        deleted, or a sweep re-queued it (its worker looked stopped) and perhaps another worker
+        claimed it."""
+        statement = (
+            select(EnrolmentJob)
+            .where(
+                EnrolmentJob.id == job_id,
+                EnrolmentJob.status == EnrolmentStatus.RUNNING,
+                EnrolmentJob.worker_id == worker_id,
+            )
+            .execution_options(populate_existing=True)
+        )
+        if for_update:
+            statement = statement.with_for_update()
+        return await self._session.scalar(statement)
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        progress: float | None = None,
+        eta_seconds: float | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Records that `worker_id` still runs the job, and its progress if given. False when
+        the job is no longer that worker's to run or a cancel was asked: the worker should stop.
+        """
+        values: dict[str, object] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values.update(progress=progress, eta_seconds=eta_seconds, message=message)
+        result = await self._session.execute(
+            update(EnrolmentJob)
+            .where(
+                EnrolmentJob.id == job_id,
+                EnrolmentJob.status == EnrolmentStatus.RUNNING,
+                EnrolmentJob.worker_id == worker_id,
+                EnrolmentJob.cancel_requested.is_(False),
+            )
+            .values(values)
+            .execution_options(synchronize_session=False)
+        )
+        return getattr(result, "rowcount", 0) == 1
+
     async def claim_next(self, worker_id: str) -> EnrolmentJob | None:
         """Moves the oldest queued job to running for `worker_id`; None when none is queued.
 

@@ -1,0 +1,181 @@
+"""The enrolment worker against real SQLite and PostgreSQL databases, with training replaced by
+a stand-in that decides how it ends. Two workers share the database: a worker whose job was
+re-queued by a sweep (it looked stopped) and claimed by another must not end that other run."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adapters_store.sql import SqlBlobStore
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.enrolment_status import EnrolmentStatus
+from app.db.models import Adapter, AdapterBlob, EnrolmentJob
+from app.db.session import transaction
+from app.engine.training import TrainingCancelled, TrainingRequest, TrainingResult
+from app.engine.whisper import WhisperEngine
+from app.main import new_scheduler
+from app.services import enrolment_worker
+from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
+from tests.conftest import make_settings
+from tests.support.adapters import random_adapter
+from tests.support.enrolments import claim, migrated_sessions, queued_job, stored_job
+
+pytestmark = pytest.mark.postgres
+
+S = EnrolmentStatus
+Ending = Callable[[], TrainingResult]
+"""How the stand-in training ends, once the job was taken over: a result or an exception."""
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    async with migrated_sessions(database_url) as sessions:
+        yield sessions
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
+    # A heartbeat far apart: the only one the stand-in training sees is the one after it ends.
+    return make_settings(
+        tmp_path / "data",
+        model={"path": tiny_en_dir},
+        enrolment={"worker": False, "heartbeat_interval_s": 3600, "max_attempts": 2},
+    )
+
+
+@pytest.fixture
+async def context(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], nf4_engine: WhisperEngine
+) -> AsyncIterator[WorkerContext]:
+    scheduler = new_scheduler(settings, nf4_engine)
+    try:
+        yield WorkerContext.create(
+            settings, sessions, SqlBlobStore(sessions), nf4_engine, scheduler
+        )
+    finally:
+        scheduler.shutdown()
+
+
+async def _make_stale(sessions: async_sessionmaker[AsyncSession], job_id: str) -> None:
+    """As if the job's worker had stopped heartbeating a day ago."""
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(EnrolmentJob)
+            .where(EnrolmentJob.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(days=1))
+        )
+
+
+def _training_taken_over(
+    monkeypatch: pytest.MonkeyPatch,
+    take_over: Callable[[], Coroutine[Any, Any, None]],
+    ending: Ending,
+) -> None:
+    """Training that, while it runs, lets `take_over` (a coroutine function) run on the event
+    loop to its end, then ends with `ending`."""
+    loop = asyncio.get_running_loop()
+
+    def run(request: TrainingRequest, *_: object) -> TrainingResult:
+        asyncio.run_coroutine_threadsafe(take_over(), loop).result()
+        return ending()
+
+    monkeypatch.setattr(enrolment_worker, "run_in_subprocess", run)
+
+
+def _fails() -> TrainingResult:
+    raise RuntimeError("boom")
+
+
+def _is_cancelled() -> TrainingResult:
+    raise TrainingCancelled("stopped on request")
+
+
+def _succeeds(engine: WhisperEngine) -> Ending:
+    gate = {"activate": True, "reason": "the adapter saves words"}
+    return lambda: TrainingResult(adapter=random_adapter(engine, 7), metrics={"gate": gate})
+
+
+async def _count(sessions: async_sessionmaker[AsyncSession], model: type[object]) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def _assert_second_worker_runs_it(
+    sessions: async_sessionmaker[AsyncSession], job_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await stored_job(sessions, job_id)
+    assert (job.status, job.worker_id, job.attempts) == (S.RUNNING, "worker-2", 2)
+    assert (job.error, job.adapter_id, job.finished_at) == (None, None, None)
+    assert await _count(sessions, Adapter) == 0
+    assert await _count(sessions, AdapterBlob) == 0
+    assert "enrolment result discarded" in caplog.text
+
+
+@pytest.mark.parametrize("ending", ["succeeds", "fails", "is_cancelled"])
+async def test_a_swept_worker_does_not_end_the_run_of_the_worker_that_took_its_job(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    nf4_engine: WhisperEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    ending: str,
+) -> None:
+    job_id = await queued_job(sessions)
+    first, second = EnrolmentWorker(context, "worker-1"), EnrolmentWorker(context, "worker-2")
+
+    async def take_over() -> None:
+        await _make_stale(sessions, job_id)
+        await second.recover_stale_jobs()
+        assert await claim(sessions, second.worker_id) == job_id
+
+    endings = {"succeeds": _succeeds(nf4_engine), "fails": _fails, "is_cancelled": _is_cancelled}
+    _training_taken_over(monkeypatch, take_over, endings[ending])
+    with caplog.at_level(logging.WARNING):
+        assert await first.run_once()
+    await _assert_second_worker_runs_it(sessions, job_id, caplog)
+
+
+async def test_a_swept_worker_shutting_down_does_not_requeue_the_job_another_runs(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job_id = await queued_job(sessions)
+    first, second = EnrolmentWorker(context, "worker-1"), EnrolmentWorker(context, "worker-2")
+    stop = asyncio.Event()
+
+    async def take_over_and_shut_down() -> None:
+        await _make_stale(sessions, job_id)
+        await second.recover_stale_jobs()
+        assert await claim(sessions, second.worker_id) == job_id
+        stop.set()
+
+    _training_taken_over(monkeypatch, take_over_and_shut_down, _is_cancelled)
+    with caplog.at_level(logging.WARNING):
+        await first.run(stop)
+    await _assert_second_worker_runs_it(sessions, job_id, caplog)
+
+
+async def test_a_worker_still_ends_its_own_run(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = await queued_job(sessions)
+
+    async def nothing() -> None:
+        pass
+
+    _training_taken_over(monkeypatch, nothing, _fails)
+    assert await EnrolmentWorker(context, "worker-1").run_once()
+    job = await stored_job(sessions, job_id)
+    assert (job.status, job.worker_id, job.error) == (S.FAILED, "worker-1", "RuntimeError: boom")
