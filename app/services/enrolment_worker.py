@@ -148,10 +148,14 @@ class EnrolmentWorker:
             for job in await jobs.stale_running(cutoff):
                 if job.attempts < settings.max_attempts and not job.cancel_requested:
                     message = f"re-queued: its worker stopped (attempt {job.attempts})"
-                    recovered = await jobs.requeue(job, message, refund_attempt=False)
+                    recovered = await jobs.requeue(
+                        job, message, refund_attempt=False, stale_before=cutoff
+                    )
                 else:
                     error = "the worker stopped while training this job"
-                    recovered = await jobs.finish(job, EnrolmentStatus.FAILED, error=error)
+                    recovered = await jobs.finish(
+                        job, EnrolmentStatus.FAILED, error=error, stale_before=cutoff
+                    )
                 if not recovered:  # another sweep, its worker or a client got there first
                     continue
                 logger.warning(

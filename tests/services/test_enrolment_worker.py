@@ -5,7 +5,7 @@ re-queued by a sweep (it looked stopped) and claimed by another must not end tha
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.enrolment_status import EnrolmentStatus
 from app.db.models import Adapter, AdapterBlob, EnrolmentJob
+from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
 from app.engine.training import TrainingCancelled, TrainingRequest, TrainingResult
 from app.engine.whisper import WhisperEngine
@@ -64,13 +65,15 @@ async def context(
         scheduler.shutdown()
 
 
-async def _make_stale(sessions: async_sessionmaker[AsyncSession], job_id: str) -> None:
-    """As if the job's worker had stopped heartbeating a day ago."""
+async def _make_stale(
+    sessions: async_sessionmaker[AsyncSession], job_id: str, **values: object
+) -> None:
+    """As if the job's worker had stopped heartbeating a day ago (and `values` were so)."""
     async with transaction(sessions) as session:
         await session.execute(
             update(EnrolmentJob)
             .where(EnrolmentJob.id == job_id)
-            .values(heartbeat_at=utcnow() - timedelta(days=1))
+            .values(heartbeat_at=utcnow() - timedelta(days=1), **values)
         )
 
 
@@ -179,3 +182,35 @@ async def test_a_worker_still_ends_its_own_run(
     assert await EnrolmentWorker(context, "worker-1").run_once()
     job = await stored_job(sessions, job_id)
     assert (job.status, job.worker_id, job.error) == (S.FAILED, "worker-1", "RuntimeError: boom")
+
+
+@pytest.mark.parametrize("attempts", [1, 2], ids=["requeue", "fail"])
+async def test_a_job_whose_worker_heartbeats_while_the_sweep_decides_stays_with_it(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    monkeypatch: pytest.MonkeyPatch,
+    attempts: int,
+) -> None:
+    job_id = await queued_job(sessions)
+    await claim(sessions, "worker-1")
+    # At `max_attempts` (2) a sweep fails the job rather than re-queue it.
+    await _make_stale(sessions, job_id, attempts=attempts)
+    read_stale = EnrolmentRepository.stale_running
+
+    async def read_then_heartbeat(
+        self: EnrolmentRepository, heartbeat_before: datetime
+    ) -> list[EnrolmentJob]:
+        stale = await read_stale(self, heartbeat_before)
+        async with transaction(sessions) as worker:
+            assert await EnrolmentRepository(worker).heartbeat(job_id, "worker-1")
+        return stale
+
+    monkeypatch.setattr(EnrolmentRepository, "stale_running", read_then_heartbeat)
+    await EnrolmentWorker(context, "worker-2").recover_stale_jobs()
+    job = await stored_job(sessions, job_id)
+    assert (job.status, job.worker_id, job.attempts, job.error) == (
+        S.RUNNING,
+        "worker-1",
+        attempts,
+        None,
+    )

@@ -179,10 +179,18 @@ class EnrolmentRepository:
             )
         return await self.finish(job, EnrolmentStatus.CANCELLED)
 
-    async def requeue(self, job: EnrolmentJob, message: str, *, refund_attempt: bool) -> bool:
+    async def requeue(
+        self,
+        job: EnrolmentJob,
+        message: str,
+        *,
+        refund_attempt: bool,
+        stale_before: datetime | None = None,
+    ) -> bool:
         """Puts a running job back in the queue for any worker to retry; `refund_attempt`: the
-        interrupted attempt does not count towards the job's limit. False when someone else
-        changed the job first (see `_change_if_unchanged`)."""
+        interrupted attempt does not count towards the job's limit; `stale_before`: only while
+        the job's last heartbeat is older (its worker looks stopped). False when someone else
+        changed the job first (see `_change_if_unchanged`) or its worker heartbeat since."""
         statement = update(EnrolmentJob).values(
             status=check_transition(job.status, EnrolmentStatus.QUEUED),
             progress=0.0,
@@ -191,13 +199,19 @@ class EnrolmentRepository:
         )
         if refund_attempt:  # a running job was claimed, so it has at least one attempt
             statement = statement.values(attempts=EnrolmentJob.attempts - 1)
-        return await self._change_if_unchanged(job, statement)
+        return await self._change_if_unchanged(job, _if_stale(statement, stale_before))
 
     async def finish(
-        self, job: EnrolmentJob, outcome: EnrolmentStatus, error: str | None = None
+        self,
+        job: EnrolmentJob,
+        outcome: EnrolmentStatus,
+        error: str | None = None,
+        *,
+        stale_before: datetime | None = None,
     ) -> bool:
-        """Ends the job with `outcome` (a finished status); `error` says why it failed. False
-        when someone else changed the job first (see `_change_if_unchanged`)."""
+        """Ends the job with `outcome` (a finished status); `error` says why it failed;
+        `stale_before` as in `requeue`. False when someone else changed the job first (see
+        `_change_if_unchanged`) or its worker heartbeat since."""
         if not outcome.finished:
             raise ValueError(f"{outcome} is not an outcome")
         statement = update(EnrolmentJob).values(
@@ -210,7 +224,7 @@ class EnrolmentRepository:
             statement = statement.values(progress=1.0)
         if outcome is EnrolmentStatus.CANCELLED:
             statement = statement.values(cancel_requested=True)
-        return await self._change_if_unchanged(job, statement)
+        return await self._change_if_unchanged(job, _if_stale(statement, stale_before))
 
     async def _change_if_unchanged(self, job: EnrolmentJob, statement: Update) -> bool:
         """Applies `statement` to the job's row only while its status, worker and cancel
@@ -246,3 +260,11 @@ class EnrolmentRepository:
             select(EnrolmentJob.status, func.count()).group_by(EnrolmentJob.status)
         )
         return {EnrolmentStatus(status): count for status, count in result.all()}
+
+
+def _if_stale(statement: Update, stale_before: datetime | None) -> Update:
+    """`statement`, limited to a job whose heartbeat is older than `stale_before` (when given):
+    a sweep read the job as stale, but its worker may have heartbeat since."""
+    if stale_before is None:
+        return statement
+    return statement.where(EnrolmentJob.heartbeat_at < stale_before)
