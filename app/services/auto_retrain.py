@@ -11,7 +11,7 @@ from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.repositories.recordings import RecordingRepository
 from app.services.enrolment_jobs import EnrolmentRequest, new_job
 
-__all__ = ["queue_if_due"]
+__all__ = ["queue_if_due", "queue_waiting"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,29 @@ async def queue_if_due(
         extra={"job_id": job.id, "user_id": user_id, "utterances": len(recordings)},
     )
     return job
+
+
+async def queue_waiting(session: AsyncSession, limits: EnrolmentSettings) -> list[EnrolmentJob]:
+    """Queues the retrainings of users whose threshold is crossed but who were held back by the
+    cap, the one waiting longest first, while the cap leaves room; the jobs queued. Called by
+    the worker when room may have freed (a job finished) and on its idle tick, so that no one
+    waits for their next recording."""
+    if not limits.auto_retrain_after:
+        return []
+    jobs = EnrolmentRepository(session)
+    await jobs.lock_automatic_jobs()
+    room = limits.auto_retrain_max_concurrent - await jobs.count_unfinished_automatic()
+    if room <= 0:
+        return []
+    waiting = await RecordingRepository(session).users_due_for_retraining(limits.auto_retrain_after)
+    queued: list[EnrolmentJob] = []
+    for user_id in waiting:
+        if len(queued) == room:
+            break
+        job = await queue_if_due(session, user_id, limits)
+        if job is not None:
+            queued.append(job)
+    return queued
 
 
 async def _enough_new_recordings(

@@ -51,6 +51,7 @@ from app.engine.training import (
 from app.engine.whisper import TranscriptionTask
 from app.services.adapter_storage import NewAdapter, checked_form, store_adapter
 from app.services.adapters import ActiveAdapters
+from app.services.auto_retrain import queue_waiting
 from app.services.model_loading import resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class EnrolmentWorker:
         while not stop.is_set():
             try:
                 await self.recover_stale_jobs()
+                await self.queue_waiting_retrainings()
                 job = await self._claim()
                 if job is not None:
                     await self.process(job)
@@ -130,6 +132,7 @@ class EnrolmentWorker:
     async def run_once(self) -> bool:
         """Processes one queued job if there is one (tests and tooling)."""
         await self.recover_stale_jobs()
+        await self.queue_waiting_retrainings()
         job = await self._claim()
         if job is None:
             return False
@@ -162,6 +165,11 @@ class EnrolmentWorker:
                     "recovered a job whose worker stopped",
                     extra={"job_id": job.id, "status": job.status},
                 )
+
+    async def queue_waiting_retrainings(self) -> None:
+        """Runs before each claim, so right after a job finished and on every idle tick."""
+        async with transaction(self._ctx.sessions) as session:
+            await queue_waiting(session, self._ctx.settings)
 
     async def process(self, job: EnrolmentJob) -> None:
         log = {"job_id": job.id, "user_id": job.user_id, "worker_id": self.worker_id}

@@ -7,23 +7,28 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters_store.sql import SqlBlobStore
-from app.config import Settings
+from app.config import EnrolmentSettings, Settings
 from app.db.base import utcnow
 from app.db.enrolment_status import EnrolmentStatus
-from app.db.models import Adapter, AdapterBlob, EnrolmentJob
+from app.db.models import Adapter, AdapterBlob, EnrolmentJob, Recording, User
 from app.db.repositories.enrolments import EnrolmentRepository
+from app.db.repositories.recordings import RecordingRepository
+from app.db.repositories.users import UserRepository
 from app.db.session import transaction
+from app.engine.batching import BatchScheduler
+from app.engine.recognizer import SpeechRecognizer
 from app.engine.training import TrainingCancelled, TrainingRequest, TrainingResult
-from app.engine.whisper import WhisperEngine
+from app.engine.whisper import TranscriptionTask, WhisperEngine
 from app.main import new_scheduler
 from app.services import enrolment_worker
+from app.services.auto_retrain import queue_if_due
 from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
 from tests.conftest import make_settings
 from tests.support.adapters import random_adapter
@@ -214,3 +219,63 @@ async def test_a_job_whose_worker_heartbeats_while_the_sweep_decides_stays_with_
         attempts,
         None,
     )
+
+
+async def _user_adds_recordings(
+    sessions: async_sessionmaker[AsyncSession], name: str, limits: EnrolmentSettings
+) -> str:
+    """A new user adding `auto_retrain_after` recordings on their own, as the recordings
+    service does (which may queue their automatic retraining)."""
+    async with transaction(sessions) as session:
+        user = await UserRepository(session).add(
+            User(name=name, api_key_hash=name.ljust(64, "0"), api_key_prefix=f"pqm-{name}")
+        )
+        for _ in range(limits.auto_retrain_after):
+            recording = Recording(
+                user_id=user.id, transcript="hello", blob_key="k", duration_seconds=2.0
+            )
+            await RecordingRepository(session).add(recording)
+            await queue_if_due(session, user.id, limits)
+        return user.id
+
+
+async def _automatic_jobs(sessions: async_sessionmaker[AsyncSession]) -> list[tuple[str, str]]:
+    async with sessions() as session:
+        result = await session.execute(
+            select(EnrolmentJob.user_id, EnrolmentJob.status)
+            .where(EnrolmentJob.automatic.is_(True))
+            .order_by(EnrolmentJob.created_at)
+        )
+        return [(user_id, status) for user_id, status in result.all()]
+
+
+async def test_a_user_held_back_by_the_cap_is_queued_when_room_frees(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path, tiny_en_dir: Path
+) -> None:
+    limits = EnrolmentSettings(
+        min_utterances=2, auto_retrain_after=2, auto_retrain_max_concurrent=1
+    )
+    settings = make_settings(tmp_path / "data", model={"path": tiny_en_dir})
+    context = WorkerContext.create(
+        settings.model_copy(update={"enrolment": limits}),
+        sessions,
+        SqlBlobStore(sessions),
+        cast(SpeechRecognizer, None),
+        cast(BatchScheduler[TranscriptionTask], None),
+    )
+    alice = await _user_adds_recordings(sessions, "alice", limits)
+    bob = await _user_adds_recordings(sessions, "bob", limits)
+    worker = EnrolmentWorker(context, "worker-1")
+    assert await _automatic_jobs(sessions) == [(alice, S.QUEUED)]
+
+    job_id = await claim(sessions, "worker-1")
+    await worker.queue_waiting_retrainings()  # alice's job still runs: no room
+    assert await _automatic_jobs(sessions) == [(alice, S.RUNNING)]
+
+    async with transaction(sessions) as session:
+        jobs = EnrolmentRepository(session)
+        job = await jobs.claimed(job_id, "worker-1")
+        assert job is not None
+        assert await jobs.finish(job, S.SUCCEEDED)
+    await worker.queue_waiting_retrainings()
+    assert await _automatic_jobs(sessions) == [(alice, S.SUCCEEDED), (bob, S.QUEUED)]

@@ -1,10 +1,11 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Recording, User
+from app.db.enrolment_status import UNFINISHED
+from app.db.models import EnrolmentJob, Recording, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,31 @@ class RecordingRepository:
         if after is not None:
             statement = statement.where(Recording.created_at > after)
         return int(await self._session.scalar(statement) or 0)
+
+    async def users_due_for_retraining(self, added_alone: int) -> list[str]:
+        """Users with no job queued or running who have added at least `added_alone` recordings
+        on their own since their last job was created (see `count_added_alone`); the one
+        waiting longest (whose first such recording is oldest) first."""
+        last_job_created = (
+            select(func.max(EnrolmentJob.created_at))
+            .where(EnrolmentJob.user_id == Recording.user_id)
+            .scalar_subquery()
+        )
+        has_unfinished_job = exists().where(
+            EnrolmentJob.user_id == Recording.user_id, EnrolmentJob.status.in_(UNFINISHED)
+        )
+        result = await self._session.execute(
+            select(Recording.user_id)
+            .where(
+                Recording.enrolment_id.is_(None),
+                or_(last_job_created.is_(None), Recording.created_at > last_job_created),
+                ~has_unfinished_job,
+            )
+            .group_by(Recording.user_id)
+            .having(func.count() >= added_alone)
+            .order_by(func.min(Recording.created_at), Recording.user_id)
+        )
+        return list(result.scalars())
 
     async def usage_locked(self, user_id: str) -> RecordingUsage:
         """What the user's recordings add up to, with the user's row locked for the rest of the
