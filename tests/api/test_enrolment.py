@@ -1,7 +1,5 @@
 """Enrolment over HTTP: validation, job lifecycle, and the trained adapter in use."""
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from app.state import ServiceState
 from tests.conftest import ADMIN, bearer, create_user, make_settings
 from tests.support.api import assert_openai_error
 from tests.support.audio import silence, speech_16k, to_bytes
+from tests.support.enrolments import wait_for_job
 
 # A German voice reading English: tiny.en gets it badly wrong, so adaptation has work to do.
 VOICE = {"voice": "de", "speed": 150}
@@ -93,23 +92,6 @@ async def live_client(live_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def wait_for_job(
-    client: httpx.AsyncClient, job_id: str, headers: dict[str, str], within_s: float = 300
-) -> dict[str, object]:
-    deadline = time.monotonic() + within_s
-    seen_progress: list[float] = []
-    while True:
-        job: dict[str, object] = (
-            await client.get(f"/v1/enrolments/{job_id}", headers=headers)
-        ).json()
-        seen_progress.append(float(str(job["progress"])))
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            assert seen_progress == sorted(seen_progress), "progress went backwards"
-            return job
-        assert time.monotonic() < deadline, f"job still {job['status']} after {within_s} s"
-        await asyncio.sleep(0.5)
-
-
 @pytest.mark.slow
 async def test_enrol_then_transcribe_personalised(
     live_client: httpx.AsyncClient, recordings: list[tuple[bytes, str]]
@@ -124,7 +106,7 @@ async def test_enrol_then_transcribe_personalised(
     assert job["status"] == "queued"
     assert job["utterance_count"] == len(recordings)
 
-    job = await wait_for_job(client, job["id"], as_alice)
+    _, job = await wait_for_job(client, job["id"], as_alice)
     assert job["status"] == "succeeded", job
     metrics = job["metrics"]
     assert isinstance(metrics, dict)

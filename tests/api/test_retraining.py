@@ -1,8 +1,6 @@
 """Retraining from stored recordings, end to end: recordings uploaded one at a time, a job with
 no files, the real in-process worker training it, the gate's evidence on the finished job."""
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from app.engine.whisper import WhisperEngine
 from app.main import create_app
 from app.state import ServiceState
 from tests.conftest import bearer, create_user, make_settings
+from tests.support.enrolments import wait_for_job
 from tests.support.speech import SENTENCES, wav_of
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -63,24 +62,6 @@ async def add_recording(
     return recording
 
 
-async def statuses_until_finished(
-    client: httpx.AsyncClient, job_id: str, headers: dict[str, str], within_s: float = 600
-) -> tuple[list[str], dict[str, object]]:
-    """Every status seen while polling the job (in order), and the finished job."""
-    deadline = time.monotonic() + within_s
-    seen: list[str] = []
-    while True:
-        job: dict[str, object] = (
-            await client.get(f"/v1/enrolments/{job_id}", headers=headers)
-        ).json()
-        if not seen or seen[-1] != job["status"]:
-            seen.append(str(job["status"]))
-        if job["status"] in FINISHED:
-            return seen, job
-        assert time.monotonic() < deadline, f"job still {job['status']} after {within_s} s"
-        await asyncio.sleep(0.5)
-
-
 @pytest.mark.slow
 async def test_a_retraining_since_a_time_trains_through_the_worker_on_the_newer_recordings(
     worker_app: FastAPI, worker_client: httpx.AsyncClient
@@ -106,7 +87,7 @@ async def test_a_retraining_since_a_time_trains_through_the_worker_on_the_newer_
         trained_on = await EnrolmentRepository(session).recordings(queued["id"])
     assert [r.id for r in trained_on] == [r["id"] for r in newer]
 
-    seen, job = await statuses_until_finished(client, queued["id"], as_alice)
+    seen, job = await wait_for_job(client, queued["id"], as_alice)
     assert job["status"] == "succeeded", job
     # Polling may miss the short `running` phase; the statuses it saw keep their order, and a
     # job that started and finished was claimed (running) on the way.

@@ -1,8 +1,12 @@
-"""Enrolment jobs in a real, migrated database, moved through their states by the repository."""
+"""Enrolment jobs in a real, migrated database, moved through their states by the repository;
+and a job followed over HTTP until it finishes."""
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.enrolment_status import EnrolmentStatus
@@ -59,3 +63,25 @@ async def stored_job(sessions: async_sessionmaker[AsyncSession], job_id: str) ->
         job = await EnrolmentRepository(session).get(job_id)
     assert job is not None
     return job
+
+
+async def wait_for_job(
+    client: httpx.AsyncClient, job_id: str, headers: dict[str, str], within_s: float = 600
+) -> tuple[list[str], dict[str, object]]:
+    """Polls the job until it finishes: every status seen (in order) and the finished job.
+    Its progress must never go backwards."""
+    deadline = time.monotonic() + within_s
+    statuses: list[str] = []
+    progress: list[float] = []
+    while True:
+        job: dict[str, object] = (
+            await client.get(f"/v1/enrolments/{job_id}", headers=headers)
+        ).json()
+        if not statuses or statuses[-1] != job["status"]:
+            statuses.append(str(job["status"]))
+        progress.append(float(str(job["progress"])))
+        if EnrolmentStatus(str(job["status"])).finished:
+            assert progress == sorted(progress), "progress went backwards"
+            return statuses, job
+        assert time.monotonic() < deadline, f"job still {job['status']} after {within_s} s"
+        await asyncio.sleep(0.5)  # a polling interval, not a synchronisation
