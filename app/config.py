@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.engine.types import ComputeDtype, EncoderWindow, Precision, TrainingPriority
@@ -16,7 +16,13 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "pqm"
 
 
-class ModelSettings(BaseModel):
+class SettingsGroup(BaseModel):
+    """A nested group (`PQM_<GROUP>__<NAME>`): a misspelt name is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(SettingsGroup):
     path: Path | None = None
     """A local transformers Whisper directory; unset: import the bundled model on start."""
     bundled: Literal["tiny.en", "base"] = "tiny.en"
@@ -36,7 +42,7 @@ class ModelSettings(BaseModel):
     trained on."""
 
 
-class QueueSettings(BaseModel):
+class QueueSettings(SettingsGroup):
     max_pending: int = Field(default=64, ge=1)
     """Transcriptions waiting or running at once; beyond it the API answers 503 + Retry-After."""
     max_pending_audio_s: float = Field(default=8 * 3600, gt=0)
@@ -50,7 +56,7 @@ class QueueSettings(BaseModel):
     """How long a request that arrives at an idle model waits for others to batch with."""
 
 
-class AdapterCacheSettings(BaseModel):
+class AdapterCacheSettings(SettingsGroup):
     """The adapter cache tiers in front of the adapter store."""
 
     enabled: bool = True
@@ -63,7 +69,7 @@ class AdapterCacheSettings(BaseModel):
     loads in flight (the file and its parsed copy) count against it too."""
 
 
-class EnrolmentSettings(BaseModel):
+class EnrolmentSettings(SettingsGroup):
     """Limits on what an enrolment upload may hold, and how its training job runs."""
 
     max_upload_bytes: int = Field(default=200 * MIB, ge=1)
@@ -105,7 +111,7 @@ class EnrolmentSettings(BaseModel):
     machines. A user held back by it gets their job with their next recording."""
 
 
-class QuotaSettings(BaseModel):
+class QuotaSettings(SettingsGroup):
     """What one user may keep: recordings uploaded to enrol or as corrections."""
 
     max_recordings: int = Field(default=2000, ge=1)
@@ -113,7 +119,7 @@ class QuotaSettings(BaseModel):
     """Seconds of audio in all of a user's recordings together."""
 
 
-class InviteLinkSettings(BaseModel):
+class InviteLinkSettings(SettingsGroup):
     expires_after_s: int = Field(default=24 * 3600, ge=60)
     """How long a new invite link works, unless its creator asks for less."""
     max_expires_after_s: int = Field(default=7 * 24 * 3600, ge=60)

@@ -153,3 +153,9 @@ def test_default_database_is_a_sqlite_file_in_the_data_dir(
 def test_configured_database_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PQM_DATABASE_URL", "postgresql://pqm@db/pqm")
     assert Settings().resolved_database_url == "postgresql://pqm@db/pqm"
+
+
+def test_a_misspelt_setting_in_a_group_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PQM_ENROLMENT__GATE_FOLD", "3")
+    with pytest.raises(ValidationError, match="gate_fold"):
+        Settings()

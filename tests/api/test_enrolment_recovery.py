@@ -43,7 +43,6 @@ class Server:
             "PQM_ADMIN_KEY": ADMIN_KEY,
             "PQM_MODEL__PATH": str(model_dir),
             "PQM_ENROLMENT__MIN_UTTERANCES": "4",
-            "PQM_ENROLMENT__MIN_DEV_UTTERANCES": "1",
             "PQM_ENROLMENT__POLL_INTERVAL_S": "0.2",
             "PQM_ENROLMENT__HEARTBEAT_INTERVAL_S": "0.5",
             "PQM_ENROLMENT__STALE_AFTER_S": "3",
