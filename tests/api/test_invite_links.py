@@ -3,6 +3,7 @@ token enrols, transcribes, adds corrections and reads its user's things, and not
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -154,7 +155,7 @@ async def test_everything_else_is_forbidden_to_a_link(client: httpx.AsyncClient)
         )
     ).json()["id"]
     link_id = (await new_link(client, alice))["id"]
-    forbidden = [
+    forbidden: list[tuple[str, str, dict[str, Any]]] = [
         ("DELETE", user, {}),
         ("POST", f"{user}/key", {}),
         ("DELETE", f"{user}/recordings/{recording}", {}),
@@ -169,7 +170,7 @@ async def test_everything_else_is_forbidden_to_a_link(client: httpx.AsyncClient)
         ("GET", "/metrics", {}),
     ]
     for method, path, extra in forbidden:
-        response = await client.request(method, path, headers=as_link, **extra)  # type: ignore[arg-type]
+        response = await client.request(method, path, headers=as_link, **extra)
         assert_openai_error(response, 403)
     # All of it still there.
     assert (await client.get(f"{user}/recordings/{recording}/audio", headers=ADMIN)).is_success
