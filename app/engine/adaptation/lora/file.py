@@ -8,22 +8,34 @@ byte-reproducible: the same weights always give the same file.
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, cast, get_args
+from typing import Protocol
 
 import torch
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from app.engine.adaptation.file_metadata import (
+    MAX_EXTRA_ENTRIES,
+    MAX_EXTRA_VALUE_CHARS,
+    AdapterFileError,
+    canonical_header,
+    check_target_modules,
+    encoder_window,
+    extra_metadata,
+    positive_number,
+    required,
+    whole_number,
+)
 from app.engine.adaptation.lora.config import METHOD
 from app.engine.encoder import EncoderWindow
-from app.engine.errors import EngineError
 from app.engine.tensor_file import TensorFile, TensorFileError, read_header
 
 __all__ = [
     "ADAPTER_FORMAT",
+    "MAX_EXTRA_ENTRIES",
+    "MAX_EXTRA_VALUE_CHARS",
     "MAX_RANK",
     "AdaptableLayer",
     "AdapterFileError",
@@ -45,14 +57,10 @@ MAX_UPDATE_RATIO = 1.0
 """Largest `||scale * B A||_F / ||W||_F` of any module: how far an adapter may move a weight,
 relative to the weight (trained adapters measure far below: docs/benchmarks/adapter_bounds.json).
 What keeps a finite but huge adapter from driving a decode to inf or NaN."""
-MAX_EXTRA_ENTRIES = 32
-MAX_EXTRA_VALUE_CHARS = 4096
-_EXTRA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _KNOWN_METADATA = frozenset(
     {"format", "method", "rank", "alpha", "base_fingerprint", "encoder_window", "target_modules"}
 )
 _FACTORS = ("lora_A", "lora_B")
-_HEADER_ALIGNMENT = 8
 
 
 class AdaptableLayer(Protocol):
@@ -60,10 +68,6 @@ class AdaptableLayer(Protocol):
 
     in_features: int
     out_features: int
-
-
-class AdapterFileError(EngineError):
-    """An adapter file is malformed or does not fit the served base model."""
 
 
 class BaseModelMismatchError(AdapterFileError):
@@ -110,18 +114,7 @@ def dump_adapter(adapter: AdapterWeights) -> bytes:
         name: adapter.tensors[name].detach().float().cpu().contiguous()
         for name in sorted(adapter.tensors)
     }
-    return _canonical_header(save_safetensors(tensors, metadata=metadata))
-
-
-def _canonical_header(data: bytes) -> bytes:
-    """safetensors lays tensors out in a fixed order but writes the metadata from a hash map,
-    in an order that changes from call to call; the header is rewritten with sorted keys (the
-    tensor bytes, addressed relative to the end of the header, are untouched)."""
-    length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + length])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % _HEADER_ALIGNMENT)
-    return len(text).to_bytes(8, "little") + text + data[8 + length :]
+    return canonical_header(save_safetensors(tensors, metadata=metadata))
 
 
 def load_adapter(data: bytes | TensorFile) -> AdapterWeights:
@@ -136,19 +129,20 @@ def load_adapter(data: bytes | TensorFile) -> AdapterWeights:
     method = metadata.get("method", METHOD)
     if method != METHOD:
         raise AdapterFileError(f"unknown method {method!r} (supported: {METHOD})")
-    rank, alpha = _rank(metadata), _alpha(metadata)
+    rank = whole_number(metadata, "rank", MAX_RANK)
+    alpha = positive_number(metadata, "alpha")
     tensors = file.tensors()
     _check_factor_ranks(tensors, rank)
     adapter = AdapterWeights(
         tensors=tensors,
         rank=rank,
         alpha=alpha,
-        base_fingerprint=_required(metadata, "base_fingerprint"),
-        encoder_window=_encoder_window(metadata),
+        base_fingerprint=required(metadata, "base_fingerprint"),
+        encoder_window=encoder_window(metadata.get("encoder_window", "full")),
         method=method,
-        extra=_extra(metadata),
+        extra=extra_metadata(metadata, _KNOWN_METADATA),
     )
-    _check_target_modules(metadata, adapter)
+    check_target_modules(metadata, adapter.target_modules)
     return adapter
 
 
@@ -159,58 +153,6 @@ def read_adapter_header(data: bytes) -> TensorFile:
         return read_header(data)
     except TensorFileError as exc:
         raise AdapterFileError(f"not a safetensors file: {exc}") from exc
-
-
-def _required(metadata: dict[str, str], key: str) -> str:
-    value = metadata.get(key)
-    if not value:
-        raise AdapterFileError(f"metadata {key!r} is missing")
-    return value
-
-
-def _rank(metadata: dict[str, str]) -> int:
-    text = _required(metadata, "rank")
-    if not (text.isascii() and text.isdigit()):
-        raise AdapterFileError(f"metadata 'rank' must be a whole number, not {text!r}")
-    # The length first: `int` raises ValueError beyond 4300 digits.
-    if len(text) > len(str(MAX_RANK)) or not 1 <= int(text) <= MAX_RANK:
-        raise AdapterFileError(f"metadata 'rank' must be between 1 and {MAX_RANK}, not {text}")
-    return int(text)
-
-
-def _alpha(metadata: dict[str, str]) -> float:
-    text = _required(metadata, "alpha")
-    try:
-        alpha = float(text)
-    except ValueError:
-        alpha = math.nan
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise AdapterFileError(f"metadata 'alpha' must be a positive finite number, not {text!r}")
-    return alpha
-
-
-def _encoder_window(metadata: dict[str, str]) -> EncoderWindow:
-    window = metadata.get("encoder_window", "full")
-    if window not in get_args(EncoderWindow):
-        raise AdapterFileError(f"unknown encoder_window {window!r}")
-    return cast(EncoderWindow, window)
-
-
-def _extra(metadata: dict[str, str]) -> dict[str, str]:
-    """Provenance written alongside (trainer, seed, ...): kept, but bounded."""
-    extra = {k: v for k, v in metadata.items() if k not in _KNOWN_METADATA}
-    if len(extra) > MAX_EXTRA_ENTRIES:
-        raise AdapterFileError(
-            f"metadata holds {len(extra)} extra entries; at most {MAX_EXTRA_ENTRIES} are allowed"
-        )
-    for key, value in extra.items():
-        if not _EXTRA_KEY.fullmatch(key):
-            raise AdapterFileError(f"metadata key {key!r} is not a valid name")
-        if len(value) > MAX_EXTRA_VALUE_CHARS:
-            raise AdapterFileError(
-                f"metadata {key!r} is longer than {MAX_EXTRA_VALUE_CHARS} characters"
-            )
-    return extra
 
 
 def _check_factor_ranks(tensors: dict[str, Tensor], rank: int) -> None:
@@ -228,19 +170,6 @@ def _check_factor_ranks(tensors: dict[str, Tensor], rank: int) -> None:
             raise AdapterFileError(
                 f"tensor {name!r} has rank {found}, but metadata 'rank' is {rank}"
             )
-
-
-def _check_target_modules(metadata: dict[str, str], adapter: AdapterWeights) -> None:
-    if "target_modules" not in metadata:
-        return
-    try:
-        declared = json.loads(metadata["target_modules"])
-    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
-        declared = None
-    if declared != adapter.target_modules:
-        raise AdapterFileError(
-            "metadata 'target_modules' does not list exactly the modules the tensors adapt"
-        )
 
 
 def check_compatible(
