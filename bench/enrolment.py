@@ -80,6 +80,7 @@ from bench.speechocean import Half
 
 if TYPE_CHECKING:
     from app.engine.adaptation.lora.file import AdapterWeights
+    from app.engine.adaptation.residency import AnyAdapter
     from app.engine.training import GateConfig
     from app.engine.whisper import WhisperEngine
 
@@ -162,7 +163,7 @@ def score(
     engine: WhisperEngine,
     evalset: EvalSet,
     score_text: Callable[[str], str],
-    adapter: AdapterWeights | None = None,
+    adapter: AnyAdapter | None = None,
 ) -> Scored:
     from app.engine.types import TranscriptionOptions
 
@@ -262,27 +263,27 @@ class AdapterCache:
         return self.root / f"{kind}-{data.name}-{sha.hexdigest()[:24]}"
 
     def get(self, kind: str, data: SpeakerData, threads: int) -> Trained | None:
-        from app.engine.adaptation.lora.file import load_adapter
+        from app.engine.adaptation.files import load_any
 
         path = self._path(kind, data, threads)
         if path is None or not path.with_suffix(".json").exists():
             return None
         try:
             report = json.loads(path.with_suffix(".json").read_text())
-            adapter = load_adapter(path.with_suffix(".safetensors").read_bytes())
+            adapter = load_any(path.with_suffix(".safetensors").read_bytes())
         except (OSError, ValueError, KeyError):
             return None
         log(f"{kind}/{data.name}: adapter from an earlier run ({path.name})")
         return Trained(adapter, report["info"], report["training"])
 
     def put(self, kind: str, data: SpeakerData, threads: int, trained: Trained) -> None:
-        from app.engine.adaptation.lora.file import dump_adapter
+        from app.engine.adaptation.files import dump_any
 
         path = self._path(kind, data, threads)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".safetensors").write_bytes(dump_adapter(trained.adapter))
+        path.with_suffix(".safetensors").write_bytes(dump_any(trained.adapter))
         write_json(path.with_suffix(".json"), {"info": trained.info, "training": trained.training})
 
 
@@ -349,7 +350,7 @@ def averages(results: Sequence[SpeakerResult], split: str) -> dict[str, float | 
 
 @dataclass
 class Trained:
-    adapter: AdapterWeights
+    adapter: AnyAdapter
     info: dict[str, Any]
     training: dict[str, Any]
 
@@ -371,7 +372,7 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     """The service's enrolment with the tuned defaults (but `threads`): the gate's k-fold
     cross-validation over every recording, then the adapter trained on all of them, in a child
     process as the service runs it (its models and memory go away with the child)."""
-    from app.engine.adaptation.lora.file import dump_adapter
+    from app.engine.adaptation.files import dump_any
     from app.engine.training import (
         GatedTraining,
         ServingNumerics,
@@ -399,7 +400,7 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     if ratio is None and base_parameters:
         ratio = parameters / base_parameters
     info = {
-        "bytes": len(dump_adapter(adapter)),
+        "bytes": len(dump_any(adapter)),
         "parameters": parameters,
         "base_parameters": base_parameters,
         "percent_of_base": None if ratio is None else 100.0 * float(ratio),
@@ -419,12 +420,20 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     return Trained(adapter, info, training)
 
 
-def bounds_report(engine: WhisperEngine, adapter: AdapterWeights) -> dict[str, Any]:
+def bounds_report(engine: WhisperEngine, adapter: AnyAdapter) -> dict[str, Any]:
     """Where the adapter sits against the bounds every stored adapter must meet
-    (`lora.file.check_bounds`): the service would quarantine it past them."""
+    (`lora.file.check_bounds`, `saml.file.check_saml_bounds`): the service would quarantine it
+    past them."""
     from app.engine.adaptation.lora.file import MAX_UPDATE_RATIO, AdapterFileError, update_ratios
+    from app.engine.adaptation.saml.file import saml_update_bounds
 
-    largest = max(update_ratios(adapter, engine.base_weight_norms()).values())
+    norms = engine.base_weight_norms()
+    ratios = (
+        update_ratios(adapter, norms)
+        if isinstance(adapter, AdapterWeights)
+        else saml_update_bounds(adapter, norms)
+    )
+    largest = max(ratios.values())
     try:
         engine.check_adapter_bounds(adapter)
     except AdapterFileError as exc:
@@ -565,7 +574,7 @@ def run(options: Options) -> dict[str, Any]:
     engine = load_engine(model_dir, "nf4", options.threads)
     rss_nf4 = rss_bytes()
     short_window = load_engine(model_dir, "nf4", options.threads, base_window="fit10")
-    adapters: dict[tuple[str, str], AdapterWeights] = {}
+    adapters: dict[tuple[str, str], AnyAdapter] = {}
     for suite in suites:
         for name, data in suite.speakers.items():
             result = results[suite.kind, name]
@@ -653,7 +662,7 @@ def run(options: Options) -> dict[str, Any]:
 def cross_speaker(
     engine: WhisperEngine,
     suite: Suite,
-    adapters: dict[tuple[str, str], AdapterWeights],
+    adapters: dict[tuple[str, str], AnyAdapter],
     results: dict[tuple[str, str], SpeakerResult],
     evalsets: dict[tuple[str, str, str], EvalSet],
 ) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from tune_lora import TMP, fsdd_utterances
 from app.engine.adaptation.lora.file import (
     MAX_SCALE,
     MAX_UPDATE_RATIO,
+    AdapterWeights,
     dump_adapter,
     load_adapter,
     update_ratios,
@@ -88,6 +89,7 @@ def main() -> None:
         train, dev = split_train_dev(enrol, 0.15, seed=0, min_dev=3)
         started = time.monotonic()
         adapter = train_lora(model_dir, train, dev, config).adapter
+        assert isinstance(adapter, AdapterWeights), "train_lora trains LoRA"
         ratios = update_ratios(adapter, engine.base_weight_norms())
         largest = max(ratios, key=ratios.__getitem__)
         runs.append(
@@ -104,6 +106,7 @@ def main() -> None:
         )
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "ratios"}), flush=True)
     # bench/serving.py's stand-ins for many users: random factors, and a trained adapter jittered
+    assert isinstance(adapter, AdapterWeights)
     template = dump_adapter(adapter)
     synthetic = {}
     for kind in ("random", "jittered"):

@@ -30,8 +30,8 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.engine.adaptation.files import dump_any
 from app.engine.adaptation.lora.config import ATTENTION_TARGETS, FFN_TARGETS
-from app.engine.adaptation.lora.file import dump_adapter
 from app.engine.model_import import import_bundled_model
 from app.engine.text import wer
 from app.engine.training import (
@@ -323,7 +323,7 @@ def run_one(speaker: SpeakerData, config_name: str, args: argparse.Namespace) ->
     engine.check_adapter(result.adapter)
     (args.cache / "adapters").mkdir(exist_ok=True)
     saved = args.cache / "adapters" / f"{speaker.name}-{config_name}.safetensors"
-    saved.write_bytes(dump_adapter(result.adapter))
+    saved.write_bytes(dump_any(result.adapter))
     metrics = result.metrics
     base = base_wers(speaker, args)
     hypotheses = transcripts(engine, speaker.test, result.adapter)

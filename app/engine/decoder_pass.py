@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from app.engine.adaptation.lora.bank import Factors
+from app.engine.adaptation.rows import BankSlot, RowAdapter
 from app.engine.dense import prepack
 from app.engine.projections import (
     BaseWeights,
@@ -35,6 +36,7 @@ from app.engine.projections import (
 __all__ = ["DecodeBatch", "OutputHead"]
 
 _MODULES = ("self_out", "cross_q", "cross_k", "cross_v", "cross_out", "fc1", "fc2")
+_PROJECTIONS = ("self_qkv", *_MODULES)
 
 
 class OutputHead:
@@ -85,17 +87,54 @@ def _base_projections(layer: Any, dtype: torch.dtype) -> dict[str, Projection]:
     return built
 
 
-def _layer_factors(layer: Any, slot: int) -> dict[str, Factors | None]:
-    """One request's LoRA factors for every projection of a layer (None: base model)."""
+def _self_factors(
+    layer: Any, index: int, adapter: RowAdapter, attention_input: Tensor
+) -> dict[str, Factors | None]:
+    """One request's factors for a layer's self-attention and feed-forward projections (None:
+    the base model's): from its bank slot, or mixed from the layer's input over its prefix."""
     own = layer.self_attn
     qkv = (own.q_proj, own.k_proj, own.v_proj)
-    parts = [slot_factors(m, slot) for m in qkv]
-    factors: dict[str, Factors | None] = {
-        "self_qkv": fused_factors(parts, [m.out_features for m in qkv])
+    widths = [m.out_features for m in qkv]
+    if isinstance(adapter, BankSlot):
+        slot = adapter.slot
+        return {
+            "self_qkv": fused_factors([slot_factors(m, slot) for m in qkv], widths),
+            "self_out": slot_factors(own.out_proj, slot),
+            "fc1": slot_factors(layer.fc1, slot),
+            "fc2": slot_factors(layer.fc2, slot),
+        }
+    mixed = adapter.routing.factors("decoder_self", index, attention_input)
+    return {
+        "self_qkv": fused_factors([mixed["q_proj"], mixed["k_proj"], mixed["v_proj"]], widths),
+        "self_out": mixed["out_proj"],
+        "fc1": None,
+        "fc2": None,
     }
-    for name, module in _modules(layer).items():
-        factors[name] = slot_factors(module, slot)
-    return factors
+
+
+def _cross_factors(
+    layer: Any, index: int, adapter: RowAdapter, attention_input: Tensor, encoded: Tensor
+) -> dict[str, Factors | None]:
+    """One request's factors for a layer's cross-attention projections."""
+    cross = layer.encoder_attn
+    names = {"cross_q": "q_proj", "cross_k": "k_proj", "cross_v": "v_proj", "cross_out": "out_proj"}
+    if isinstance(adapter, BankSlot):
+        return {
+            name: slot_factors(getattr(cross, own), adapter.slot) for name, own in names.items()
+        }
+    mixed = adapter.routing.factors("decoder_cross", index, attention_input, encoded)
+    return {name: mixed[own] for name, own in names.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Joining:
+    """A request joining the batch: its prefix pass resolves its factors layer by layer (a
+    SAML adapter's depend on the layer's input) and fills its cross-attention cache."""
+
+    group: "_Group"
+    encoded: Tensor
+    """[frames, d_model]"""
+    adapter: RowAdapter
 
 
 @dataclass(slots=True)
@@ -108,7 +147,7 @@ class _Group:
     cross_k: list[Tensor]  # per layer [rows, heads, frames, head_dim]
     cross_v: list[Tensor]
     factors: list[dict[str, Factors | None]]
-    """Per layer, the request's LoRA factors of each projection (the same for all its rows)."""
+    """Per layer, the request's factors of each projection (the same for all its rows)."""
 
 
 class DecodeBatch:
@@ -134,35 +173,28 @@ class DecodeBatch:
         return [group.rows for group in self._groups]
 
     def add(
-        self, encoded: Tensor, prefix: list[int], slot: int, capacity: int, wanted: list[int]
+        self,
+        encoded: Tensor,
+        prefix: list[int],
+        adapter: RowAdapter,
+        capacity: int,
+        wanted: list[int],
     ) -> Tensor:
         """A request joins as one row at the end of the batch: runs its prefix and returns the
         logits at prefix positions `wanted` ([n, vocab]). `capacity`: most tokens it may add.
-        `encoded`: its window's encoder output [frames, d_model]; `slot`: its adapter."""
-        weights = self._dense_weights()
-        factors = [_layer_factors(layer, slot) for layer in self._layers]
-        cross_k: list[Tensor] = []
-        cross_v: list[Tensor] = []
-        for layer_weights, layer_factors in zip(weights, factors, strict=True):
-            for name, cache in (("cross_k", cross_k), ("cross_v", cross_v)):
-                own = layer_factors[name]
-                lora = [] if own is None else [RowSpan(0, 1, own)]
-                cache.append(
-                    self._split(layer_weights[name](encoded[None], chunked=False, lora=lora))
-                )
+        `encoded`: its window's encoder output [frames, d_model]; `adapter`: its adapter."""
         shape = (1, self._heads, len(prefix) + capacity, encoded.shape[1] // self._heads)
         group = _Group(
             rows=1,
             length=0,
             self_k=[torch.zeros(shape, device=encoded.device) for _ in self._layers],
             self_v=[torch.zeros(shape, device=encoded.device) for _ in self._layers],
-            cross_k=cross_k,
-            cross_v=cross_v,
-            factors=factors,
+            cross_k=[],
+            cross_v=[],
+            factors=[],
         )
         tokens = torch.tensor([prefix], device=encoded.device)
-        own_lora = [_spans([group], layer) for layer in range(len(self._layers))]
-        hidden = self._forward(tokens, [group], own_lora)  # [1, prefix, d_model]
+        hidden = self._forward(tokens, [group], _Joining(group, encoded, adapter))
         self._groups.append(group)
         self._lora = None
         picked = hidden[0, torch.tensor(wanted, device=encoded.device)]
@@ -171,9 +203,7 @@ class DecodeBatch:
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feeds one token per row ([rows]); returns the next logits [rows, vocab]."""
-        if self._lora is None:
-            self._lora = [_spans(self._groups, layer) for layer in range(len(self._layers))]
-        hidden = self._forward(tokens[:, None], self._groups, self._lora)
+        hidden = self._forward(tokens[:, None], self._groups)
         logits: Tensor = self._head(self._decoder.layer_norm(hidden))[:, 0]
         return logits
 
@@ -220,10 +250,10 @@ class DecodeBatch:
         return self._weights
 
     def _forward(
-        self, tokens: Tensor, groups: list[_Group], lora: list[dict[str, list[RowSpan]]]
+        self, tokens: Tensor, groups: list[_Group], joining: _Joining | None = None
     ) -> Tensor:
-        """`tokens` [rows, new] through the decoder layers: a prefix pass of one group, or one
-        step of every group, with their LoRA spans. Returns hidden states [rows, new, d]."""
+        """`tokens` [rows, new] through the decoder layers: the prefix pass of the one group
+        `joining`, or one step of every group. Returns hidden states [rows, new, d]."""
         decoder = self._decoder
         weights = self._dense_weights()
         new = tokens.shape[1]
@@ -233,16 +263,18 @@ class DecodeBatch:
         positions = starts[:, None] + torch.arange(new, device=tokens.device)[None]
         hidden: Tensor = decoder.embed_tokens(tokens) + decoder.embed_positions.weight[positions]
         for index, (layer, layer_weights) in enumerate(zip(self._layers, weights, strict=True)):
-            spans = lora[index]
             h = layer.self_attn_layer_norm(hidden)
+            if joining is not None:
+                joining.group.factors.append(_self_factors(layer, index, joining.adapter, h))
+            spans = self._spans(groups, index, joining)
             qkv = layer_weights["self_qkv"](h, lora=spans["self_qkv"])
             attended = self._self_attention(qkv, groups, index, new)
             hidden = hidden + layer_weights["self_out"](attended, lora=spans["self_out"])
-            q = self._split(
-                layer_weights["cross_q"](
-                    layer.encoder_attn_layer_norm(hidden), lora=spans["cross_q"]
-                )
-            )
+            h = layer.encoder_attn_layer_norm(hidden)
+            if joining is not None:
+                self._join_cross(joining, layer, index, h)
+                spans = self._spans(groups, index, joining)
+            q = self._split(layer_weights["cross_q"](h, lora=spans["cross_q"]))
             attended = self._cross_attention(q, groups, index)
             hidden = hidden + layer_weights["cross_out"](attended, lora=spans["cross_out"])
             h = layer.final_layer_norm(hidden)
@@ -251,6 +283,31 @@ class DecodeBatch:
         for group in groups:
             group.length += new
         return hidden
+
+    def _spans(
+        self, groups: list[_Group], index: int, joining: _Joining | None
+    ) -> dict[str, list[RowSpan]]:
+        """Layer `index`'s spans of adapted rows: of the joining group as resolved so far, or
+        of the whole batch (kept until its rows change)."""
+        if joining is not None:
+            return _spans(groups, index)
+        if self._lora is None:
+            self._lora = [_spans(self._groups, layer) for layer in range(len(self._layers))]
+        return self._lora[index]
+
+    def _join_cross(
+        self, joining: _Joining, layer: Any, index: int, attention_input: Tensor
+    ) -> None:
+        """Resolves the joining request's cross-attention factors of layer `index` and projects
+        its encoder output into that layer's cross-attention keys and values, once."""
+        group, encoded = joining.group, joining.encoded
+        factors = _cross_factors(layer, index, joining.adapter, attention_input, encoded)
+        group.factors[index].update(factors)
+        weights = self._dense_weights()[index]
+        for name, cache in (("cross_k", group.cross_k), ("cross_v", group.cross_v)):
+            own = factors[name]
+            lora = [] if own is None else [RowSpan(0, 1, own)]
+            cache.append(self._split(weights[name](encoded[None], chunked=False, lora=lora)))
 
     def _self_attention(self, qkv: Tensor, groups: list[_Group], index: int, new: int) -> Tensor:
         q, k, v = (self._split(part) for part in qkv.chunk(3, dim=-1))
@@ -306,7 +363,7 @@ def _rows_of(cache: Tensor, rows: int) -> Tensor:
 def _spans(groups: list[_Group], layer: int) -> dict[str, list[RowSpan]]:
     """Per projection, the rows of each adapted request of `groups` (numbered as in the batch
     they form; a request's rows share its factors)."""
-    spans: dict[str, list[RowSpan]] = {name: [] for name in ("self_qkv", *_MODULES)}
+    spans: dict[str, list[RowSpan]] = {name: [] for name in _PROJECTIONS}
     first = 0
     for group in groups:
         for name, factors in group.factors[layer].items():

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from transformers import WhisperForConditionalGeneration
 
+from app.engine.adaptation.rows import BASE_ROW, RowAdapter, is_base
 from app.engine.decoder_pass import DecodeBatch, OutputHead
 from app.engine.encoder_pass import EncoderWeights, encode_window
 from app.engine.errors import AdapterNumericError
@@ -50,8 +51,8 @@ class DecodeRow:
     temperature: float = 0.0
     with_timestamps: bool = True
     generator: torch.Generator | None = None
-    slot: int = 0
-    """The adapter bank slot applied to this row (0: the base model)."""
+    adapter: RowAdapter = BASE_ROW
+    """The adapter applied to this row."""
     beam_size: int = 1
     """Beam search over this many hypotheses at temperature 0 (1: greedy)."""
     max_tokens: int = MAX_TEXT_TOKENS
@@ -112,14 +113,14 @@ class BatchDecoder:
         return self._encoder_weights is not None or self._batch.holds_weights
 
     @torch.inference_mode()
-    def encode(self, mels: list[Tensor], slots: list[int]) -> list[Tensor]:
+    def encode(self, mels: list[Tensor], adapters: list[RowAdapter]) -> list[Tensor]:
         """Each [n_mels, frames] window -> [frames // 2, d_model], with its row's adapter."""
         if self._encoder_weights is None:  # kept until `release`: the engine is busy
             self._encoder_weights = EncoderWeights(self._model.model.encoder, self._dtype)
         encoded = []
-        for mel, slot in zip(mels, slots, strict=True):
-            output = encode_window(self._encoder_weights, mel.to(self.device), slot)
-            _require_finite(slot, output, "encoder output")
+        for mel, adapter in zip(mels, adapters, strict=True):
+            output = encode_window(self._encoder_weights, mel.to(self.device), adapter)
+            _require_finite(adapter, output, "encoder output")
             encoded.append(output)
         return encoded
 
@@ -129,13 +130,13 @@ class BatchDecoder:
         self._batch.release()
 
     @torch.inference_mode()
-    def detect_language(self, encoded: list[Tensor], slots: list[int]) -> list[str]:
+    def detect_language(self, encoded: list[Tensor], adapters: list[RowAdapter]) -> list[str]:
         batch = DecodeBatch(self._model, self._head, self._dtype)
         codes = list(self._tokens.language_ids)
         ids = torch.tensor([self._tokens.language_ids[code] for code in codes])
         found = []
-        for output, slot in zip(encoded, slots, strict=True):
-            logits = batch.add(output, [self._tokens.sot], slot, 0, [0])[0]
+        for output, adapter in zip(encoded, adapters, strict=True):
+            logits = batch.add(output, [self._tokens.sot], adapter, 0, [0])[0]
             found.append(codes[int(logits[ids].argmax())])
         return found
 
@@ -146,10 +147,10 @@ class BatchDecoder:
         sot = row.prefix.index(self._tokens.sot)
         limit = min(row.max_tokens, MAX_TEXT_TOKENS)
         logits = self._batch.add(
-            row.encoded, row.prefix, row.slot, limit, [sot, len(row.prefix) - 1]
+            row.encoded, row.prefix, row.adapter, limit, [sot, len(row.prefix) - 1]
         )
         try:
-            _require_finite(row.slot, logits, "logits")
+            _require_finite(row.adapter, logits, "logits")
             no_speech = float(_own(logits[0]).softmax(dim=-1)[self._tokens.no_speech])
             search = Search(
                 self._tokens.eot,
@@ -224,7 +225,7 @@ class BatchDecoder:
             decode.search.stop()
             return []
         for hypothesis, scores in zip(decode.search.live, decode.scores, strict=True):
-            _require_finite(decode.row.slot, scores, "logits")
+            _require_finite(decode.row.adapter, scores, "logits")
             self._rules.apply(scores, hypothesis.tokens, step, decode.row.with_timestamps)
         return decode.search.advance(decode.scores)
 
@@ -239,10 +240,10 @@ class BatchDecoder:
         )
 
 
-def _require_finite(slot: int, values: Tensor, what: str) -> None:
+def _require_finite(adapter: RowAdapter, values: Tensor, what: str) -> None:
     """Raises `AdapterNumericError` when an adapted row's `values` hold NaN or inf. Rows of
-    the base model (slot 0) are not checked: its weights are finite and bounded."""
-    if slot != 0 and not bool(torch.isfinite(values).all()):
+    the base model are not checked: its weights are finite and bounded."""
+    if not is_base(adapter) and not bool(torch.isfinite(values).all()):
         raise AdapterNumericError(f"the adapter drove the {what} to NaN or infinity")
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from app.engine.adaptation.lora.bank import Factors
+from app.engine.adaptation.rows import BankSlot, RowAdapter
 from app.engine.projections import BaseWeights, Projection, fused, fused_factors, slot_factors
 
 __all__ = ["EncoderWeights", "encode_window"]
@@ -47,19 +48,33 @@ def _layer_weights(layer: Any, dtype: torch.dtype) -> dict[str, Projection]:
     }
 
 
-def _layer_factors(layer: Any, slot: int) -> dict[str, Factors | None]:
+def _layer_factors(
+    layer: Any, index: int, adapter: RowAdapter, attention_input: Tensor
+) -> dict[str, Factors | None]:
+    """The request's factors for one layer: from its bank slot (LoRA), or mixed for this
+    request from the layer's input (SAML)."""
     attention = layer.self_attn
     qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
+    widths = [m.out_features for m in qkv]
+    if isinstance(adapter, BankSlot):
+        slot = adapter.slot
+        return {
+            "qkv": fused_factors([slot_factors(m, slot) for m in qkv], widths),
+            "out_proj": slot_factors(attention.out_proj, slot),
+            "fc1": slot_factors(layer.fc1, slot),
+            "fc2": slot_factors(layer.fc2, slot),
+        }
+    mixed = adapter.routing.factors("encoder_self", index, attention_input)
     return {
-        "qkv": fused_factors([slot_factors(m, slot) for m in qkv], [m.out_features for m in qkv]),
-        "out_proj": slot_factors(attention.out_proj, slot),
-        "fc1": slot_factors(layer.fc1, slot),
-        "fc2": slot_factors(layer.fc2, slot),
+        "qkv": fused_factors([mixed["q_proj"], mixed["k_proj"], mixed["v_proj"]], widths),
+        "out_proj": mixed["out_proj"],
+        "fc1": None,
+        "fc2": None,
     }
 
 
-def encode_window(weights: EncoderWeights, mel: Tensor, slot: int) -> Tensor:
-    """[n_mels, frames] -> [frames // 2, d_model] (float32), with bank `slot`'s adapter."""
+def encode_window(weights: EncoderWeights, mel: Tensor, adapter: RowAdapter) -> Tensor:
+    """[n_mels, frames] -> [frames // 2, d_model] (float32), with the row's adapter."""
     encoder, dtype = weights.encoder, weights.dtype
     hidden = mel[None].to(dtype)
     for conv, (weight, bias) in zip((encoder.conv1, encoder.conv2), weights.conv, strict=True):
@@ -68,27 +83,30 @@ def encode_window(weights: EncoderWeights, mel: Tensor, slot: int) -> Tensor:
         )
     hidden = hidden.permute(0, 2, 1).float()  # [1, positions, d_model]
     hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-    for layer, projections in zip(encoder.layers, weights.layers, strict=True):
-        hidden = _layer(layer, projections, _layer_factors(layer, slot), hidden)
+    for index, (layer, projections) in enumerate(zip(encoder.layers, weights.layers, strict=True)):
+        hidden = _layer(layer, index, projections, adapter, hidden)
     output: Tensor = encoder.layer_norm(hidden)[0]
     return output
 
 
 def _layer(
     layer: Any,
+    index: int,
     projections: dict[str, Projection],
-    factors: dict[str, Factors | None],
+    adapter: RowAdapter,
     hidden: Tensor,
 ) -> Tensor:
     """One encoder layer. The residual stream stays float32; everything between two residual
     additions (attention, the activation) stays in the compute dtype, cast once."""
     attention = layer.self_attn
     heads = attention.num_heads
+    attention_input = layer.self_attn_layer_norm(hidden)
+    factors = _layer_factors(layer, index, adapter, attention_input)
 
     def project(name: str, x: Tensor) -> Tensor:
         return projections[name].in_compute_dtype(x, factors[name])
 
-    qkv = project("qkv", layer.self_attn_layer_norm(hidden))
+    qkv = project("qkv", attention_input)
     q, k, v = (_split(part, heads) for part in qkv.chunk(3, dim=-1))
     attended = functional.scaled_dot_product_attention(q, k, v, scale=attention.scaling)
     hidden = hidden + project("out_proj", _merge(attended)).float()

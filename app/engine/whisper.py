@@ -3,7 +3,7 @@
 A request is a *task*: a generator that walks its audio window by window and yields one
 `WindowJob` (a mel window to encode and decode) at a time. `run_round` advances any number of
 tasks by one job each, encoding windows of equal length together and decoding all of them in
-one batch, every row with its own adapter slot, prefix and temperature. `transcribe` is the
+one batch, every row with its own adapter, prefix and temperature. `transcribe` is the
 same machinery for a single request.
 
 Features are computed a window at a time (`LogMelStream`), so a request holds one window of
@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.adaptation.lora.bank import LoraBanks
 from app.engine.adaptation.lora.file import (
     AdapterFileError,
     AdapterWeights,
@@ -38,7 +37,11 @@ from app.engine.adaptation.lora.file import (
 )
 from app.engine.adaptation.lora.layer import inject_lora
 from app.engine.adaptation.registry import adaptable_projections
-from app.engine.adaptation.slots import AdapterSlots, SlotStats
+from app.engine.adaptation.residency import AnyAdapter, ResidentAdapters
+from app.engine.adaptation.rows import BASE_ROW, RowAdapter
+from app.engine.adaptation.saml.config import ROUTES, Route
+from app.engine.adaptation.saml.file import check_saml_bounds, check_saml_compatible
+from app.engine.adaptation.slots import SlotStats
 from app.engine.audio import DecodedAudio
 from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
 from app.engine.dense import ComputeDtype, compute_dtype, dense_weight
@@ -128,10 +131,10 @@ Steps = Generator[WindowJob | Scanning, Any, Transcription]
 
 
 class TranscriptionTask:
-    """A request in flight: its adapter slot and the job it waits on, or its outcome."""
+    """A request in flight: its adapter and the job it waits on, or its outcome."""
 
-    def __init__(self, steps: Steps, slot: int) -> None:
-        self.slot = slot
+    def __init__(self, steps: Steps, adapter: RowAdapter) -> None:
+        self.adapter = adapter
         self._steps = steps
         self.job: WindowJob | Scanning | None = None
         self.decoding: int | None = None
@@ -183,7 +186,9 @@ class WhisperEngine:
         self._lock = threading.RLock()
         # Every projection an adapter may target gets a LoRA bank, once.
         self._lora_layers = inject_lora(loaded.model, adaptable_projections()) if lora else {}
-        self._slots = AdapterSlots(LoraBanks(self._lora_layers), resident_slots) if lora else None
+        self._resident = (
+            ResidentAdapters(self._lora_layers, loaded.device, resident_slots) if lora else None
+        )
         self._dtype = compute_dtype(loaded.precision, loaded.device, dtype)
         self._base_window = base_window
         """The encoder window of requests served by the base model (an adapter brings its own:
@@ -246,7 +251,7 @@ class WhisperEngine:
 
     @property
     def supports_adapters(self) -> bool:
-        return self._slots is not None
+        return self._resident is not None
 
     @property
     def holds_compute_weights(self) -> bool:
@@ -254,19 +259,33 @@ class WhisperEngine:
         return self._decoder.holds_weights
 
     def slot_stats(self) -> SlotStats | None:
-        return self._slots.stats() if self._slots is not None else None
+        """The LoRA adapters' resident pool."""
+        return self._resident.stats() if self._resident is not None else None
 
-    def check_adapter(self, adapter: AdapterWeights) -> None:
+    def check_adapter(self, adapter: AnyAdapter) -> None:
         """Raises `AdapterFileError` unless the adapter fits this base model."""
-        if self._slots is None:
-            raise AdapterFileError("this engine runs without LoRA support")
-        check_compatible(adapter, self._info.fingerprint, self._lora_layers)
+        if self._resident is None:
+            raise AdapterFileError("this engine runs without adapter support")
+        fingerprint = self._info.fingerprint
+        if isinstance(adapter, AdapterWeights):
+            check_compatible(adapter, fingerprint, self._lora_layers)
+        else:
+            check_saml_compatible(adapter, fingerprint, self._lora_layers, self.d_model_by_route)
 
-    def check_adapter_bounds(self, adapter: AdapterWeights) -> None:
+    def check_adapter_bounds(self, adapter: AnyAdapter) -> None:
         """Raises `AdapterFileError` unless the adapter (checked with `check_adapter`) stays
-        within `lora.file.check_bounds` of this model's weights: what an adapter must meet
-        to be stored (imported or trained)."""
-        check_bounds(adapter, self.base_weight_norms())
+        within its method's bounds of this model's weights (`lora.file.check_bounds`,
+        `saml.file.check_saml_bounds`): what an adapter must meet to be stored (imported or
+        trained)."""
+        if isinstance(adapter, AdapterWeights):
+            check_bounds(adapter, self.base_weight_norms())
+        else:
+            check_saml_bounds(adapter, self.base_weight_norms())
+
+    @property
+    def d_model_by_route(self) -> dict[Route, int]:
+        """The width each SAML router sees (encoder and decoder may differ)."""
+        return {route: self._loaded.model.config.d_model for route in ROUTES}
 
     def base_weight_norms(self) -> dict[str, float]:
         """`||W||_F` of every adaptable projection as served (NF4 dequantised), computed once."""
@@ -278,17 +297,17 @@ class WhisperEngine:
                 }
             return self._base_norms
 
-    def forget(self, adapter: AdapterWeights) -> None:
+    def forget(self, adapter: AnyAdapter) -> None:
         """Frees `adapter`'s resident slot (once no request uses it)."""
-        if self._slots is not None:
+        if self._resident is not None:
             with self._lock:
-                self._slots.forget(adapter)
+                self._resident.forget(adapter)
 
     def transcribe(
         self,
         audio: np.ndarray | DecodedAudio,
         options: TranscriptionOptions,
-        adapter: AdapterWeights | None = None,
+        adapter: AnyAdapter | None = None,
     ) -> Transcription:
         """Transcribes one request with `adapter` applied (checked with `check_adapter`)."""
         with self._lock:
@@ -303,7 +322,7 @@ class WhisperEngine:
         self,
         audios: Sequence[np.ndarray],
         options: TranscriptionOptions,
-        adapter: AdapterWeights | None = None,
+        adapter: AnyAdapter | None = None,
         *,
         batch_size: int = 8,
     ) -> list[Transcription]:
@@ -328,20 +347,20 @@ class WhisperEngine:
         self,
         audio: np.ndarray | DecodedAudio,
         options: TranscriptionOptions,
-        adapter: AdapterWeights | None = None,
+        adapter: AnyAdapter | None = None,
     ) -> TranscriptionTask | None:
         """Starts a request: pins its adapter's slot and starts on its features. None when every
         adapter slot is pinned by requests in flight (open it again after a round). Spooled
         audio is read, never closed, here: its owner closes it once the task is done."""
         with self._lock:
-            if adapter is not None and self._slots is None:
-                raise AdapterFileError("this engine runs without LoRA support")
-            slot = self._slots.acquire(adapter) if self._slots is not None else 0
-            if slot is None:
+            if adapter is not None and self._resident is None:
+                raise AdapterFileError("this engine runs without adapter support")
+            row = self._resident.acquire(adapter) if self._resident is not None else BASE_ROW
+            if row is None:
                 return None
             window = adapter.encoder_window if adapter else self._base_window
             samples = audio if isinstance(audio, DecodedAudio) else DecodedAudio.from_array(audio)
-            task = TranscriptionTask(self._steps(samples, options, window), slot)
+            task = TranscriptionTask(self._steps(samples, options, window), row)
             task.advance(None)
             self._release_if_done(task)
             return task
@@ -388,7 +407,7 @@ class WhisperEngine:
             try:
                 self._encode_missing(task)
                 if _job(task).detect_language:
-                    [language] = self._decoder.detect_language([_encoded(task)], [task.slot])
+                    [language] = self._decoder.detect_language([_encoded(task)], [task.adapter])
                     task.advance(language)  # its first decode starts next round
                     self._release_if_done(task)
                     continue
@@ -405,16 +424,16 @@ class WhisperEngine:
         self._release_if_done(task)
 
     def _release_if_done(self, task: TranscriptionTask) -> None:
-        if task.done and self._slots is not None:
-            self._slots.release(task.slot)
-            task.slot = 0
+        if task.done and self._resident is not None:
+            self._resident.release(task.adapter)
+            task.adapter = BASE_ROW
 
     def _encode_missing(self, task: TranscriptionTask) -> None:
         """Encodes the task's window unless done (a window is encoded once for all its
         decodes)."""
         job = _job(task)
         if job.encoded is None:
-            [job.encoded] = self._decoder.encode([job.mel], [task.slot])
+            [job.encoded] = self._decoder.encode([job.mel], [task.adapter])
 
     def _row(self, task: TranscriptionTask) -> DecodeRow:
         job = _job(task)
@@ -424,7 +443,7 @@ class WhisperEngine:
             temperature=job.temperature,
             with_timestamps=job.with_timestamps,
             generator=job.generator,
-            slot=task.slot,
+            adapter=task.adapter,
             beam_size=job.beam_size,
             max_tokens=job.max_tokens,
         )

@@ -15,12 +15,9 @@ from adapters_store import AdapterStore
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter, AdapterStatus, new_id
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adaptation.lora.file import (
-    AdapterFileError,
-    AdapterWeights,
-    dump_adapter,
-    load_adapter,
-)
+from app.engine.adaptation.files import dump_any, load_any
+from app.engine.adaptation.lora.file import AdapterFileError
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.recognizer import SpeechRecognizer
 from app.errors import DataIntegrityError
 from app.services.blob_keys import adapter_key
@@ -31,19 +28,19 @@ __all__ = ["CheckedAdapter", "NewAdapter", "checked_form", "store_adapter"]
 @dataclass(frozen=True, slots=True)
 class CheckedAdapter:
     data: bytes
-    """The file to store, in the form `dump_adapter` writes."""
-    weights: AdapterWeights
+    """The file to store, in the form its method's `dump` writes."""
+    weights: AnyAdapter
     """What `data` parses back to: exactly what will be served."""
     out_of_bounds: str | None
     """Why the adapter must never serve (its updates are out of bounds); None: it may."""
 
 
-def checked_form(adapter: AdapterWeights, recognizer: SpeechRecognizer) -> CheckedAdapter:
+def checked_form(adapter: AnyAdapter, recognizer: SpeechRecognizer) -> CheckedAdapter:
     """Raises `AdapterFileError` (or `BaseModelMismatchError`) unless the adapter fits the
     served base model; an adapter out of bounds is returned, marked (torch work, in proportion
     to the tensors' data: run it on the inference thread)."""
-    data = dump_adapter(adapter)
-    weights = load_adapter(data)
+    data = dump_any(adapter)
+    weights = load_any(data)
     recognizer.check_adapter(weights)
     try:
         recognizer.check_adapter_bounds(weights)

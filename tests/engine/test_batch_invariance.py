@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch.nn import functional
 
-from app.engine.adaptation.lora.file import AdapterWeights
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.dense import INVARIANT_ROWS
 from app.engine.projections import BaseWeights, Projection
 from app.engine.types import Transcription, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
-from tests.support.adapters import random_adapter
+from tests.support.adapters import random_adapter, random_saml
 from tests.support.audio import speech_16k
 
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
@@ -39,14 +39,23 @@ def audio() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def adapters(nf4_engine: WhisperEngine) -> list[AdapterWeights | None]:
+def adapters(nf4_engine: WhisperEngine) -> list[AnyAdapter | None]:
+    """The base model, LoRA adapters (one on a fitted window), SAML adapters (one with
+    depthwise routers on a fitted window)."""
     fit = dataclasses.replace(random_adapter(nf4_engine, 2), encoder_window="fit")
-    return [None, random_adapter(nf4_engine, 1), fit, random_adapter(nf4_engine, 3, rank=8)]
+    return [
+        None,
+        random_adapter(nf4_engine, 1),
+        fit,
+        random_adapter(nf4_engine, 3, rank=8),
+        random_saml(nf4_engine, 4),
+        random_saml(nf4_engine, 5, router="depthwise", window="fit"),
+    ]
 
 
 def _batched(
     engine: WhisperEngine,
-    requests: list[tuple[np.ndarray, TranscriptionOptions, AdapterWeights | None]],
+    requests: list[tuple[np.ndarray, TranscriptionOptions, AnyAdapter | None]],
 ) -> list[Transcription]:
     tasks = [engine.open(audio, options, adapter) for audio, options, adapter in requests]
     assert all(task is not None for task in tasks)
@@ -77,7 +86,7 @@ def test_projection_rows_do_not_depend_on_their_neighbours(
 
 @pytest.mark.slow
 def test_every_request_gets_its_solo_result_in_a_mixed_batch(
-    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AnyAdapter | None]
 ) -> None:
     requests = [
         (audio[0], GREEDY, adapters[0]),
@@ -90,6 +99,10 @@ def test_every_request_gets_its_solo_result_in_a_mixed_batch(
         (audio[3], GREEDY, adapters[2]),
         (audio[0], BEAMS, adapters[2]),
         (audio[2], BEAMS_TIMESTAMPED, adapters[0]),
+        (audio[1], GREEDY, adapters[4]),
+        (audio[3], TIMESTAMPED, adapters[5]),
+        (audio[0], PROMPTED, adapters[4]),
+        (audio[2], BEAMS, adapters[5]),
     ]
     alone = [nf4_engine.transcribe(a, options, adapter) for a, options, adapter in requests]
     together = _batched(nf4_engine, requests)
@@ -101,7 +114,7 @@ def test_every_request_gets_its_solo_result_in_a_mixed_batch(
 
 @pytest.mark.slow
 def test_the_same_request_repeated_in_one_batch_gets_the_same_result(
-    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AnyAdapter | None]
 ) -> None:
     requests = [(audio[1], GREEDY, adapters[1])] * 5 + [(audio[1], GREEDY, None)] * 3
     results = _batched(nf4_engine, requests)
@@ -111,17 +124,17 @@ def test_the_same_request_repeated_in_one_batch_gets_the_same_result(
 
 @pytest.mark.slow
 def test_a_request_joining_mid_decode_leaves_first_with_its_solo_result(
-    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AnyAdapter | None]
 ) -> None:
     long_audio = np.concatenate([audio[2], audio[0], audio[3]])
     long_alone = nf4_engine.transcribe(long_audio, TIMESTAMPED, adapters[1])
-    short_alone = nf4_engine.transcribe(audio[1], GREEDY, adapters[3])
+    short_alone = nf4_engine.transcribe(audio[1], GREEDY, adapters[4])
 
     long_task = nf4_engine.open(long_audio, TIMESTAMPED, adapters[1])
     assert long_task is not None
     for _ in range(5):  # the long request is a few tokens into its decode
         nf4_engine.run_round([long_task])
-    short_task = nf4_engine.open(audio[1], GREEDY, adapters[3])
+    short_task = nf4_engine.open(audio[1], GREEDY, adapters[4])
     assert short_task is not None
     rounds = 0
     while not short_task.done:
@@ -138,7 +151,7 @@ def test_a_request_joining_mid_decode_leaves_first_with_its_solo_result(
 
 @pytest.mark.slow
 def test_transcribe_all_gives_each_clip_its_solo_result(
-    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AdapterWeights | None]
+    nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AnyAdapter | None]
 ) -> None:
     """What the enrolment gate scores with: batches of `batch_size`, the last one short."""
     clips = [*audio, audio[0]]

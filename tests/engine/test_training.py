@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter, load_adapter
+from app.engine.adaptation.files import dump_any
+from app.engine.adaptation.lora.file import AdapterWeights, load_adapter
+from app.engine.adaptation.residency import AnyAdapter
+from app.engine.adaptation.rows import RowAdapter
 from app.engine.encoder import FULL_WINDOW_FRAMES, EncoderWindow
 from app.engine.features import SAMPLE_RATE
 from app.engine.text import word_errors
@@ -114,7 +117,7 @@ def test_short_run_returns_an_adapter_serving_accepts(
     tiny_runs: TinyRuns, nf4_engine: WhisperEngine
 ) -> None:
     result = tiny_runs.first
-    adapter = load_adapter(dump_adapter(result.adapter))
+    adapter = load_adapter(dump_any(result.adapter))
     nf4_engine.check_adapter(adapter)
     assert adapter.rank == 2
     assert adapter.encoder_window == TINY.encoder_window
@@ -168,11 +171,11 @@ def test_stacks_must_name_the_encoder_or_the_decoder() -> None:
         TrainingConfig(stacks=("encoder", "proj_out"))
 
 
-def canonical(adapter: AdapterWeights) -> tuple[dict[str, Any], bytes]:
+def canonical(adapter: AnyAdapter) -> tuple[dict[str, Any], bytes]:
     """The adapter file's header (parsed) and tensor bytes. safetensors writes the metadata
     from a hash map, in an order that varies from call to call, so files holding identical
     content can differ in the order of their header keys; nothing else may differ."""
-    data = dump_adapter(adapter)
+    data = dump_any(adapter)
     length = int.from_bytes(data[:8], "little")
     return json.loads(data[8 : 8 + length]), data[8 + length :]
 
@@ -251,9 +254,9 @@ def test_training_window_is_what_serving_encodes(
     decoder = nf4_engine._decoder
     original = decoder.encode
 
-    def recording(mels: list[torch.Tensor], slots: list[int]) -> list[torch.Tensor]:
+    def recording(mels: list[torch.Tensor], adapters: list[RowAdapter]) -> list[torch.Tensor]:
         encoded.extend(mel.clone() for mel in mels)
-        return original(mels, slots)
+        return original(mels, adapters)
 
     monkeypatch.setattr(decoder, "encode", recording)
     nf4_engine.transcribe(audio, EVALUATION_OPTIONS, adapter if window == "fit" else None)
@@ -343,7 +346,9 @@ def test_the_regularised_target_mixes_the_transcript_with_the_base_distribution(
 @pytest.fixture(scope="module")
 def no_dev_run(tiny_en_dir: Path, utterances: list[Utterance]) -> AdapterWeights:
     """TINY on 3 utterances with no dev set: every epoch runs, the last is kept."""
-    return train_lora(tiny_en_dir, utterances[:3], [], TINY).adapter
+    adapter = train_lora(tiny_en_dir, utterances[:3], [], TINY).adapter
+    assert isinstance(adapter, AdapterWeights)
+    return adapter
 
 
 @pytest.mark.parametrize("change", [{"spec_augment": True}, {"kl_weight": 0.5}])

@@ -1,4 +1,5 @@
-"""Makes adapters without training: random LoRA factors of the right shapes for a base model."""
+"""Makes adapters without training: random LoRA factors, or random SAML experts and routers, of
+the right shapes for a base model."""
 
 from typing import Any
 
@@ -11,6 +12,10 @@ from app.db.session import transaction
 from app.engine.adaptation.lora.config import ATTENTION_TARGETS
 from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter
 from app.engine.adaptation.lora.layer import target_module_names
+from app.engine.adaptation.saml.config import RouterKind, route_of
+from app.engine.adaptation.saml.router import fresh_router_tensors
+from app.engine.adaptation.saml.weights import ROUTER_PREFIX, SamlWeights
+from app.engine.types import EncoderWindow
 from app.engine.whisper import WhisperEngine
 from app.services.blob_keys import adapter_key
 from app.state import ServiceState
@@ -33,6 +38,43 @@ def random_adapter(
         tensors[f"{name}.lora_B"] = torch.randn(fan_out, rank, generator=generator) * strength
     return AdapterWeights(
         tensors=tensors, rank=rank, alpha=float(rank), base_fingerprint=engine.info.fingerprint
+    )
+
+
+def random_saml(
+    engine: WhisperEngine,
+    seed: int,
+    *,
+    experts: int = 4,
+    strength: float = 0.002,
+    router: RouterKind = "conv",
+    window: EncoderWindow = "full",
+) -> SamlWeights:
+    """A SAML adapter (rank-1 experts, freshly initialised routers) that changes the model's
+    output, reproducibly per seed; `strength` as `random_adapter`'s."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in target_module_names(engine.model, ATTENTION_TARGETS):
+        if route_of(name) is None:
+            continue
+        layer: Any = engine.model.get_submodule(name)
+        fan_in, fan_out = int(layer.in_features), int(layer.out_features)
+        tensors[f"{name}.experts_A"] = torch.randn(experts, 1, fan_in, generator=generator)
+        b = torch.randn(experts, fan_out, 1, generator=generator) * strength
+        tensors[f"{name}.experts_B"] = b
+    model: Any = engine.model
+    routers = fresh_router_tensors(int(model.config.d_model), experts, router, seed)
+    for route, state in routers.items():
+        for key, value in state.items():
+            tensors[f"{ROUTER_PREFIX}.{route}.{key}"] = value
+    return SamlWeights(
+        tensors=tensors,
+        experts=experts,
+        rank=1,
+        alpha=4.0,
+        router=router,
+        base_fingerprint=engine.info.fingerprint,
+        encoder_window=window,
     )
 
 

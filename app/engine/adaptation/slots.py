@@ -1,7 +1,8 @@
 """The resident tier of the adapter cache: a bounded pool of bank slots in the model's memory.
 
 Each adapter in use occupies one slot of its method's banks (for LoRA, `lora.bank.LoraBanks`:
-one slot of every adapted projection's bank). Slot 0 is the base model. Slots are pinned while a
+one slot of every adapted projection's bank; for SAML, `saml.bank.SamlBanks`: the adapter's
+routers and experts ready to mix). Slot 0 is the base model. Slots are pinned while a
 request uses them and otherwise evicted least recently used, so the pool's memory is fixed by its
 capacity, whatever the number of users.
 
@@ -11,16 +12,18 @@ adapter, so an identity can never be reused by another adapter while its slot is
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
-
-from app.engine.adaptation.lora.file import AdapterWeights
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["BASE_SLOT", "AdapterBanks", "AdapterSlots", "SlotStats"]
 
 BASE_SLOT = 0
 
 
-class AdapterBanks(Protocol):
+W = TypeVar("W")
+W_contra = TypeVar("W_contra", contravariant=True)
+
+
+class AdapterBanks(Protocol[W_contra]):
     """A method's serving banks over every layer it adapts, one slot per resident adapter."""
 
     @property
@@ -32,8 +35,11 @@ class AdapterBanks(Protocol):
     def create(self, slots: int) -> None:
         """Room for `slots` adapters, slot 0 (the base model) included, all empty."""
 
-    def set(self, slot: int, adapter: AdapterWeights) -> None:
+    def set(self, slot: int, adapter: W_contra) -> None:
         """Writes `adapter` into `slot`, replacing whatever the slot held."""
+
+    def reset(self, slot: int) -> None:
+        """Empties `slot` (its adapter left the pool)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +53,14 @@ class SlotStats:
     bank_bytes: int
 
 
-class AdapterSlots:
-    def __init__(self, banks: AdapterBanks, capacity: int) -> None:
+class AdapterSlots(Generic[W]):
+    def __init__(self, banks: AdapterBanks[W], capacity: int) -> None:
         if capacity < 1:
             raise ValueError("the adapter pool needs at least one slot")
         self._banks = banks
         self._capacity = capacity
         banks.create(capacity + 1)
-        self._resident: OrderedDict[int, tuple[int, AdapterWeights]] = OrderedDict()
+        self._resident: OrderedDict[int, tuple[int, W]] = OrderedDict()
         self._free = list(range(capacity, 0, -1))
         self._pins: Counter[int] = Counter()
         self._forgotten: set[int] = set()
@@ -76,7 +82,7 @@ class AdapterSlots:
             bank_bytes=self._banks.nbytes,
         )
 
-    def acquire(self, adapter: AdapterWeights | None) -> int | None:
+    def acquire(self, adapter: W | None) -> int | None:
         """Pins `adapter`'s slot (loading it first if needed) and returns it; the base model is
         slot 0. None when every slot is pinned by requests in flight: try again later."""
         if adapter is None:
@@ -107,7 +113,7 @@ class AdapterSlots:
             if slot in self._forgotten:
                 self._free_resident(slot)
 
-    def forget(self, adapter: AdapterWeights) -> None:
+    def forget(self, adapter: W) -> None:
         """Drops `adapter` from the pool (e.g. it was deleted): now if no request uses it, else
         when the last one finishes."""
         entry = self._resident.get(id(adapter))
@@ -123,6 +129,7 @@ class AdapterSlots:
         for key, (resident_slot, _) in list(self._resident.items()):
             if resident_slot == slot:
                 del self._resident[key]
+                self._banks.reset(slot)
                 self._free.append(slot)
 
     def _free_slot(self) -> int | None:

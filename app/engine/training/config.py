@@ -1,10 +1,11 @@
-"""How a speaker's LoRA adapter is trained. The defaults were chosen by measurement:
-docs/tuning/lora_defaults.md."""
+"""How a speaker's adapter is trained. LoRA's defaults were chosen by measurement:
+docs/tuning/lora_defaults.md; SAML's are the authors'."""
 
-from dataclasses import dataclass
-from typing import get_args
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from app.engine.adaptation.lora.config import ADAPTABLE, STACKS, LoraConfig
+from app.engine.adaptation.saml.config import SamlConfig
 from app.engine.encoder import EncoderWindow
 
 __all__ = ["TrainingConfig"]
@@ -12,6 +13,7 @@ __all__ = ["TrainingConfig"]
 
 @dataclass(frozen=True, slots=True)
 class TrainingConfig:
+    method: Literal["lora", "saml"] = "lora"
     rank: int = 8
     alpha: float | None = None
     """LoRA scale is `alpha / rank`; None means `2 * rank` (scale 2, as tuned), so a job that
@@ -38,10 +40,19 @@ class TrainingConfig:
     """Fraction of the planned optimiser steps with a linearly rising learning rate."""
     max_grad_norm: float = 1.0
     spec_augment: bool = False
+    """Mask random frequency bands and time spans of each training batch (`data.spec_augment`)."""
     kl_weight: float = 0.0
     """rho of KL-regularised adaptation (`kld`): how much of each token's target is the base
-    model's own distribution rather than the transcript."""
-    """Mask random frequency bands and time spans of each training batch (`data.spec_augment`)."""
+    model's own distribution rather than the transcript (LoRA only: it starts at the base)."""
+    saml: SamlConfig = field(default_factory=SamlConfig)
+    """The shape of SAML experts and routers trained from scratch (an expert bank's own shape
+    wins when training starts from one)."""
+    router_learning_rate: float = 1e-3
+    """SAML's routers."""
+    expert_learning_rate: float = 3e-4
+    """SAML's experts."""
+    epoch_decay: float = 0.9
+    """SAML's learning rates are multiplied by this after every epoch."""
     language: str = "en"
     """Language token of the decoder prefix (multilingual models only)."""
 
@@ -71,6 +82,11 @@ class TrainingConfig:
                 (not 0.0 <= self.warmup < 1.0, "warmup must be in [0, 1)"),
                 (self.max_grad_norm <= 0, "max_grad_norm must be > 0"),
                 (not 0.0 <= self.kl_weight < 1.0, "kl_weight must be in [0, 1)"),
+                (self.method not in ("lora", "saml"), "method must be lora or saml"),
+                (self.method == "saml" and self.kl_weight > 0, "kl_weight is for LoRA only"),
+                (self.router_learning_rate <= 0, "router_learning_rate must be > 0"),
+                (self.expert_learning_rate <= 0, "expert_learning_rate must be > 0"),
+                (not 0.0 < self.epoch_decay <= 1.0, "epoch_decay must be in (0, 1]"),
             )
             if failed
         ]

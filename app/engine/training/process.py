@@ -2,7 +2,7 @@
 torch threads, allocator or model state is shared with the serving process).
 
 The request (our own in-memory arrays and dataclasses) is pickled to the child; progress comes
-back over a pipe; the adapter comes back as safetensors bytes (`dump_adapter`), never as pickled
+back over a pipe; the adapter comes back as safetensors bytes (`dump_any`), never as pickled
 tensors. Cancellation terminates the child (SIGTERM, then SIGKILL after a grace period).
 """
 
@@ -18,7 +18,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, cast, get_args
 
-from app.engine.adaptation.lora.file import dump_adapter, load_adapter
+from app.engine.adaptation.files import dump_any, load_any
+from app.engine.adaptation.saml.file import load_saml
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, check_utterance
 from app.engine.training.errors import TrainingCancelled, TrainingFailed
@@ -52,9 +53,11 @@ class GatedTraining:
 
     gate: GateConfig
     served_adapter: bytes | None
-    """The file of the adapter the speaker is served now (`dump_adapter`); None: the base."""
+    """The file of the adapter the speaker is served now (`dump_any`); None: the base."""
     served_label: str
     numerics: ServingNumerics
+    bank: bytes | None = None
+    """The expert bank's file a SAML adapter starts from (`config.method == "saml"`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,7 @@ def _handle(
         return None
     if kind == "result":
         adapter_bytes, metrics = cast(bytes, message[1]), cast(dict[str, Any], message[2])
-        return TrainingResult(adapter=load_adapter(adapter_bytes), metrics=metrics)
+        return TrainingResult(adapter=load_any(adapter_bytes), metrics=metrics)
     if kind == "error":
         name, text = cast(str, message[1]), cast(str, message[2])
         logger.warning("the training process failed:\n%s", message[3])
@@ -160,7 +163,7 @@ def _child_main(request: TrainingRequest, sender: Connection) -> None:
     _limit_threads(request.config.threads)
     try:
         result = _train(request, lambda update: sender.send(("progress", update)))
-        sender.send(("result", dump_adapter(result.adapter), result.metrics))
+        sender.send(("result", dump_any(result.adapter), result.metrics))
     except BaseException as exc:
         with suppress(OSError):
             sender.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
@@ -184,7 +187,8 @@ def _train(
             device=request.device,
             progress=progress,
         )
-    served = load_adapter(gated.served_adapter) if gated.served_adapter is not None else None
+    served = load_any(gated.served_adapter) if gated.served_adapter is not None else None
+    bank = load_saml(gated.bank) if gated.bank is not None else None
     return train_with_gate(
         request.model_dir,
         [*request.train, *request.dev],
@@ -192,6 +196,7 @@ def _train(
         gated.gate,
         served=ServedNow(served, gated.served_label),
         numerics=gated.numerics,
+        bank=bank,
         precision=precision,
         device=request.device,
         progress=progress,

@@ -28,14 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from app.engine.adaptation.lora.file import AdapterWeights
-from app.engine.adaptation.lora.layer import (
-    LoraLinear,
-    init_trainable_layers,
-    set_dropout,
-    snapshot,
-    trainable_factors,
-)
+from app.engine.adaptation.residency import AnyAdapter
+from app.engine.adaptation.saml.weights import SamlWeights
 from app.engine.encoder import EncoderWindow, encode
 from app.engine.text import wer, word_errors
 from app.engine.tokens import SpecialTokens
@@ -53,6 +47,7 @@ from app.engine.training.data import (
 from app.engine.training.errors import TrainingCancelled, TrainingDataError
 from app.engine.training.gate import GateConfig, HeldOutScore, decide, fold_assignment
 from app.engine.training.kld import regularised_loss_sum, with_base_targets
+from app.engine.training.methods import Adaptation, LoraAdaptation, SamlAdaptation, Schedule
 from app.engine.types import ComputeDtype, Precision, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 
@@ -88,7 +83,7 @@ class TrainingProgress:
 
 @dataclass(frozen=True, slots=True)
 class TrainingResult:
-    adapter: AdapterWeights
+    adapter: AnyAdapter
     """The factors of the best epoch on the dev set (the last one when there is no dev set)."""
     metrics: dict[str, Any]
     """JSON-serialisable: wer_before, wer_after, per-epoch history, sizes and timings."""
@@ -130,9 +125,9 @@ def train_lora(
     wer_before = _dev_wer(evaluator, dev, None, config, run) if dev else None
     examples = _examples(trainer, train, config)
     dev_examples = _examples(trainer, dev, config)
-    layers = _init_lora(trainer, config)
-    history, best = _fit(trainer, evaluator, layers, examples, dev_examples, dev, config, run)
-    adapter = _adapter(best.tensors, config, evaluator.info.fingerprint, best, len(train), len(dev))
+    adaptation = _start(trainer, config, None, examples)
+    history, best = _fit(trainer, evaluator, adaptation, examples, dev_examples, dev, config, run)
+    adapter = _adapter(adaptation, config, evaluator.info.fingerprint, best, len(train), len(dev))
     evaluator.check_adapter(adapter)
     run.finish()
     metrics = {
@@ -169,7 +164,7 @@ class ServingNumerics:
 class ServedNow:
     """What the speaker is served today, which a new adapter must beat."""
 
-    adapter: AdapterWeights | None
+    adapter: AnyAdapter | None
     label: str = "the base model"
 
 
@@ -181,12 +176,14 @@ def train_with_gate(
     *,
     served: ServedNow,
     numerics: ServingNumerics,
+    bank: SamlWeights | None = None,
     precision: Precision = "nf4",
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> TrainingResult:
     """k-fold cross-validation over the whole upload, then the adapter trained on all of it.
+    `bank`: the expert bank a SAML adapter starts from (`config.method == "saml"`).
 
     Each fold's adapter (trained for `config.epochs` on the other folds, no early stopping: the
     held-out fold must not choose anything) transcribes its fold; `served` transcribes every
@@ -223,8 +220,11 @@ def train_with_gate(
     new_errors: dict[int, tuple[int, int]] = {}
     for fold in range(folds):
         inside = [i for i in range(count) if assignment[i] != fold]
-        _, best = _fit_fresh(trainer, evaluator, [examples[i] for i in inside], config, fold, run)
-        adapter = _adapter(best.tensors, config, evaluator.info.fingerprint, best, len(inside), 0)
+        inside_examples = [examples[i] for i in inside]
+        adaptation, _, best = _fit_fresh(
+            trainer, evaluator, inside_examples, config, bank, fold, run
+        )
+        adapter = _adapter(adaptation, config, evaluator.info.fingerprint, best, len(inside), 0)
         held_out = [i for i in range(count) if assignment[i] == fold]
         scored = _word_errors(evaluator, [utterances[i] for i in held_out], adapter, config, run)
         new_errors.update(zip(held_out, scored, strict=True))
@@ -233,8 +233,8 @@ def train_with_gate(
         for index, (served_count, words) in enumerate(served_errors)
     ]
     evidence = decide(scores, gate, folds=folds, served=served.label)
-    history, best = _fit_fresh(trainer, evaluator, examples, config, None, run)
-    adapter = _adapter(best.tensors, config, evaluator.info.fingerprint, best, count, 0)
+    adaptation, history, best = _fit_fresh(trainer, evaluator, examples, config, bank, None, run)
+    adapter = _adapter(adaptation, config, evaluator.info.fingerprint, best, count, 0)
     evaluator.check_adapter(adapter)
     run.finish()
     gate_metrics = evidence.to_metrics()
@@ -267,22 +267,27 @@ def _fit_fresh(
     evaluator: WhisperEngine,
     examples: list[Example],
     config: TrainingConfig,
+    bank: SamlWeights | None,
     fold: int | None,
     run: "_Run",
-) -> tuple[list["_Epoch"], "_Epoch"]:
-    """New factors trained for every epoch of `config` on `examples` (the last epoch kept).
+) -> tuple[Adaptation, list["_Epoch"], "_Epoch"]:
+    """A fresh start trained for every epoch of `config` on `examples` (the last epoch kept).
     Each fold starts from its own seed; the final adapter from the config's."""
     seeded = config if fold is None else replace(config, seed=config.seed + 1 + fold)
     _seed_everything(seeded.seed)
-    layers = _init_lora(trainer, seeded)
+    adaptation = _start(trainer, seeded, bank, examples)
     run.label = "final adapter" if fold is None else f"fold {fold + 1}"
-    return _fit(trainer, evaluator, layers, examples, [], [], config, run)
+    try:
+        history, best = _fit(trainer, evaluator, adaptation, examples, [], [], config, run)
+    finally:
+        adaptation.close()
+    return adaptation, history, best
 
 
 def _word_errors(
     evaluator: WhisperEngine,
     utterances: Sequence[Utterance],
-    adapter: AdapterWeights | None,
+    adapter: AnyAdapter | None,
     config: TrainingConfig,
     run: "_Run",
 ) -> list[tuple[int, int]]:
@@ -422,34 +427,40 @@ def _special_tokens(engine: WhisperEngine) -> SpecialTokens:
     return SpecialTokens.from_tokenizer(loaded.tokenizer, loaded.model.generation_config)
 
 
-def _init_lora(engine: WhisperEngine, config: TrainingConfig) -> dict[str, LoraLinear]:
-    """Fresh trainable factors on the targeted projections (seeded); all else stays frozen."""
+def _start(
+    engine: WhisperEngine,
+    config: TrainingConfig,
+    bank: SamlWeights | None,
+    examples: Sequence[Example],
+) -> Adaptation:
+    """The method's fresh trainable state on the trainer (seeded); all else stays frozen."""
     generator = torch.Generator().manual_seed(config.seed)
     model = engine.model
     model.requires_grad_(False)
-    layers = init_trainable_layers(model, config.lora, generator)
+    adaptation: Adaptation
+    if config.method == "saml":
+        prefixes = {example.prefix_length for example in examples} or {1}
+        if len(prefixes) != 1:
+            raise TrainingDataError("SAML training needs one decoder prefix for all utterances")
+        adaptation = SamlAdaptation(model, config, generator, bank, prefixes.pop())
+    else:
+        adaptation = LoraAdaptation(model, config, generator)
     model.train()  # and never eval(): see the module docstring
-    return layers
+    return adaptation
 
 
 def _fit(
     trainer: WhisperEngine,
     evaluator: WhisperEngine,
-    layers: dict[str, LoraLinear],
+    adaptation: Adaptation,
     examples: list[Example],
     dev_examples: list[Example],
     dev: Sequence[Utterance],
     config: TrainingConfig,
     run: _Run,
 ) -> tuple[list[_Epoch], _Epoch]:
-    parameters = trainable_factors(layers)
-    optimizer = torch.optim.AdamW(
-        parameters, lr=config.learning_rate, weight_decay=config.weight_decay
-    )
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_then_linear(steps_per_epoch * config.epochs, config.warmup)
-    )
+    optimisers = adaptation.optimisers(steps_per_epoch)
     pad = _special_tokens(trainer).eot
     if config.kl_weight > 0:  # the factors are fresh (B = 0): these logits are the base model's
         examples = with_base_targets(examples, pad, lambda batch: _logits(trainer.model, batch))
@@ -459,13 +470,13 @@ def _fit(
     stale = 0
     for epoch in range(1, config.epochs + 1):
         run.epoch = epoch
-        set_dropout(layers, True)
-        train_loss = _train_epoch(
-            trainer, examples, config, rng, pad, optimizer, schedule, parameters, run
+        adaptation.set_dropout(True)
+        train_loss = _train_epoch(trainer, examples, config, rng, pad, adaptation, optimisers, run)
+        adaptation.set_dropout(False)
+        tensors = adaptation.snapshot()
+        result = _evaluate(
+            trainer, evaluator, adaptation, dev_examples, dev, tensors, config, pad, run
         )
-        set_dropout(layers, False)
-        tensors = snapshot(layers)
-        result = _evaluate(trainer, evaluator, dev_examples, dev, tensors, config, pad, run)
         current = _Epoch(epoch, train_loss, *result, tensors=tensors)
         history.append(replace(current, tensors={}))  # only the best epoch's factors are kept
         if best is None or current.key < best.key:
@@ -479,27 +490,14 @@ def _fit(
     return history, best
 
 
-def _warmup_then_linear(total_steps: int, warmup: float) -> Callable[[int], float]:
-    warmup_steps = max(1, round(total_steps * warmup))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        remaining = total_steps - warmup_steps
-        return max(0.0, 1.0 - (step - warmup_steps) / remaining) if remaining > 0 else 1.0
-
-    return factor
-
-
 def _train_epoch(
     trainer: WhisperEngine,
     examples: list[Example],
     config: TrainingConfig,
     rng: random.Random,
     pad: int,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    parameters: list[Tensor],
+    adaptation: Adaptation,
+    optimisers: list[tuple[torch.optim.Optimizer, Schedule]],
     run: _Run,
 ) -> float:
     """One pass over the training examples; returns the mean loss per target token."""
@@ -511,13 +509,14 @@ def _train_epoch(
         if config.spec_augment:
             batches = [replace(b, mel=spec_augment(b.mel, rng)) for b in batches]
         tokens = sum(batch.target_count for batch in batches)
+        optimizer, schedule = optimisers[run.step % len(optimisers)]
         optimizer.zero_grad(set_to_none=True)
         for group, batch in zip(groups, batches, strict=True):
             loss = _loss_sum(trainer.model, batch, group, config.kl_weight) / tokens
             loss.backward()  # type: ignore[no-untyped-call]
             total_loss += float(loss.detach()) * tokens
         total_tokens += tokens
-        torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(adaptation.parameters(), config.max_grad_norm)
         optimizer.step()
         schedule.step()
         run.step += 1
@@ -548,6 +547,7 @@ def _logits(model: Any, batch: Batch) -> Tensor:
 def _evaluate(
     trainer: WhisperEngine,
     evaluator: WhisperEngine,
+    adaptation: Adaptation,
     dev_examples: list[Example],
     dev: Sequence[Utterance],
     tensors: dict[str, Tensor],
@@ -562,20 +562,14 @@ def _evaluate(
         total = sum(float(_loss_sum(trainer.model, collate([e], pad))) for e in dev_examples)
     dev_loss = total / sum(example.target_count for example in dev_examples)
     run.advance(0.2 * len(dev), f"epoch {run.epoch}/{config.epochs}: evaluating")
-    adapter = AdapterWeights(
-        tensors=tensors,
-        rank=config.rank,
-        alpha=config.lora_alpha,
-        base_fingerprint=evaluator.info.fingerprint,
-        encoder_window=config.encoder_window,
-    )
+    adapter = adaptation.adapter(tensors, evaluator.info.fingerprint, {})
     return dev_loss, _dev_wer(evaluator, dev, adapter, config, run)
 
 
 def _dev_wer(
     evaluator: WhisperEngine,
     dev: Sequence[Utterance],
-    adapter: AdapterWeights | None,
+    adapter: AnyAdapter | None,
     config: TrainingConfig,
     run: _Run,
 ) -> float:
@@ -591,16 +585,16 @@ def _dev_wer(
 
 
 def _adapter(
-    tensors: dict[str, Tensor],
+    adaptation: Adaptation,
     config: TrainingConfig,
     fingerprint: str,
     best: _Epoch,
     train_count: int,
     dev_count: int,
-) -> AdapterWeights:
+) -> AnyAdapter:
     """The best epoch's factors; the metadata is deterministic (same seed, same bytes)."""
     extra = {
-        "trainer": "pqm-lora-trainer/1",
+        "trainer": f"pqm-{config.method}-trainer/1",
         "targets": json.dumps(list(config.targets)),
         "stacks": json.dumps(list(config.stacks)),
         "epoch": str(best.epoch),
@@ -611,11 +605,4 @@ def _adapter(
     }
     if best.dev_wer is not None:
         extra["dev_wer"] = f"{best.dev_wer:.4f}"
-    return AdapterWeights(
-        tensors=tensors,
-        rank=config.rank,
-        alpha=config.lora_alpha,
-        base_fingerprint=fingerprint,
-        encoder_window=config.encoder_window,
-        extra=extra,
-    )
+    return adaptation.adapter(best.tensors, fingerprint, extra)

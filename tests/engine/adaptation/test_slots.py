@@ -23,7 +23,7 @@ def layers() -> dict[str, LoraLinear]:
     return {name: LoraLinear(nn.Linear(IN, OUT), IN, OUT) for name in ("a.q_proj", "a.v_proj")}
 
 
-def pool(layers: dict[str, LoraLinear], capacity: int) -> AdapterSlots:
+def pool(layers: dict[str, LoraLinear], capacity: int) -> AdapterSlots[AdapterWeights]:
     return AdapterSlots(LoraBanks(layers), capacity)
 
 

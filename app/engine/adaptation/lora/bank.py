@@ -113,6 +113,13 @@ class LoraBanks:
         for layer in self._layers.values():
             layer.bank.create(slots)
 
+    def reset(self, slot: int) -> None:
+        if self._rank == 0:
+            return  # nothing allocated yet
+        with torch.no_grad():
+            for layer in self._layers.values():
+                layer.bank.reset(slot)
+
     def set(self, slot: int, adapter: AdapterWeights) -> None:
         if adapter.rank > self._rank:
             self._grow(adapter.rank)
