@@ -25,7 +25,7 @@ digit strings, `bench.fsdd`; missing data is a skip), where every adapter is als
 every other speaker's test set (cross-speaker table: rows = adapter, columns = test speaker).
 
 Memory: one fp32 engine evaluates every speaker and is released; then one NF4 engine evaluates
-the bases and every adapter (adapters are attached per call). `train_lora` loads its own models
+the bases and every adapter (adapters are attached per call). `train_adapter` loads its own models
 in a child process (`run_in_subprocess`, as the service trains), so they leave with it.
 Per suite and split, pooled over every test utterance: the relative WER reduction against the
 NF4 base of the adapter and of what is served, with paired-bootstrap 95% intervals, the speaker

@@ -30,7 +30,7 @@ from app.engine.adaptation.lora.file import (
     update_ratios,
 )
 from app.engine.model_import import import_bundled_model
-from app.engine.training import TrainingConfig, Utterance, split_train_dev, train_lora
+from app.engine.training import TrainingConfig, Utterance, split_train_dev, train_adapter
 from app.engine.whisper import WhisperEngine
 from bench.serving import synthetic_adapters
 from bench.speakers import load
@@ -88,8 +88,8 @@ def main() -> None:
     for speaker, enrol in uploads.items():
         train, dev = split_train_dev(enrol, 0.15, seed=0, min_dev=3)
         started = time.monotonic()
-        adapter = train_lora(model_dir, train, dev, config).adapter
-        assert isinstance(adapter, AdapterWeights), "train_lora trains LoRA"
+        adapter = train_adapter(model_dir, train, dev, config).adapter
+        assert isinstance(adapter, AdapterWeights), "train_adapter trains LoRA"
         ratios = update_ratios(adapter, engine.base_weight_norms())
         largest = max(ratios, key=ratios.__getitem__)
         runs.append(

@@ -1,7 +1,12 @@
-"""Tunes the LoRA training defaults on real speakers: the speechocean762 **pool** half.
+"""Tunes the training defaults (LoRA and SAML) on real speakers: the speechocean762 **pool** half.
 
     python scripts/tune_enrolment.py --configs default,lr2e-3 [--speakers 12] [--jobs 2]
+    python scripts/tune_enrolment.py --configs saml,saml-e4 --speakers 10
     python scripts/tune_enrolment.py --table
+
+SAML configs start from an expert bank built from the pool speakers *not* tuned on (the first
+`--speakers` are tuned on; the rest of the pool builds the bank, once, cached by its inputs and
+the engine's source).
 
 Each (speaker, config) run trains an adapter on the speaker's 14 enrolment recordings as the
 gate's final adapter is trained (every recording, the config's fixed epochs, no dev set) and
@@ -17,6 +22,7 @@ JSON lines and a rerun skips the (speaker, config) pairs already there, so a run
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -67,7 +73,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "kl0.7-lr2e-3": {"kl_weight": 0.7, "learning_rate": 2e-3},
     "enc-e12": {"stacks": ("encoder",), "epochs": 12},
     "enc-r16": {"stacks": ("encoder",), "rank": 16},
+    "saml": {"method": "saml"},
+    "saml-e4": {"method": "saml", "epochs": 4},
+    "saml-e16": {"method": "saml", "epochs": 16},
+    "saml-dw": {"method": "saml"},
 }
+BANK_ROUTERS = {"saml-dw": "depthwise"}
+"""The router of the bank a SAML config starts from (default: the authors' conv)."""
 DEFAULT_OUT = RESULTS_DIR / "tune-enrolment.jsonl"
 
 
@@ -98,17 +110,56 @@ def base_errors(engine: Any, speaker: SpeakerData, cache: Path) -> list[int]:
     return errors
 
 
-def run_one(task: tuple[str, str, Path, Path]) -> dict[str, Any]:
-    name, config_name, model_dir, cache = task
+def pool_bank(model_dir: Path, tuned: Sequence[str], router: str, cache: Path) -> Path:
+    """The expert bank of every pool speaker not in `tuned` (built once; cached)."""
+    from app.engine.adaptation.files import dump_any
+    from app.engine.training import Utterance
+    from app.engine.training.bank import BankConfig, PoolSpeaker, build_bank
+
+    names = sorted(pool_speakers(10_000))
+    others = [name for name in names if name not in set(tuned)]
+    suite = speechocean.build_suite("pool", others)
+    stamp = hashlib.sha256(
+        f"{sorted(others)}|{router}|{_engine_source_digest()}".encode()
+    ).hexdigest()[:16]
+    path = cache / f"bank-{router}-{stamp}.safetensors"
+    if path.exists():
+        return path
+    speakers = [
+        PoolSpeaker(name, [Utterance(load(u), u.text) for u in [*data.train, *data.test]])
+        for name, data in suite.speakers.items()
+    ]
+    started = time.perf_counter()
+    config = BankConfig(threads=2, router="depthwise" if router == "depthwise" else "conv")
+    result = build_bank(model_dir, speakers, config)
+    path.write_bytes(dump_any(result.bank))
+    report = {**result.metrics, "wall_seconds": round(time.perf_counter() - started, 1)}
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    print(f"bank from {len(speakers)} speakers: {report}", file=sys.stderr, flush=True)
+    return path
+
+
+def _engine_source_digest() -> str:
+    root = Path(__file__).resolve().parent.parent / "app" / "engine"
+    digest = hashlib.sha256()
+    for source in sorted(root.rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def run_one(task: tuple[str, str, Path, Path, Path | None]) -> dict[str, Any]:
+    name, config_name, model_dir, cache, bank_path = task
+    from app.engine.adaptation.saml.file import load_saml
     from app.engine.text import word_errors
-    from app.engine.training import TrainingConfig, Utterance, train_lora
+    from app.engine.training import TrainingConfig, Utterance, train_adapter
     from app.engine.whisper import WhisperEngine
 
     speaker: SpeakerData = speechocean.build_suite("pool", [name]).speakers[name]
     config = replace(TrainingConfig(**CONFIGS[config_name]), threads=1)
     train = [Utterance(load(u), u.text) for u in speaker.train]
+    bank = load_saml(bank_path.read_bytes()) if config.method == "saml" and bank_path else None
     started = time.perf_counter()
-    result = train_lora(model_dir, train, [], config)
+    result = train_adapter(model_dir, train, [], config, bank=bank)
     seconds = time.perf_counter() - started
     engine = WhisperEngine.load(model_dir, precision="nf4", device="cpu", threads=1)
     options = TranscriptionOptions(language="en", with_timestamps=False)
@@ -122,6 +173,7 @@ def run_one(task: tuple[str, str, Path, Path]) -> dict[str, Any]:
         "group": speaker.info["group"],
         "config": config_name,
         "settings": {**asdict(config), "targets": list(config.targets)},
+        "bank": None if bank is None else bank_path.name if bank_path else None,
         "train_seconds": round(seconds, 1),
         "train_loss": [round(x, 3) for x in result.metrics["epoch_train_loss"]],
         "utterances": rows,
@@ -218,10 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown config(s) {unknown}")
     cache = args.out.parent / "tune-enrolment-base"
     cache.mkdir(exist_ok=True)
-    tasks = [
-        (name, config, model_dir, cache)
+    tuned = pool_speakers(args.speakers)
+    banks = {
+        config: pool_bank(model_dir, tuned, BANK_ROUTERS.get(config, "conv"), cache)
         for config in configs
-        for name in pool_speakers(args.speakers)
+        if CONFIGS[config].get("method") == "saml"
+    }
+    tasks = [
+        (name, config, model_dir, cache, banks.get(config))
+        for config in configs
+        for name in tuned
         if (name, config) not in done
     ]
     print(f"{len(tasks)} runs", file=sys.stderr)

@@ -38,7 +38,7 @@ from app.engine.training import (
     TrainingConfig,
     Utterance,
     split_train_dev,
-    train_lora,
+    train_adapter,
 )
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine
@@ -317,7 +317,7 @@ def run_one(speaker: SpeakerData, config_name: str, args: argparse.Namespace) ->
     train, dev = split_train_dev(speaker.enrol, 0.15, seed=0, min_dev=3)
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    result = train_lora(args.model_dir, train, dev, config)
+    result = train_adapter(args.model_dir, train, dev, config)
     wall = time.monotonic() - started
     engine = WhisperEngine.load(args.model_dir, precision="nf4", device="cpu", threads=args.threads)
     engine.check_adapter(result.adapter)

@@ -34,7 +34,7 @@ from app.engine.training import (
     Utterance,
     run_in_subprocess,
     split_train_dev,
-    train_lora,
+    train_adapter,
     training_window,
 )
 from app.engine.training.data import (
@@ -89,7 +89,7 @@ def clear() -> Utterance:
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads() -> Iterator[None]:
-    """`train_lora` sets torch's thread count for its process; keep the suite's setting."""
+    """`train_adapter` sets torch's thread count for its process; keep the suite's setting."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -107,8 +107,8 @@ def tiny_runs(tiny_en_dir: Path, utterances: list[Utterance], clear: Utterance) 
     """The same tiny training twice (3 train, 1 dev utterances, 2 epochs)."""
     threads = torch.get_num_threads()
     progress: list[TrainingProgress] = []
-    first = train_lora(tiny_en_dir, utterances[:3], [clear], TINY, progress=progress.append)
-    second = train_lora(tiny_en_dir, utterances[:3], [clear], TINY)
+    first = train_adapter(tiny_en_dir, utterances[:3], [clear], TINY, progress=progress.append)
+    second = train_adapter(tiny_en_dir, utterances[:3], [clear], TINY)
     torch.set_num_threads(threads)
     return TinyRuns(first, second, progress)
 
@@ -155,7 +155,7 @@ def test_an_adapter_of_one_stack_holds_that_stack_only_and_serves(
     stack: str, tiny_en_dir: Path, utterances: list[Utterance], nf4_engine: WhisperEngine
 ) -> None:
     config = dataclasses.replace(TINY, stacks=(stack,), epochs=1)
-    adapter = train_lora(tiny_en_dir, utterances[:2], [], config).adapter
+    adapter = train_adapter(tiny_en_dir, utterances[:2], [], config).adapter
 
     nf4_engine.check_adapter(adapter)
     assert adapter.target_modules
@@ -193,7 +193,7 @@ def test_training_fits_the_speaker(tiny_en_dir: Path, utterances: list[Utterance
     """Six German-accented utterances, a few epochs: the loss falls, and what serving
     transcribes with the adapter (scored on two of the training utterances) gets better."""
     config = TrainingConfig(epochs=4, patience=4, batch_size=3, learning_rate=3e-3)
-    result = train_lora(tiny_en_dir, utterances, utterances[:2], config)
+    result = train_adapter(tiny_en_dir, utterances, utterances[:2], config)
     losses = result.metrics["epoch_train_loss"]
     assert losses[-1] < 0.5 * losses[0]
     assert result.metrics["wer_before"] > 0
@@ -346,7 +346,7 @@ def test_the_regularised_target_mixes_the_transcript_with_the_base_distribution(
 @pytest.fixture(scope="module")
 def no_dev_run(tiny_en_dir: Path, utterances: list[Utterance]) -> AdapterWeights:
     """TINY on 3 utterances with no dev set: every epoch runs, the last is kept."""
-    adapter = train_lora(tiny_en_dir, utterances[:3], [], TINY).adapter
+    adapter = train_adapter(tiny_en_dir, utterances[:3], [], TINY).adapter
     assert isinstance(adapter, AdapterWeights)
     return adapter
 
@@ -359,7 +359,7 @@ def test_regularisation_runs_and_changes_what_is_learned(
     no_dev_run: AdapterWeights,
 ) -> None:
     config = dataclasses.replace(TINY, **change)
-    tensors = train_lora(tiny_en_dir, utterances[:3], [], config).adapter.tensors
+    tensors = train_adapter(tiny_en_dir, utterances[:3], [], config).adapter.tensors
     assert tensors.keys() == no_dev_run.tensors.keys()
     assert any(not torch.equal(t, no_dev_run.tensors[name]) for name, t in tensors.items())
 
@@ -368,7 +368,7 @@ def test_utterances_longer_than_one_window_are_refused(tiny_en_dir: Path) -> Non
     long = Utterance(np.zeros(31 * SAMPLE_RATE, dtype=np.float32), "too long")
     short = Utterance(np.zeros(SAMPLE_RATE, dtype=np.float32), "fine")
     with pytest.raises(TrainingDataError, match="at most 30 s"):
-        train_lora(tiny_en_dir, [short, long], [], TINY)
+        train_adapter(tiny_en_dir, [short, long], [], TINY)
     with pytest.raises(TrainingDataError, match="at most 30 s"):
         run_in_subprocess(TrainingRequest(tiny_en_dir, [short], [long], TINY))
 

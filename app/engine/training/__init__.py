@@ -1,4 +1,5 @@
-"""Per-speaker LoRA training on the shared Whisper: data, training loop, child process."""
+"""Per-speaker adapter training (LoRA or SAML) on the shared Whisper: data, training loop, expert
+banks, child process."""
 
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, split_train_dev, training_window
@@ -9,7 +10,7 @@ from app.engine.training.trainer import (
     ServingNumerics,
     TrainingProgress,
     TrainingResult,
-    train_lora,
+    train_adapter,
     train_with_gate,
 )
 
@@ -27,7 +28,7 @@ __all__ = [
     "Utterance",
     "run_in_subprocess",
     "split_train_dev",
-    "train_lora",
+    "train_adapter",
     "train_with_gate",
     "training_window",
 ]

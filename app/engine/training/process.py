@@ -1,4 +1,4 @@
-"""Runs `train_lora` in a child OS process (multiprocessing "spawn": a fresh interpreter, so no
+"""Runs `train_adapter` in a child OS process (multiprocessing "spawn": a fresh interpreter, so no
 torch threads, allocator or model state is shared with the serving process).
 
 The request (our own in-memory arrays and dataclasses) is pickled to the child; progress comes
@@ -29,7 +29,7 @@ from app.engine.training.trainer import (
     ServingNumerics,
     TrainingProgress,
     TrainingResult,
-    train_lora,
+    train_adapter,
     train_with_gate,
 )
 from app.engine.types import Precision, TrainingPriority
@@ -178,7 +178,7 @@ def _train(
     precision = cast(Precision, request.precision)
     gated = request.gated
     if gated is None:
-        return train_lora(
+        return train_adapter(
             request.model_dir,
             request.train,
             request.dev,

@@ -1,4 +1,4 @@
-"""Trains one speaker's LoRA adapter on the shared base model (blocking; see `process` for the
+"""Trains one speaker's adapter (LoRA or SAML) on the shared base model (blocking; see `process` for the
 child-process wrapper the service uses).
 
 Two model instances are loaded, never the serving one:
@@ -57,7 +57,7 @@ __all__ = [
     "TrainingProgress",
     "TrainingResult",
     "base_parameter_count",
-    "train_lora",
+    "train_adapter",
     "train_with_gate",
 ]
 
@@ -93,19 +93,21 @@ ProgressCallback = Callable[[TrainingProgress], None]
 StopCheck = Callable[[], bool]
 
 
-def train_lora(
+def train_adapter(
     model_dir: Path,
     train: Sequence[Utterance],
     dev: Sequence[Utterance],
     config: TrainingConfig,
     *,
+    bank: SamlWeights | None = None,
     precision: Precision = "nf4",
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> TrainingResult:
-    """Trains LoRA factors on `train`, picks the epoch with the lowest dev WER (ties: lowest dev
-    loss), stops early after `config.patience` epochs without improvement. Raises
+    """Trains an adapter of `config.method` on `train` (SAML from `bank`), picks the epoch with
+    the lowest dev WER (ties: lowest dev loss), stops early after `config.patience` epochs
+    without improvement. Raises
     `TrainingCancelled` when `should_stop()` turns true, `TrainingDataError` for unusable input.
     """
     if not train:
@@ -125,7 +127,7 @@ def train_lora(
     wer_before = _dev_wer(evaluator, dev, None, config, run) if dev else None
     examples = _examples(trainer, train, config)
     dev_examples = _examples(trainer, dev, config)
-    adaptation = _start(trainer, config, None, examples)
+    adaptation = _start(trainer, config, bank, examples)
     history, best = _fit(trainer, evaluator, adaptation, examples, dev_examples, dev, config, run)
     adapter = _adapter(adaptation, config, evaluator.info.fingerprint, best, len(train), len(dev))
     evaluator.check_adapter(adapter)
