@@ -1,7 +1,9 @@
-"""An enrolment job's status as a state machine: the states and every transition allowed.
+"""A background job's status as a state machine: the states and every transition allowed.
 
-`EnrolmentRepository` is the only code that changes a job's status, and it asks
-`check_transition` first. The database column holds the states' values.
+One machine for every kind of job the worker runs: enrolment jobs and expert-bank builds.
+`JobRepository` (and so `EnrolmentRepository`, `ExpertBankRepository`) is the only code that
+changes a job's status, and it asks `check_transition` first. The database column holds the
+states' values.
 """
 
 from collections.abc import Mapping
@@ -51,7 +53,7 @@ UNFINISHED = frozenset(status for status in EnrolmentStatus if not status.finish
 class IllegalTransitionError(Exception):
     def __init__(self, current: EnrolmentStatus | None, new: EnrolmentStatus) -> None:
         allowed = ", ".join(sorted(NEXT_STATUSES[current])) or "none, it is finished"
-        origin = "a new enrolment job" if current is None else f"an enrolment job {current}"
+        origin = "a new job" if current is None else f"a job {current}"
         super().__init__(f"{origin} cannot become {new} (allowed: {allowed})")
         self.current = current
         self.new = new

@@ -38,6 +38,11 @@ class User(TimestampMixin, Base):
     """sha256 of the key: keys are 256-bit random tokens, so a fast hash is not brute-forceable."""
     api_key_prefix: Mapped[str] = mapped_column(String(16))
     """The first characters of the key, for people to recognise which key is which."""
+    contribute_recordings: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    """The user lets expert banks (shared by every speaker's SAML adapters) learn from their
+    stored recordings; turning it off withdraws them (see `ExpertBankRepository.withdraw`)."""
 
 
 class AdapterBlob(TimestampMixin, Base):
@@ -101,34 +106,40 @@ class Adapter(TimestampMixin, Base):
     """An `AdapterStatus`; a quarantined adapter is never active."""
 
 
-class EnrolmentJob(TimestampMixin, Base):
-    __tablename__ = "enrolment_jobs"
+class JobMixin(TimestampMixin):
+    """What every kind of background job records, for `JobRepository`: its status (an
+    `EnrolmentStatus`, changed only through its transitions), progress and outcome, and which
+    worker runs it since when."""
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
-    """An `EnrolmentStatus`, changed only by `EnrolmentRepository` (through its transitions)."""
-    method: Mapped[str] = mapped_column(String(32))
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    """Training overrides the user asked for (rank, epochs, seed)."""
-    utterance_count: Mapped[int] = mapped_column(Integer)
-    audio_seconds: Mapped[float] = mapped_column(Float)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     eta_seconds: Mapped[float | None] = mapped_column(Float, default=None)
     message: Mapped[str | None] = mapped_column(String(500), default=None)
     error: Mapped[str | None] = mapped_column(String(2000), default=None)
-    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    adapter_id: Mapped[str | None] = mapped_column(String(32), default=None)
-    activated: Mapped[bool | None] = mapped_column(Boolean, default=None)
-    activation_reason: Mapped[str | None] = mapped_column(String(500), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    automatic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    """Queued by the service itself (`enrolment.auto_retrain_after`), not asked for."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(64), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class EnrolmentJob(JobMixin, Base):
+    __tablename__ = "enrolment_jobs"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Training overrides the user asked for (rank, epochs, seed)."""
+    utterance_count: Mapped[int] = mapped_column(Integer)
+    audio_seconds: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    adapter_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    activated: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    activation_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    automatic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Queued by the service itself (`enrolment.auto_retrain_after`), not asked for."""
 
 
 class RecordingOrigin(StrEnum):
@@ -188,3 +199,55 @@ class InviteLink(TimestampMixin, Base):
     """sha256 of the token (a 256-bit random string, like API keys)."""
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class ExpertBank(JobMixin, Base):
+    """A SAML expert bank for one base model, and the job that builds it: the bank's file
+    (`pqm-saml/1`, kind `bank`) lies in the adapter store under `blob_key` once it succeeded.
+    Every speaker's SAML adapter starts from a copy of the active bank."""
+
+    __tablename__ = "expert_banks"
+    __table_args__ = (
+        UniqueConstraint("base_fingerprint", "version"),
+        # At most one active bank per base model, enforced by the database itself.
+        Index(
+            "uq_expert_banks_one_active_per_fingerprint",
+            "base_fingerprint",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
+
+    base_fingerprint: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    experts: Mapped[int] = mapped_column(Integer)
+    """Asked for at most; the built bank's own count once it succeeded."""
+    router: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Build settings (epochs, expert epochs, seed)."""
+    blob_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    size_bytes: Mapped[int | None] = mapped_column(Integer, default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    includes_withdrawn: Mapped[bool] = mapped_column(Boolean, default=False)
+    """A contributor withdrew (deleted, or stopped contributing): never active again."""
+
+
+class ExpertBankContributor(Base):
+    """A user whose stored recordings a bank learns from. The row outlives the user (`user_id`
+    then None) so that a bank keeps saying it learned from someone who withdrew."""
+
+    __tablename__ = "expert_bank_contributors"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    bank_id: Mapped[str] = mapped_column(
+        ForeignKey("expert_banks.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    recordings: Mapped[int] = mapped_column(Integer)
+    """How many of the user's recordings the build uses (those stored when it was asked for)."""
+    withdrawn: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -22,7 +22,7 @@ from app.engine.recognizer import SpeechRecognizer
 from app.errors import DataIntegrityError
 from app.services.blob_keys import adapter_key
 
-__all__ = ["CheckedAdapter", "NewAdapter", "checked_form", "store_adapter"]
+__all__ = ["CheckedAdapter", "NewAdapter", "checked_form", "store_adapter", "write_verified"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ async def store_adapter(session: AsyncSession, store: AdapterStore, new: NewAdap
     the weights are deleted again: a file-system blob does not roll back with the transaction."""
     bound = store.bind(session)
     try:
-        await _write_verified(bound, new.key, new.form.data)
+        await write_verified(bound, new.key, new.form.data)
         repository = AdapterRepository(session)
         adapter = await repository.add(_row(new, await repository.next_version(new.user_id)))
         if new.activate:
@@ -92,7 +92,9 @@ async def store_adapter(session: AsyncSession, store: AdapterStore, new: NewAdap
     return adapter
 
 
-async def _write_verified(store: AdapterStore, key: str, data: bytes) -> None:
+async def write_verified(store: AdapterStore, key: str, data: bytes) -> None:
+    """Writes `data` and reads it back: the one way weights (adapters, expert banks) are
+    written."""
     stored = await store.put(key, data)
     if sha256_hex(await store.get(key)) != stored.sha256:
         raise DataIntegrityError("The adapter weights failed verification after writing.")

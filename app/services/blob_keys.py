@@ -13,3 +13,9 @@ def recording_key(user_id: str, recording_id: str) -> str:
     """Recordings stored before they were a resource of their own sit under
     `recordings/<job id>/<position>.flac`; each row keeps its key."""
     return f"{user_prefix(user_id)}/recordings/{recording_id}.flac"
+
+
+def bank_key(bank_id: str) -> str:
+    """Expert banks belong to no user: deleting a user leaves them (see
+    `ExpertBankRepository.withdraw` for what happens instead)."""
+    return f"expert-banks/{bank_id}.safetensors"

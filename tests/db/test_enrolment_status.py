@@ -27,7 +27,11 @@ ALLOWED = {
 }
 EVERY_PAIR = list(product([None, *EnrolmentStatus], EnrolmentStatus))
 APP = Path(__file__).parents[2] / "app"
-REPOSITORY = APP / "db" / "repositories" / "enrolments.py"
+REPOSITORIES = {
+    APP / "db" / "repositories" / name for name in ("jobs.py", "enrolments.py", "expert_banks.py")
+}
+"""Where job statuses are written: the shared job machinery and each kind's `add`."""
+JOB_MODELS = ("EnrolmentJob", "ExpertBank", "self._model")
 
 
 def test_the_table_is_the_one_documented_here() -> None:
@@ -77,7 +81,7 @@ def test_an_unknown_stored_status_is_refused() -> None:
 
 def _status_writes(tree: ast.AST) -> list[tuple[int, ast.expr]]:
     """(line, value written) of every `<anything>.status = ...` and every `status=` passed to
-    `EnrolmentJob(...)` or to the values of an `update(EnrolmentJob)`."""
+    a job model's constructor or to the values of an `update(<job model>)`."""
     writes = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign) and node.value:
@@ -86,7 +90,7 @@ def _status_writes(tree: ast.AST) -> list[tuple[int, ast.expr]]:
                 elements = target.elts if isinstance(target, ast.Tuple) else [target]
                 if any(isinstance(e, ast.Attribute) and e.attr == "status" for e in elements):
                     writes.append((node.lineno, node.value))
-        if isinstance(node, ast.Call) and "EnrolmentJob" in ast.unparse(node.func):
+        if isinstance(node, ast.Call) and any(m in ast.unparse(node.func) for m in JOB_MODELS):
             writes += [(node.lineno, k.value) for k in node.keywords if k.arg == "status"]
     return writes
 
@@ -95,15 +99,17 @@ def test_only_the_repository_writes_a_job_status() -> None:
     found = {
         f"{path.relative_to(APP)}:{line}"
         for path in APP.rglob("*.py")
-        if path != REPOSITORY
+        if path not in REPOSITORIES
         for line, _ in _status_writes(ast.parse(path.read_text(), str(path)))
     }
     assert found == set()
 
 
 def test_the_repository_writes_a_status_only_through_the_machine() -> None:
-    writes = _status_writes(ast.parse(REPOSITORY.read_text()))
-    assert len(writes) >= 4, "add, claim, requeue and finish each write one"
+    writes = [
+        write for path in REPOSITORIES for write in _status_writes(ast.parse(path.read_text()))
+    ]
+    assert len(writes) >= 5, "each kind's add, claim, requeue and finish each write one"
     for line, value in writes:
         assert isinstance(value, ast.Call), line
         assert ast.unparse(value.func) == "check_transition", line

@@ -26,6 +26,8 @@ APP_TABLES = {
     "recordings",
     "enrolment_recordings",
     "invite_links",
+    "expert_banks",
+    "expert_bank_contributors",
 }
 
 
@@ -73,7 +75,14 @@ def test_upgrade_creates_the_tables(database_url: str) -> None:
         users = {column["name"] for column in inspector.get_columns("users")}
         blobs = {column["name"] for column in inspector.get_columns("adapter_blobs")}
         unique = inspector.get_unique_constraints("users")
-    assert users == {"id", "name", "api_key_hash", "api_key_prefix", "created_at"}
+    assert users == {
+        "id",
+        "name",
+        "api_key_hash",
+        "api_key_prefix",
+        "contribute_recordings",
+        "created_at",
+    }
     assert blobs == {"key", "data", "size", "sha256", "created_at"}
     assert [constraint["column_names"] for constraint in unique] == [["api_key_hash"]]
 

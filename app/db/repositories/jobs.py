@@ -1,0 +1,206 @@
+"""What every kind of background job shares in the database: claiming, heartbeats, cancelling,
+re-queueing and finishing, each a status change through `check_transition`."""
+
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from sqlalchemy import Update, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.db.enrolment_status import EnrolmentStatus, check_transition
+from app.db.models import JobMixin
+
+__all__ = ["JobRepository"]
+
+
+J = TypeVar("J", bound=JobMixin)
+
+
+class JobRepository(Generic[J]):
+    """Jobs of one kind (`model`). Every change of a job's status is made here, through
+    `check_transition`, as an UPDATE conditional on the status it changes from: with several
+    workers and API processes, someone else may change a job between reading and writing it."""
+
+    def __init__(self, session: AsyncSession, model: type[J]) -> None:
+        self._session = session
+        self._model = model
+
+    async def get(self, job_id: str) -> J | None:
+        return await self._session.get(self._model, job_id)
+
+    async def claimed(self, job_id: str, worker_id: str, *, for_update: bool = False) -> J | None:
+        """The job while it runs for `worker_id`; None once it does not: it finished, was
+        deleted, or a sweep re-queued it (its worker looked stopped) and perhaps another worker
+        claimed it."""
+        statement = (
+            select(self._model)
+            .where(
+                self._model.id == job_id,
+                self._model.status == EnrolmentStatus.RUNNING,
+                self._model.worker_id == worker_id,
+            )
+            .execution_options(populate_existing=True)
+        )
+        if for_update:
+            statement = statement.with_for_update()
+        return await self._session.scalar(statement)
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        progress: float | None = None,
+        eta_seconds: float | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Records that `worker_id` still runs the job, and its progress if given. False when
+        the job is no longer that worker's to run or a cancel was asked: the worker should stop.
+        """
+        values: dict[str, object] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values.update(progress=progress, eta_seconds=eta_seconds, message=message)
+        result = await self._session.execute(
+            update(self._model)
+            .where(
+                self._model.id == job_id,
+                self._model.status == EnrolmentStatus.RUNNING,
+                self._model.worker_id == worker_id,
+                self._model.cancel_requested.is_(False),
+            )
+            .values(values)
+            .execution_options(synchronize_session=False)
+        )
+        return getattr(result, "rowcount", 0) == 1
+
+    async def claim_next(self, worker_id: str) -> J | None:
+        """Moves the oldest queued job to running for `worker_id`; None when none is queued.
+
+        The conditional UPDATE makes the claim safe between processes: of two workers racing
+        for the same job, exactly one sees its row updated.
+        """
+        queued = EnrolmentStatus.QUEUED
+        while True:
+            candidate = await self._session.scalar(
+                select(self._model.id)
+                .where(self._model.status == queued)
+                .order_by(self._model.created_at)
+                .limit(1)
+            )
+            if candidate is None:
+                return None
+            now = utcnow()
+            result = await self._session.execute(
+                update(self._model)
+                .where(self._model.id == candidate, self._model.status == queued)
+                .values(
+                    status=check_transition(queued, EnrolmentStatus.RUNNING),
+                    worker_id=worker_id,
+                    started_at=now,
+                    heartbeat_at=now,
+                    attempts=self._model.attempts + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) == 1:
+                return await self._session.get(self._model, candidate, populate_existing=True)
+
+    async def cancel(self, job: J) -> bool:
+        """Cancels a queued job; a running one is only marked `cancel_requested`, for its
+        worker to stop and finish it cancelled. False when someone else changed the job first
+        (see `_change_if_unchanged`)."""
+        if job.status == EnrolmentStatus.RUNNING:
+            return await self._change_if_unchanged(
+                job, update(self._model).values(cancel_requested=True)
+            )
+        return await self.finish(job, EnrolmentStatus.CANCELLED)
+
+    async def requeue(
+        self,
+        job: J,
+        message: str,
+        *,
+        refund_attempt: bool,
+        stale_before: datetime | None = None,
+    ) -> bool:
+        """Puts a running job back in the queue for any worker to retry; `refund_attempt`: the
+        interrupted attempt does not count towards the job's limit; `stale_before`: only while
+        the job's last heartbeat is older (its worker looks stopped). False when someone else
+        changed the job first (see `_change_if_unchanged`) or its worker heartbeat since."""
+        statement = update(self._model).values(
+            status=check_transition(job.status, EnrolmentStatus.QUEUED),
+            progress=0.0,
+            eta_seconds=None,
+            message=message,
+        )
+        if refund_attempt:  # a running job was claimed, so it has at least one attempt
+            statement = statement.values(attempts=self._model.attempts - 1)
+        return await self._change_if_unchanged(job, self._if_stale(statement, stale_before))
+
+    async def finish(
+        self,
+        job: J,
+        outcome: EnrolmentStatus,
+        error: str | None = None,
+        *,
+        stale_before: datetime | None = None,
+    ) -> bool:
+        """Ends the job with `outcome` (a finished status); `error` says why it failed;
+        `stale_before` as in `requeue`. False when someone else changed the job first (see
+        `_change_if_unchanged`) or its worker heartbeat since."""
+        if not outcome.finished:
+            raise ValueError(f"{outcome} is not an outcome")
+        statement = update(self._model).values(
+            status=check_transition(job.status, outcome),
+            error=error[:2000] if error else None,
+            finished_at=utcnow(),
+            eta_seconds=None,
+        )
+        if outcome is EnrolmentStatus.SUCCEEDED:
+            statement = statement.values(progress=1.0)
+        if outcome is EnrolmentStatus.CANCELLED:
+            statement = statement.values(cancel_requested=True)
+        return await self._change_if_unchanged(job, self._if_stale(statement, stale_before))
+
+    async def _change_if_unchanged(self, job: J, statement: Update) -> bool:
+        """Applies `statement` to the job's row only while its status, worker and cancel
+        request are still those `job` was loaded with, then reloads `job`. False when someone
+        else changed them first (a worker claimed it, a sweep re-queued it, a client cancelled
+        it): `job` then shows the job as it is now, for the caller to decide again.
+
+        As in `claim_next`, the condition is in the UPDATE itself: checking the loaded object
+        would let two processes each see the old status and both change it.
+        """
+        result = await self._session.execute(
+            statement.where(
+                self._model.id == job.id,
+                self._model.status == job.status,
+                self._model.worker_id.is_not_distinct_from(job.worker_id),
+                self._model.cancel_requested == job.cancel_requested,
+            ).execution_options(synchronize_session=False)
+        )
+        await self._session.refresh(job)
+        return getattr(result, "rowcount", 0) == 1
+
+    async def stale_running(self, heartbeat_before: datetime) -> list[J]:
+        result = await self._session.execute(
+            select(self._model).where(
+                self._model.status == EnrolmentStatus.RUNNING,
+                self._model.heartbeat_at < heartbeat_before,
+            )
+        )
+        return list(result.scalars())
+
+    async def count_by_status(self) -> dict[EnrolmentStatus, int]:
+        result = await self._session.execute(
+            select(self._model.status, func.count()).group_by(self._model.status)
+        )
+        return {EnrolmentStatus(status): count for status, count in result.all()}
+
+    def _if_stale(self, statement: Update, stale_before: datetime | None) -> Update:
+        """`statement`, limited to a job whose heartbeat is older than `stale_before` (when
+        given): a sweep read the job as stale, but its worker may have heartbeat since."""
+        if stale_before is None:
+            return statement
+        return statement.where(self._model.heartbeat_at < stale_before)
