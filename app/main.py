@@ -15,6 +15,7 @@ from app.api import (
     adapters,
     audio,
     enrolments,
+    expert_banks,
     health,
     links,
     me,
@@ -96,6 +97,7 @@ def create_app(
         metrics_api.router,
         enrolments.router,
         adapters.router,
+        expert_banks.router,
         health.router,
     )
     for router in routers:

@@ -79,7 +79,15 @@ class UserPublic(BaseModel):
     id: str
     name: str
     api_key_prefix: str
+    contribute_recordings: bool
+    """Expert banks (which every speaker's SAML adapter starts from) may learn from the user's
+    stored recordings."""
     created_at: Timestamp
+
+
+class UserUpdate(BaseModel):
+    contribute_recordings: bool | None = None
+    """false withdraws the user: every bank that learned from them is deactivated for good."""
 
 
 class UserCreated(UserPublic):
@@ -243,3 +251,41 @@ class InviteLinkCreated(InviteLinkPublic):
 class InviteLinkList(BaseModel):
     object: Literal["list"] = "list"
     data: list[InviteLinkPublic]
+
+
+class ExpertBankCreate(BaseModel):
+    experts: int | None = Field(default=None, ge=2, le=64)
+    """At most this many experts (one per speaker, most recordings first); default 10."""
+    epochs: int | None = Field(default=None, ge=1, le=100)
+    """Epochs of routers and experts together over every contributor's recordings."""
+
+
+class ExpertBankPublic(OrmModel):
+    id: str
+    object: Literal["expert_bank"] = "expert_bank"
+    version: int
+    base_fingerprint: str
+    status: EnrolmentStatus
+    progress: float
+    message: str | None
+    error: str | None
+    experts: int
+    router: str
+    params: dict[str, Any]
+    sha256: str | None
+    size_bytes: int | None
+    metrics: dict[str, Any] | None
+    active: bool
+    includes_withdrawn: bool
+    """A contributor withdrew: never activated again."""
+    contributors: int
+    withdrawn_contributors: int
+    cancel_requested: bool
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+class ExpertBankList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ExpertBankPublic]

@@ -8,6 +8,7 @@ from app.api.schemas import (
     UserCreate,
     UserCreated,
     UserPublic,
+    UserUpdate,
     error_responses,
     success_response,
 )
@@ -19,7 +20,11 @@ router = APIRouter(prefix="/v1/users", tags=["users"])
 
 def _public(user: User) -> UserPublic:
     return UserPublic(
-        id=user.id, name=user.name, api_key_prefix=user.api_key_prefix, created_at=user.created_at
+        id=user.id,
+        name=user.name,
+        api_key_prefix=user.api_key_prefix,
+        contribute_recordings=user.contribute_recordings,
+        created_at=user.created_at,
     )
 
 
@@ -43,6 +48,19 @@ async def create_user(
 )
 async def get_user(user_id: str, session: SessionDep, principal: PrincipalDep) -> UserPublic:
     return _public(await users.get_speaker(session, principal, user_id))
+
+
+@router.patch(
+    "/{user_id}",
+    response_model=UserPublic,
+    responses={**success_response(), **error_responses(401, 403, 404, 422)},
+)
+async def update_user(
+    user_id: str, body: UserUpdate, session: SessionDep, principal: PrincipalDep
+) -> UserPublic:
+    """Changes what is given (the admin or the user's own key)."""
+    user = await users.update_user(session, principal, user_id, body.contribute_recordings)
+    return _public(user)
 
 
 @router.delete(

@@ -16,6 +16,7 @@ from app.services.auth import (
     hash_api_key,
 )
 from app.services.blob_keys import user_prefix
+from app.services.expert_banks import withdraw_contributor
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +61,28 @@ async def delete_user(
     session: AsyncSession, store: AdapterStore, principal: Principal, user_id: str
 ) -> None:
     """Erases the user with everything kept for them: adapters, recordings, jobs (rows cascade;
-    a job still training notices at its next heartbeat and stops)."""
+    a job still training notices at its next heartbeat and stops). Expert banks that learned
+    from them are withdrawn (`withdraw_contributor`)."""
     principal.require_access_to(user_id)
+    await withdraw_contributor(session, user_id)
     if not await UserRepository(session).delete(user_id):
         raise NotFoundError(f"No user with id {user_id!r}.", param="user_id")
     await store.bind(session).delete_prefix(user_prefix(user_id))
+
+
+async def update_user(
+    session: AsyncSession, principal: Principal, user_id: str, contribute: bool | None
+) -> User:
+    """Sets whether expert banks may learn from the user's recordings (None: unchanged);
+    turning it off withdraws the user from every bank that did (`withdraw_contributor`)."""
+    user = await get_user(session, principal, user_id)
+    if contribute is None or contribute == user.contribute_recordings:
+        return user
+    user.contribute_recordings = contribute
+    if not contribute:
+        await withdraw_contributor(session, user_id)
+    await session.flush()
+    return user
 
 
 async def rotate_key(session: AsyncSession, principal: Principal, user_id: str) -> CreatedUser:
