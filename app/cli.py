@@ -1,10 +1,12 @@
-"""`pqm serve | worker | admin-key | model import` — the service's command line."""
+"""`pqm serve | worker | admin-key | model import | experts build` — the service's command
+line."""
 
 import argparse
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from app.config import Settings
 
@@ -141,6 +143,62 @@ def _admin_key(_: argparse.Namespace) -> int:
     return 0
 
 
+def _build_experts(args: argparse.Namespace) -> int:
+    _run_offline()
+    _private_files()
+    from app.services.expert_banks import BankBuild
+    from app.services.manifest_banks import ManifestError, build_from_manifest, read_manifest
+
+    settings = Settings()
+    if not _model_path_usable(settings):
+        return 1
+    try:
+        speakers = read_manifest(
+            args.manifest,
+            only=_names(args.speakers) if args.speakers else None,
+            exclude=_names(args.exclude_speakers) if args.exclude_speakers else (),
+        )
+    except (ManifestError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    build = BankBuild(experts=args.experts, epochs=args.epochs, expert_epochs=args.expert_epochs)
+    built = build_from_manifest(settings, speakers, build, activate=args.activate)
+    print(f"bank {built.bank_id}{' (active)' if built.activated else ''}")
+    print(f"speakers {built.speakers}, utterances {built.utterances}, {built.seconds:.1f} s")
+    return 0
+
+
+def _names(path: Path) -> set[str]:
+    """Speaker names, one a line."""
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def _add_experts_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    experts = commands.add_parser("experts", help="manage SAML expert banks")
+    experts_commands = experts.add_subparsers(dest="experts_command", required=True)
+    build = experts_commands.add_parser(
+        "build",
+        help="build an expert bank from a manifest of speakers' recordings and store it in the "
+        "service's database and store",
+    )
+    build.add_argument(
+        "--manifest",
+        type=Path,
+        required=True,
+        help="TSV with a header: path (relative to the manifest), speaker, text",
+    )
+    chosen = build.add_mutually_exclusive_group()
+    chosen.add_argument("--speakers", type=Path, help="file of the speakers to use, one a line")
+    chosen.add_argument(
+        "--exclude-speakers", type=Path, help="file of speakers to leave out, one a line"
+    )
+    build.add_argument("--experts", type=int, default=10, help="(default: %(default)s)")
+    build.add_argument("--epochs", type=int, help="epochs of the mixture over every speaker")
+    build.add_argument("--expert-epochs", type=int, help="epochs of each expert on its speaker")
+    build.add_argument("--activate", action="store_true", help="activate the new bank")
+    build.set_defaults(handler=_build_experts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pqm",
@@ -188,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_import.add_argument("--force", action="store_true", help="convert again")
     model_import.set_defaults(handler=_import_model)
+    _add_experts_commands(commands)
     return parser
 
 

@@ -90,21 +90,30 @@ class JobRepository(Generic[J]):
             )
             if candidate is None:
                 return None
-            now = utcnow()
-            result = await self._session.execute(
-                update(self._model)
-                .where(self._model.id == candidate, self._model.status == queued)
-                .values(
-                    status=check_transition(queued, EnrolmentStatus.RUNNING),
-                    worker_id=worker_id,
-                    started_at=now,
-                    heartbeat_at=now,
-                    attempts=self._model.attempts + 1,
-                )
-                .execution_options(synchronize_session=False)
+            claimed = await self.claim(candidate, worker_id)
+            if claimed is not None:
+                return claimed
+
+    async def claim(self, job_id: str, worker_id: str) -> J | None:
+        """Moves the queued job to running for `worker_id`; None when it is not queued (any
+        more): another worker claimed it, or it was cancelled."""
+        queued = EnrolmentStatus.QUEUED
+        now = utcnow()
+        result = await self._session.execute(
+            update(self._model)
+            .where(self._model.id == job_id, self._model.status == queued)
+            .values(
+                status=check_transition(queued, EnrolmentStatus.RUNNING),
+                worker_id=worker_id,
+                started_at=now,
+                heartbeat_at=now,
+                attempts=self._model.attempts + 1,
             )
-            if getattr(result, "rowcount", 0) == 1:
-                return await self._session.get(self._model, candidate, populate_existing=True)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return None
+        return await self._session.get(self._model, job_id, populate_existing=True)
 
     async def cancel(self, job: J) -> bool:
         """Cancels a queued job; a running one is only marked `cancel_requested`, for its
