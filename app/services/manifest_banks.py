@@ -19,8 +19,9 @@ from app.engine.adaptation.saml.weights import SamlWeights
 from app.engine.audio import decode_audio
 from app.engine.training.bank import PoolSpeaker
 from app.engine.training.data import Utterance
+from app.engine.training.errors import TrainingFailed
+from app.engine.training.process import BankRequest, run_in_subprocess
 from app.main import adapter_store_for
-from app.services.bank_process import BankRequest, bank_of, build_in_subprocess
 from app.services.expert_banks import BankBuild, record_bank, store_bank_file
 from app.services.model_loading import resolve_model_dir
 
@@ -76,8 +77,11 @@ def build_from_manifest(
         precision=settings.model.precision,
         priority=settings.enrolment.training_priority,
     )
-    result = build_in_subprocess(request)
-    bank_id = asyncio.run(_record(settings, build, result.metrics, bank_of(result), activate))
+    result = run_in_subprocess(request)
+    bank = result.adapter
+    if not isinstance(bank, SamlWeights) or bank.kind != "bank":
+        raise TrainingFailed("the bank-building process returned no expert bank")
+    bank_id = asyncio.run(_record(settings, build, result.metrics, bank, activate))
     return ManifestBank(
         bank_id=bank_id,
         speakers=len(speakers),

@@ -1,9 +1,10 @@
-"""Runs `train_adapter` in a child OS process (multiprocessing "spawn": a fresh interpreter, so no
-torch threads, allocator or model state is shared with the serving process).
+"""Runs `train_adapter` / `train_with_gate` (a `TrainingRequest`) or `build_bank` (a
+`BankRequest`) in a child OS process (multiprocessing "spawn": a fresh interpreter, so no torch
+threads, allocator or model state is shared with the serving process).
 
 The request (our own in-memory arrays and dataclasses) is pickled to the child; progress comes
-back over a pipe; the adapter comes back as safetensors bytes (`dump_any`), never as pickled
-tensors. Cancellation terminates the child (SIGTERM, then SIGKILL after a grace period).
+back over a pipe; the adapter or bank comes back as safetensors bytes (`dump_any`), never as
+pickled tensors. Cancellation terminates the child (SIGTERM, then SIGKILL after a grace period).
 """
 
 import logging
@@ -20,6 +21,7 @@ from typing import Any, cast, get_args
 
 from app.engine.adaptation.files import dump_any, load_any
 from app.engine.adaptation.saml.file import load_saml
+from app.engine.training.bank import BankConfig, PoolSpeaker, build_bank
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, check_utterance
 from app.engine.training.errors import TrainingCancelled, TrainingFailed
@@ -34,7 +36,13 @@ from app.engine.training.trainer import (
 )
 from app.engine.types import Precision, TrainingPriority
 
-__all__ = ["GatedTraining", "TrainingRequest", "lower_priority", "run_in_subprocess"]
+__all__ = [
+    "BankRequest",
+    "GatedTraining",
+    "TrainingRequest",
+    "lower_priority",
+    "run_in_subprocess",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +85,20 @@ class TrainingRequest:
             raise ValueError(f"unknown precision {self.precision!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class BankRequest:
+    """Build an expert bank (the result's `adapter` is the bank)."""
+
+    model_dir: Path
+    speakers: Sequence[PoolSpeaker]
+    config: BankConfig = field(default_factory=BankConfig)
+    precision: Precision = "nf4"
+    device: str = "cpu"
+    priority: TrainingPriority = "normal"
+
+
 def run_in_subprocess(
-    request: TrainingRequest,
+    request: TrainingRequest | BankRequest,
     progress: Callable[[TrainingProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     *,
@@ -89,13 +109,12 @@ def run_in_subprocess(
     `TrainingCancelled` once `should_stop()` is true (the child is gone by then) and
     `TrainingFailed` when the child reports an error or dies; unusable utterances raise
     `TrainingDataError` before any process is started."""
-    for index, utterance in enumerate([*request.train, *request.dev]):
+    for index, utterance in enumerate(_utterances(request)):
         check_utterance(utterance, index)
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_child_main, args=(request, sender), name="pqm-training", daemon=True
-    )
+    name = "pqm-bank" if isinstance(request, BankRequest) else "pqm-training"
+    child = context.Process(target=_child_main, args=(request, sender), name=name, daemon=True)
     child.start()
     sender.close()  # the child holds the only writer: its exit ends the pipe
     try:
@@ -103,6 +122,12 @@ def run_in_subprocess(
     finally:
         _stop(child, grace_seconds)
         receiver.close()
+
+
+def _utterances(request: TrainingRequest | BankRequest) -> list[Utterance]:
+    if isinstance(request, BankRequest):
+        return [u for speaker in request.speakers for u in speaker.utterances]
+    return [*request.train, *request.dev]
 
 
 def _supervise(
@@ -157,12 +182,19 @@ def _stop(child: BaseProcess, grace_seconds: float) -> None:
     child.join(grace_seconds)
 
 
-def _child_main(request: TrainingRequest, sender: Connection) -> None:
+def _child_main(request: TrainingRequest | BankRequest, sender: Connection) -> None:
     """Entry point of the training process."""
     lower_priority(request.priority)
     _limit_threads(request.config.threads)
+
+    def report(update: TrainingProgress) -> None:
+        sender.send(("progress", update))
+
     try:
-        result = _train(request, lambda update: sender.send(("progress", update)))
+        if isinstance(request, BankRequest):
+            result = _build(request, report)
+        else:
+            result = _train(request, report)
         sender.send(("result", dump_any(result.adapter), result.metrics))
     except BaseException as exc:
         with suppress(OSError):
@@ -201,6 +233,18 @@ def _train(
         device=request.device,
         progress=progress,
     )
+
+
+def _build(request: BankRequest, progress: Callable[[TrainingProgress], None]) -> TrainingResult:
+    built = build_bank(
+        request.model_dir,
+        request.speakers,
+        request.config,
+        precision=request.precision,
+        device=request.device,
+        progress=progress,
+    )
+    return TrainingResult(adapter=built.bank, metrics=built.metrics)
 
 
 def lower_priority(priority: TrainingPriority) -> None:

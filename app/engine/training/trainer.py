@@ -1,5 +1,5 @@
-"""Trains one speaker's adapter (LoRA or SAML) on the shared base model (blocking; see `process` for the
-child-process wrapper the service uses).
+"""Trains one speaker's adapter (LoRA or SAML) on the shared base model (blocking; see `process`
+for the child-process wrapper the service uses).
 
 Two model instances are loaded, never the serving one:
 
