@@ -38,7 +38,14 @@ async def create_enrolment(
     transcripts: Annotated[
         list[str] | FormOmitted, Form(description="What each file says, in file order.")
     ] = None,
-    method: Annotated[str, Form()] = DEFAULT_METHOD,
+    method: Annotated[
+        str,
+        Form(
+            description="`lora` (the default), `saml` (needs an active expert bank) or `auto` "
+            "(LoRA, and SAML too when an expert bank exists: the one with fewer held-out word "
+            "errors is offered for activation)."
+        ),
+    ] = DEFAULT_METHOD,
     rank: Annotated[Annotated[int, Field(ge=1, le=64)] | FormOmitted, Form()] = None,
     epochs: Annotated[Annotated[int, Field(ge=1, le=50)] | FormOmitted, Form()] = None,
     seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
@@ -62,6 +69,7 @@ async def create_enrolment(
         request,
         state.settings.enrolment,
         state.settings.quotas,
+        state.recognizer.info.fingerprint,
     )
     return EnrolmentJobPublic.model_validate(job)
 

@@ -11,11 +11,17 @@ from app.db.enrolment_status import EnrolmentStatus
 from app.db.models import EnrolmentJob, Recording, RecordingOrigin, new_id
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.repositories.recordings import RecordingRepository
-from app.engine.adaptation.registry import method_names
+from app.engine.adaptation.saml.config import METHOD as SAML
 from app.engine.audio import SAMPLE_RATE
 from app.errors import BadRequestError, ConflictError, NotFoundError
+from app.services.active_bank import NO_ACTIVE_BANK, active_bank
 from app.services.auth import Principal
-from app.services.enrolment_jobs import DEFAULT_METHOD, EnrolmentRequest, new_job
+from app.services.enrolment_jobs import (
+    DEFAULT_METHOD,
+    ENROLMENT_METHODS,
+    EnrolmentRequest,
+    new_job,
+)
 from app.services.quotas import check_room_for
 from app.services.recording_checks import (
     CheckedRecording,
@@ -46,12 +52,19 @@ async def create_enrolment(
     request: EnrolmentRequest,
     limits: EnrolmentSettings,
     quotas: QuotaSettings,
+    fingerprint: str,
 ) -> EnrolmentJob:
     """Queues a job on an upload, validated whole first (one bad item rejects the request and
     stores nothing), or, with no upload, on the user's stored recordings. The activation gate
-    decides either way."""
+    decides either way. `fingerprint`: the served base model's, whose expert bank SAML needs."""
     await get_speaker(session, principal, user_id)
     _check_method(request)
+    if request.method == SAML and await active_bank(session, store, fingerprint) is None:
+        raise BadRequestError(
+            f"method=saml starts from an expert bank: {NO_ACTIVE_BANK}.",
+            param="method",
+            code="no_active_expert_bank",
+        )
     if request.retrains:
         return await _retrain(session, user_id, request, limits)
     if request.since is not None:
@@ -94,9 +107,9 @@ async def _refuse_while_unfinished(jobs: EnrolmentRepository, user_id: str) -> N
 
 
 def _check_method(request: EnrolmentRequest) -> None:
-    if request.method not in method_names():
+    if request.method not in ENROLMENT_METHODS:
         raise BadRequestError(
-            f"Unknown method {request.method!r}; supported: {', '.join(method_names())}.",
+            f"Unknown method {request.method!r}; supported: {', '.join(ENROLMENT_METHODS)}.",
             param="method",
         )
 

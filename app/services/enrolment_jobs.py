@@ -5,11 +5,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.db.models import EnrolmentJob, Recording
+from app.engine.adaptation.lora.config import METHOD as LORA
+from app.engine.adaptation.saml.config import METHOD as SAML
 from app.services.recording_checks import UploadedRecording
 
-DEFAULT_METHOD = "lora"
+AUTO = "auto"
+"""Train LoRA, and SAML too when an expert bank exists; offer the better one (`method_choice`)."""
+ENROLMENT_METHODS = (LORA, SAML, AUTO)
+DEFAULT_METHOD = LORA
 
-__all__ = ["DEFAULT_METHOD", "EnrolmentRequest", "new_job"]
+__all__ = ["AUTO", "DEFAULT_METHOD", "ENROLMENT_METHODS", "EnrolmentRequest", "new_job"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,11 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -33,7 +33,8 @@ from app.db.models import EnrolmentJob, Recording
 from app.db.repositories.adapters import AdapterRepository
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
-from app.engine.adaptation.lora.file import dump_adapter
+from app.engine.adaptation.files import dump_any
+from app.engine.adaptation.saml.config import METHOD as SAML
 from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.training import (
@@ -49,9 +50,17 @@ from app.engine.training import (
     run_in_subprocess,
 )
 from app.engine.whisper import TranscriptionTask
-from app.services.adapter_storage import NewAdapter, checked_form, store_adapter
-from app.services.adapters import ActiveAdapters
+from app.services.active_bank import NO_ACTIVE_BANK, active_bank
+from app.services.adapter_storage import (
+    CheckedAdapter,
+    NewAdapter,
+    checked_form,
+    store_adapter,
+)
+from app.services.adapters import ActiveAdapters, ResolvedAdapter
 from app.services.auto_retrain import queue_waiting
+from app.services.enrolment_jobs import AUTO
+from app.services.method_choice import MethodChoice, choose_method
 from app.services.model_loading import resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -92,6 +101,22 @@ class WorkerContext:
             ),
             settings=settings.enrolment,
         )
+
+
+class NoActiveBank(Exception):
+    """A SAML job found no expert bank to start from (the bank went after it was queued)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a job trains: one request per method, in order, each gated against what the user
+    is served now."""
+
+    served_id: str | None
+    """The adapter the user is served now (None: the base model), which each must beat."""
+    requests: dict[str, TrainingRequest]
+    bank_id: str | None
+    """The expert bank SAML starts from (None: no SAML in this job)."""
 
 
 class ClaimLost(Exception):
@@ -185,9 +210,9 @@ class EnrolmentWorker:
 
     async def _train_to_outcome(self, job: EnrolmentJob, log: dict[str, str]) -> None:
         try:
-            served_id, request = await self._training_request(job)
-            result = await self._train(job.id, request)
-            await self._complete(job.id, served_id, result)
+            plan = await self._plan(job)
+            trained = await self._train_all(job.id, plan.requests)
+            await self._complete(job.id, job.method, plan, trained)
         except ClaimLost:
             raise
         except TrainingCancelled:
@@ -201,41 +226,73 @@ class EnrolmentWorker:
             await self._set_outcome(job.id, EnrolmentStatus.FAILED, error=_describe(exc))
             logger.exception("enrolment failed", extra=log)
 
-    async def _training_request(self, job: EnrolmentJob) -> tuple[str | None, TrainingRequest]:
-        """The request, and the id of the adapter the user is served now (None: the base
-        model), which the new adapter must beat."""
+    async def _plan(self, job: EnrolmentJob) -> _Plan:
         async with self._ctx.sessions() as session:
             recordings = await EnrolmentRepository(session).recordings(job.id)
             served = await self._active_adapters.resolve(session, job.user_id)
+            bank = await self._bank(session, job.method)
         utterances = [await self._utterance(recording) for recording in recordings]
         settings = self._ctx.settings
-        gated = GatedTraining(
+        gated = self._gated(served)
+        config = _training_config(job.params, settings.training_threads)
+        base = TrainingRequest(
+            model_dir=self._ctx.model_dir,
+            train=utterances,
+            dev=[],
+            config=config,
+            precision=self._ctx.precision,
+            priority=settings.training_priority,
+            gated=gated,
+        )
+        requests: dict[str, TrainingRequest] = {
+            method: replace(
+                base,
+                config=replace(config, method=method),
+                gated=replace(gated, bank=bank[1] if bank and method == SAML else None),
+            )
+            for method in _methods(job.method, bank is not None)
+        }
+        return _Plan(served.id if served else None, requests, bank[0] if bank else None)
+
+    def _gated(self, served: ResolvedAdapter | None) -> GatedTraining:
+        """The gate, against what the user is served now."""
+        settings = self._ctx.settings
+        return GatedTraining(
             gate=GateConfig(
                 folds=settings.gate_folds,
                 confidence=settings.gate_confidence,
                 min_words_saved=settings.gate_min_words_saved,
             ),
-            served_adapter=dump_adapter(served.weights) if served is not None else None,
+            served_adapter=dump_any(served.weights) if served is not None else None,
             served_label=f"the active adapter {served.id}" if served else "the base model",
             numerics=self._ctx.numerics,
         )
-        request = TrainingRequest(
-            model_dir=self._ctx.model_dir,
-            train=utterances,
-            dev=[],
-            config=_training_config(job.params, settings.training_threads),
-            precision=self._ctx.precision,
-            priority=settings.training_priority,
-            gated=gated,
-        )
-        return (served.id if served else None), request
+
+    async def _bank(self, session: AsyncSession, method: str) -> tuple[str, bytes] | None:
+        """The expert bank a SAML adapter of this job starts from (None: no SAML to train)."""
+        if method not in (SAML, AUTO):
+            return None
+        bank = await active_bank(session, self._ctx.store, self._ctx.recognizer.info.fingerprint)
+        if bank is None and method == SAML:
+            raise NoActiveBank(NO_ACTIVE_BANK)
+        return bank
 
     async def _utterance(self, recording: Recording) -> Utterance:
         data = await self._ctx.store.get(recording.blob_key)
         audio, _ = sf.read(io.BytesIO(data), dtype="float32")
         return Utterance(audio=np.ascontiguousarray(audio), text=recording.transcript)
 
-    async def _train(self, job_id: str, request: TrainingRequest) -> TrainingResult:
+    async def _train_all(
+        self, job_id: str, requests: dict[str, TrainingRequest]
+    ) -> dict[str, TrainingResult]:
+        """Each method's training in turn; progress runs once from 0 to 1 over all of them."""
+        trained: dict[str, TrainingResult] = {}
+        for index, (method, request) in enumerate(requests.items()):
+            part = _Part(index, len(requests), method)
+            trained[method] = await self._train(job_id, request, part)
+        return trained
+
+    async def _train(self, job_id: str, request: TrainingRequest, part: "_Part") -> TrainingResult:
         latest: list[TrainingProgress] = []
         stop = threading.Event()
         training = asyncio.ensure_future(
@@ -243,7 +300,7 @@ class EnrolmentWorker:
         )
         while not training.done():
             await asyncio.wait({training}, timeout=self._ctx.settings.heartbeat_interval_s)
-            alive = await self._heartbeat(job_id, latest[-1] if latest else None)
+            alive = await self._heartbeat(job_id, part.of(latest[-1]) if latest else None)
             if not alive or self._stopping.is_set():
                 stop.set()
         return training.result()
@@ -263,44 +320,53 @@ class EnrolmentWorker:
                 message=progress.message,
             )
 
-    async def _complete(self, job_id: str, served_id: str | None, result: TrainingResult) -> None:
-        recognizer = self._ctx.recognizer
-        form = await self._ctx.scheduler.run(lambda: checked_form(result.adapter, recognizer))
-        metrics: dict[str, Any] = dict(result.metrics)
+    async def _complete(
+        self, job_id: str, method: str, plan: _Plan, trained: dict[str, TrainingResult]
+    ) -> None:
+        """Stores every trained adapter; at most the chosen one is activated."""
+        forms = {name: await self._checked(result) for name, result in trained.items()}
         async with self._ctx.sessions() as session:
             job = await EnrolmentRepository(session).claimed(job_id, self.worker_id)
             if job is None:
                 raise ClaimLost(job_id)
             user_id = job.user_id
             served_now = await AdapterRepository(session).active_for_user(user_id)
-        activate, reason = bool(metrics["gate"]["activate"]), str(metrics["gate"]["reason"])
-        if activate and (served_now.id if served_now else None) != served_id:
-            activate = False
-            reason = "not activated: what the user is served changed while this adapter trained"
-        if form.out_of_bounds is not None:  # kept for inspection, never served
-            activate, reason = False, f"quarantined: out of bounds: {form.out_of_bounds}"
-        new = NewAdapter(
-            user_id=user_id,
-            form=form,
-            source="enrolment",
-            activate=activate,
-            note=None if activate else reason,
-            enrolment_id=job_id,
-            metrics=metrics,
-        )
+        served_changed = (served_now.id if served_now else None) != plan.served_id
+        choice = choose_method({name: result.metrics["gate"] for name, result in trained.items()})
+        news = {
+            name: _new_adapter(
+                user_id,
+                job_id,
+                forms[name],
+                _adapter_metrics(result, name, plan.bank_id),
+                _decision(result, forms[name], served_changed, choice, name),
+            )
+            for name, result in trained.items()
+        }
+        winner = news[choice.winner]
+        job_metrics = dict(winner.metrics)
+        if method == AUTO:
+            job_metrics["method_choice"] = choice.to_metrics()
         try:
-            await self._commit_adapter(job_id, new, reason)
+            await self._commit_adapters(job_id, list(news.values()), winner, job_metrics)
         except Exception:  # the job's commit failed after the weights were written
-            await self._ctx.store.delete(new.key)
+            for new in news.values():
+                await self._ctx.store.delete(new.key)
             raise
         logger.info(
             "enrolment succeeded",
-            extra={"job_id": job_id, "adapter_id": new.id, "activated": activate},
+            extra={"job_id": job_id, "adapter_id": winner.id, "activated": winner.activate},
         )
 
-    async def _commit_adapter(self, job_id: str, new: NewAdapter, reason: str) -> None:
-        """One transaction: the adapter stored (see `store_adapter`) and the job's success, or
-        none of it."""
+    async def _checked(self, result: TrainingResult) -> CheckedAdapter:
+        recognizer = self._ctx.recognizer
+        return await self._ctx.scheduler.run(lambda: checked_form(result.adapter, recognizer))
+
+    async def _commit_adapters(
+        self, job_id: str, news: Sequence[NewAdapter], chosen: NewAdapter, metrics: dict[str, Any]
+    ) -> None:
+        """One transaction: the adapters stored (see `store_adapter`) and the job's success
+        naming `chosen`, or none of it."""
         async with transaction(self._ctx.sessions) as session:
             jobs = EnrolmentRepository(session)
             job = await jobs.claimed(job_id, self.worker_id, for_update=True)
@@ -308,9 +374,11 @@ class EnrolmentWorker:
                 raise ClaimLost(job_id)
             if job.cancel_requested:
                 raise TrainingCancelled("the job was cancelled while finishing")
-            await store_adapter(session, self._ctx.store, new)
-            job.adapter_id, job.activated = new.id, new.activate
-            job.activation_reason, job.metrics = reason, new.metrics
+            for new in news:
+                await store_adapter(session, self._ctx.store, new)
+            job.adapter_id, job.activated = chosen.id, chosen.activate
+            job.activation_reason = chosen.note or str(metrics["gate"]["reason"])
+            job.metrics = metrics
             if not await jobs.finish(job, EnrolmentStatus.SUCCEEDED):
                 # Cancelled or taken over meanwhile: ending it as cancelled tells which.
                 raise TrainingCancelled("the job changed while finishing")
@@ -342,6 +410,81 @@ class EnrolmentWorker:
 
     def _runs(self, job: EnrolmentJob) -> bool:
         return job.status == EnrolmentStatus.RUNNING and job.worker_id == self.worker_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One method's training among the `count` a job runs, in its share of the progress."""
+
+    index: int
+    count: int
+    method: str
+
+    def of(self, progress: TrainingProgress) -> TrainingProgress:
+        if self.count == 1:
+            return progress
+        return replace(
+            progress,
+            fraction=(self.index + progress.fraction) / self.count,
+            message=f"{self.method}: {progress.message}",
+        )
+
+
+TrainedMethod = Literal["lora", "saml"]
+"""What `TrainingConfig.method` trains."""
+
+
+def _methods(method: str, has_bank: bool) -> tuple[TrainedMethod, ...]:
+    """The methods a job of `method` trains, in order (`auto`: SAML only with a bank)."""
+    if method == AUTO:
+        return ("lora", "saml") if has_bank else ("lora",)
+    return ("saml",) if method == SAML else ("lora",)
+
+
+def _decision(
+    result: TrainingResult,
+    form: CheckedAdapter,
+    served_changed: bool,
+    choice: MethodChoice,
+    method: str,
+) -> tuple[bool, str]:
+    """Whether the adapter is activated, and why (or why not)."""
+    gate = result.metrics["gate"]
+    activate, reason = bool(gate["activate"]), str(gate["reason"])
+    if method != choice.winner:
+        activate, reason = False, choice.loser_note
+    elif activate and served_changed:
+        activate = False
+        reason = "not activated: what the user is served changed while this adapter trained"
+    if form.out_of_bounds is not None:  # kept for inspection, never served
+        activate, reason = False, f"quarantined: out of bounds: {form.out_of_bounds}"
+    return activate, reason
+
+
+def _adapter_metrics(result: TrainingResult, method: str, bank_id: str | None) -> dict[str, Any]:
+    metrics = dict(result.metrics)
+    if method == SAML:
+        metrics["expert_bank"] = bank_id
+    return metrics
+
+
+def _new_adapter(
+    user_id: str,
+    job_id: str,
+    form: CheckedAdapter,
+    metrics: dict[str, Any],
+    decision: tuple[bool, str],
+) -> NewAdapter:
+    activate, reason = decision
+    return NewAdapter(
+        user_id=user_id,
+        form=form,
+        source="enrolment",
+        activate=activate,
+        note=None if activate else reason,
+        enrolment_id=job_id,
+        metrics=metrics,
+    )
 
 
 def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:

@@ -13,6 +13,7 @@ from app.config import Settings
 from app.db.models import AdapterBlob, EnrolmentJob, Recording
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
+from app.services.active_bank import NO_ACTIVE_BANK
 from app.state import ServiceState
 from tests.conftest import ADMIN, bearer, create_user, make_settings
 from tests.support.api import assert_openai_error
@@ -178,10 +179,48 @@ async def test_count_mismatch_and_empty_transcript(
     assert error["param"] == "transcripts[1]"
     assert "U+001B" in str(error["message"])
 
-    response = await enrol(client, alice, recordings, method="saml")
+    response = await enrol(client, alice, recordings, method="dora")
     error = assert_openai_error(response, 400)
     assert error["param"] == "method"
-    assert "supported: lora" in str(error["message"])
+    assert "supported: lora, saml, auto" in str(error["message"])
+
+
+async def test_saml_without_an_expert_bank_is_refused_naming_the_remedy(
+    client: httpx.AsyncClient, app: FastAPI, recordings: list[tuple[bytes, str]]
+) -> None:
+    alice = await create_user(client)
+    response = await enrol(client, alice, recordings, method="saml")
+    error = assert_openai_error(response, 400)
+    assert (error["param"], error["code"]) == ("method", "no_active_expert_bank")
+    assert NO_ACTIVE_BANK in str(error["message"])
+    assert "pqm experts build" in str(error["message"])
+    state: ServiceState = app.state.pqm
+    async with state.sessions() as session:
+        for table in (EnrolmentJob, Recording):
+            assert await session.scalar(select(func.count()).select_from(table)) == 0
+
+
+@pytest.mark.slow
+async def test_auto_without_an_expert_bank_trains_lora_alone(
+    live_client: httpx.AsyncClient, recordings: list[tuple[bytes, str]]
+) -> None:
+    alice = await create_user(live_client, "alice")
+    as_alice = bearer(alice["api_key"])
+    few = recordings[:4]  # the fewest an enrolment takes here: the job stays small
+    response = await enrol(live_client, alice, few, method="auto", epochs="1")
+    assert response.status_code == 202, response.text
+    assert response.json()["method"] == "auto"
+
+    _, job = await wait_for_job(live_client, str(response.json()["id"]), as_alice)
+    assert job["status"] == "succeeded", job
+    metrics = job["metrics"]
+    assert isinstance(metrics, dict)
+    choice = metrics["method_choice"]
+    assert (choice["winner"], list(choice["gates"])) == ("lora", ["lora"])
+    assert choice["gates"]["lora"] == metrics["gate"]
+    listed = await live_client.get(f"/v1/users/{alice['id']}/adapters", headers=as_alice)
+    adapters = listed.json()["data"]
+    assert [(a["id"], a["method"]) for a in adapters] == [(job["adapter_id"], "lora")]
 
 
 async def test_one_undecodable_file_rejects_everything(
