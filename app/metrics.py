@@ -100,7 +100,7 @@ class Metrics:
         self.correction_words = Counter(
             "pqm_correction_words_total",
             "Words in users' corrections of transcripts this service produced, by the method "
-            "that produced them (base, lora).",
+            "that produced them (base, lora, saml).",
             ["method"],
             registry=r,
         )

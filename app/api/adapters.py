@@ -36,8 +36,9 @@ async def import_adapter(
     file: Annotated[
         UploadFile,
         File(
-            description="An adapter file to import: safetensors (`pqm-lora/1`), or a zip of "
-            "PEFT's adapter_config.json and adapter_model.safetensors (told apart by content)."
+            description="An adapter file to import: safetensors (`pqm-lora/1` or "
+            "`pqm-saml/1` of kind `adapter`), or a zip of PEFT's adapter_config.json and "
+            "adapter_model.safetensors (told apart by content)."
         ),
     ],
     activate: Annotated[bool, Form(description="Make it the user's active adapter.")] = True,
@@ -79,7 +80,7 @@ async def import_adapter(
             "(`application/octet-stream`), or for `format=peft` a zip of PEFT's "
             "adapter_config.json and adapter_model.safetensors (`application/zip`).",
         ),
-        **error_responses(401, 404, 422, 500),
+        **error_responses(400, 401, 404, 422, 500),
     },
 )
 async def export_adapter(
@@ -92,8 +93,9 @@ async def export_adapter(
         ExportForm,
         Query(
             alias="format",
-            description="`pqm`: the service's own file. `peft`: PEFT's form, which "
-            "transformers + peft (`PeftModel.from_pretrained`) load.",
+            description="`pqm`: the service's own file (`pqm-lora/1` or `pqm-saml/1`, by "
+            "the adapter's method). `peft`: PEFT's form, which transformers + peft "
+            "(`PeftModel.from_pretrained`) load; LoRA adapters only (400 for SAML).",
         ),
     ] = "pqm",
 ) -> Response:

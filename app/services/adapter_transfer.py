@@ -1,5 +1,5 @@
-"""Adapter export and import: a user's adapter as a safetensors file (or in PEFT's form, a zip),
-and back.
+"""Adapter export and import: a user's adapter as a safetensors file of its method's format
+(`pqm-lora/1`, `pqm-saml/1`; a LoRA adapter also in PEFT's form, a zip), and back.
 
 Imported files are untrusted: they are parsed as safetensors only (never pickle), checked on
 their own terms and against the served base model, then stored in canonical form, so what is
@@ -18,13 +18,11 @@ from adapters_store import AdapterStore, BlobNotFoundError, StoreError
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adaptation.lora.file import (
-    AdapterFileError,
-    BaseModelMismatchError,
-    load_adapter,
-    read_adapter_header,
-)
+from app.engine.adaptation.files import load_any, read_any_header
+from app.engine.adaptation.lora.config import METHOD as LORA
+from app.engine.adaptation.lora.file import AdapterFileError, BaseModelMismatchError
 from app.engine.adaptation.lora.peft_zip import from_peft, is_zip, to_peft
+from app.engine.adaptation.saml.file import SAML_FORMAT
 from app.engine.batching import EngineRunner
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.tensor_file import TensorFile
@@ -40,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 
 ExportForm = Literal["pqm", "peft"]
-"""`pqm`: the stored `pqm-lora/1` file; `peft`: a zip that PEFT's `from_pretrained` loads."""
+"""`pqm`: the stored file (`pqm-lora/1` or `pqm-saml/1`); `peft`: a zip that PEFT's
+`from_pretrained` loads (LoRA only: PEFT has no SAML)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +72,12 @@ async def export_adapter(
     adapter = await AdapterRepository(session).get_for_user(user_id, adapter_id)
     if adapter is None:
         raise NotFoundError(f"No adapter with id {adapter_id!r}.", param="adapter_id")
+    if form == "peft" and adapter.method != LORA:
+        raise BadRequestError(
+            f"PEFT has no {adapter.method} adapters; export this one with format=pqm.",
+            param="format",
+            code="unsupported_format",
+        )
     data = await _stored_weights(store.bind(session), adapter)
     if form == "pqm":
         return AdapterFile(filename=f"{adapter.id}.safetensors", data=data, sha256=adapter.sha256)
@@ -150,9 +155,15 @@ def _checked_header(data: bytes, fingerprint: str, max_bytes: int) -> TensorFile
     try:
         if is_zip(data):
             data = from_peft(data, fingerprint, max_bytes)
-        return read_adapter_header(data)
+        file = read_any_header(data)
     except AdapterFileError as exc:
         raise _refused(exc, "invalid_adapter") from exc
+    if file.metadata.get("format") == SAML_FORMAT and file.metadata.get("kind") == "bank":
+        raise _refused(
+            "it is an expert bank, not a speaker's adapter (expert banks go to /v1/expert-banks)",
+            "invalid_adapter",
+        )
+    return file
 
 
 def _canonical(file: TensorFile, recognizer: SpeechRecognizer) -> CheckedAdapter:
@@ -160,7 +171,7 @@ def _canonical(file: TensorFile, recognizer: SpeechRecognizer) -> CheckedAdapter
     to the tensors' data. The upload itself is checked first, so that nothing in it is
     silently converted (such as float16 tensors to float32); one out of bounds is refused."""
     try:
-        uploaded = load_adapter(file)
+        uploaded = load_any(file)
         recognizer.check_adapter(uploaded)
         form = checked_form(uploaded, recognizer)
     except BaseModelMismatchError as exc:

@@ -12,12 +12,9 @@ from adapters_store import AdapterStore, StoreError
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter, AdapterStatus
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adaptation.lora.file import (
-    AdapterFileError,
-    AdapterWeights,
-    load_adapter,
-    read_adapter_header,
-)
+from app.engine.adaptation.files import load_any, read_any_header
+from app.engine.adaptation.lora.file import AdapterFileError
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.batching import EngineRunner, ThreadRunner
 from app.engine.memory import release_free_memory
 from app.engine.recognizer import SpeechRecognizer
@@ -94,7 +91,7 @@ async def activate_adapter(
 @dataclass(frozen=True, slots=True)
 class ResolvedAdapter:
     id: str
-    weights: AdapterWeights
+    weights: AnyAdapter
 
 
 class ActiveAdapters:
@@ -124,14 +121,14 @@ class ActiveAdapters:
         """Where checked adapter files become weights (torch work: the inference thread)."""
         self._capacity_bytes = capacity_bytes
         self._metrics = metrics
-        self._cache: OrderedDict[tuple[str, str], tuple[str, AdapterWeights]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[str, AnyAdapter]] = OrderedDict()
         """(adapter id, sha256) -> (user id, weights), least recently used first."""
         self._cached_bytes = 0
         self._reserved_bytes = 0
         """Room held for loads in flight (`LOAD_COPIES` times the file each)."""
         self._cached_for: dict[str, tuple[str, str]] = {}
         """user id -> key of their adapter in the cache (users with a cached adapter only)."""
-        self._loading: dict[tuple[str, str], asyncio.Future[AdapterWeights | None]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[AnyAdapter | None]] = {}
         self._load_gate = asyncio.Semaphore(LOAD_CONCURRENCY)
 
     @property
@@ -183,7 +180,7 @@ class ActiveAdapters:
             del self._cached_for[user_id]
         self._recognizer.forget(weights)
 
-    async def _weights(self, row: Adapter) -> AdapterWeights | None:
+    async def _weights(self, row: Adapter) -> AnyAdapter | None:
         key = (row.id, row.sha256)
         cached = self._cache.get(key)
         if cached is not None:
@@ -194,7 +191,7 @@ class ActiveAdapters:
         pending = self._loading.get(key)
         if pending is not None:  # another request is loading it: share that load
             return await asyncio.shield(pending)
-        future: asyncio.Future[AdapterWeights | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[AnyAdapter | None] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         started = time.perf_counter()
         try:
@@ -216,7 +213,7 @@ class ActiveAdapters:
         self._keep(key, row.user_id, weights)
         return weights
 
-    async def _reserved_load(self, row: Adapter) -> AdapterWeights | None:
+    async def _reserved_load(self, row: Adapter) -> AnyAdapter | None:
         """`_load`, with room made in the budget first for what the load holds at its peak
         (the file and its parsed copy), so the tier stays within its budget, loads included."""
         reservation = LOAD_COPIES * row.size_bytes
@@ -228,7 +225,7 @@ class ActiveAdapters:
         finally:
             self._reserved_bytes -= reservation
 
-    def _keep(self, key: tuple[str, str], user_id: str, weights: AdapterWeights) -> None:
+    def _keep(self, key: tuple[str, str], user_id: str, weights: AnyAdapter) -> None:
         if key in self._cache:  # loaded twice (a load raced an eviction): keep one
             self._drop(key)
         self._cache[key] = (user_id, weights)
@@ -255,7 +252,7 @@ class ActiveAdapters:
         if self._metrics is not None:
             self._metrics.adapter_cache.labels("host", event).inc()
 
-    async def _load(self, row: Adapter) -> AdapterWeights | None:
+    async def _load(self, row: Adapter) -> AnyAdapter | None:
         """The adapter's weights, or None (logged) when they are missing, corrupt or do not fit
         the served model: the user is then served by the base model, never by broken weights."""
         try:
@@ -264,8 +261,8 @@ class ActiveAdapters:
             # a damaged or hostile blob delays nobody's transcription.
             file = await asyncio.to_thread(_checked_file, data, row.size_bytes, row.sha256)
             weights = await self._runner.run(lambda: self._parse(file))
-            if weights.base_fingerprint != row.base_fingerprint:
-                raise AdapterFileError("file and database disagree on the base model")
+            if (weights.base_fingerprint, weights.method) != (row.base_fingerprint, row.method):
+                raise AdapterFileError("file and database disagree on the base model or method")
         except (StoreError, AdapterFileError) as exc:
             logger.error(
                 "adapter refused; serving the base model",
@@ -274,8 +271,8 @@ class ActiveAdapters:
             return None
         return weights
 
-    def _parse(self, file: TensorFile) -> AdapterWeights:
-        weights = load_adapter(file)
+    def _parse(self, file: TensorFile) -> AnyAdapter:
+        weights = load_any(file)
         self._recognizer.check_adapter(weights)
         # A cold load follows an eviction (or soon will): under a stream of new users the
         # freed adapters and blobs would otherwise pile up in the heap between the engine's
@@ -289,10 +286,11 @@ def _checked_file(data: bytes, size_bytes: int, sha256: str) -> TensorFile:
     """The stored file as recorded, its header checked (plain Python, no torch)."""
     if len(data) != size_bytes or sha256_hex(data) != sha256:
         raise AdapterFileError("stored weights differ from the recorded checksum")
-    return read_adapter_header(data)
+    return read_any_header(data)
 
 
-def _size(weights: AdapterWeights) -> int:
-    """What a cached adapter takes: its tensors' data and their objects."""
+def _size(weights: AnyAdapter) -> int:
+    """What a cached adapter takes: its tensors' data and their objects (LoRA factors, or
+    SAML experts and routers alike)."""
     data = sum(t.numel() * t.element_size() for t in weights.tensors.values())
     return data + TENSOR_OVERHEAD_BYTES * len(weights.tensors)

@@ -17,7 +17,8 @@ from app.engine.text import word_errors
 from app.metrics import Metrics
 
 BASE_METHOD = "base"
-"""The method label of transcripts the base model produced (adapters carry their own: `lora`)."""
+"""The method label of transcripts the base model produced (adapters carry their own: `lora`,
+`saml`)."""
 DEFAULT_CAPACITY = 10_000
 DEFAULT_TTL_S = 3600.0
 

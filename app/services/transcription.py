@@ -4,12 +4,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transaction
 from app.engine.adaptation.lora.file import AdapterWeights
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.audio import DecodedAudio, decode_audio_spooled
 from app.engine.batching import BatchScheduler, QueueFullError
 from app.engine.errors import AdapterNumericError, AudioDecodeError
@@ -147,10 +148,14 @@ class TranscriptionService:
         return TranscriptionOutcome(transcription, adapter_id, fallback)
 
     async def _run(
-        self, audio: DecodedAudio, options: TranscriptionOptions, weights: AdapterWeights | None
+        self, audio: DecodedAudio, options: TranscriptionOptions, weights: AnyAdapter | None
     ) -> Transcription:
         try:
-            return await self._scheduler.transcribe(audio, options, weights)
+            # The scheduler's annotations still name LoRA only; it hands the adapter to
+            # `WhisperEngine.open`, which serves every method's.
+            return await self._scheduler.transcribe(
+                audio, options, cast("AdapterWeights | None", weights)
+            )
         except QueueFullError as exc:
             self._metrics.transcriptions.labels("overloaded", str(weights is not None)).inc()
             raise ServiceUnavailableError(

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+from app.engine.adaptation.files import FORMATS
 from app.engine.adaptation.lora.file import (
     MAX_EXTRA_ENTRIES,
     MAX_EXTRA_VALUE_CHARS,
@@ -187,6 +188,7 @@ def _deep_list(levels: int) -> str:
 
 
 NOT_FINITE = "'alpha' must be a positive finite number"
+FORMATS_NAMED = ", ".join(FORMATS)
 OVER_THE_NORM = "times the norm of the weight it adapts; at most 1 is allowed"
 NOT_F32 = "must be float32, not torch."
 CORPUS: dict[str, Hostile] = {
@@ -224,8 +226,8 @@ CORPUS: dict[str, Hostile] = {
     "base-fingerprint-missing": Hostile(
         _metadata(base_fingerprint=None), "'base_fingerprint' is missing"
     ),
-    "format-missing": Hostile(_metadata(format=None), "'format' must be 'pqm-lora/1'"),
-    "format-peft": Hostile(_metadata(format="peft"), "'format' must be 'pqm-lora/1'"),
+    "format-missing": Hostile(_metadata(format=None), f"'format' must be one of {FORMATS_NAMED}"),
+    "format-peft": Hostile(_metadata(format="peft"), f"'format' must be one of {FORMATS_NAMED}"),
     "method-unknown": Hostile(_metadata(method="saml"), "unknown method 'saml'"),
     "encoder-window-unknown": Hostile(
         _metadata(encoder_window="half"), "unknown encoder_window 'half'"

@@ -9,9 +9,11 @@ from adapters_store import AdapterStore
 from app.db.models import Adapter, new_id
 from app.db.repositories.adapters import AdapterRepository
 from app.db.session import transaction
+from app.engine.adaptation.files import dump_any
 from app.engine.adaptation.lora.config import ATTENTION_TARGETS
-from app.engine.adaptation.lora.file import AdapterWeights, dump_adapter
+from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.adaptation.lora.layer import target_module_names
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.adaptation.saml.config import RouterKind, route_of
 from app.engine.adaptation.saml.router import fresh_router_tensors
 from app.engine.adaptation.saml.weights import ROUTER_PREFIX, SamlWeights
@@ -81,15 +83,16 @@ def random_saml(
 async def install_adapter(
     state: ServiceState,
     user_id: str,
-    weights: AdapterWeights,
+    weights: AnyAdapter,
     *,
     active: bool = True,
     store: AdapterStore | None = None,
 ) -> str:
-    """Stores the adapter and its row as an enrolment would; returns the adapter id."""
+    """Stores the adapter (of any method) and its row as an enrolment would; returns the
+    adapter id."""
     adapter_id = new_id()
     key = adapter_key(user_id, adapter_id)
-    stored = await (store or state.adapter_store).put(key, dump_adapter(weights))
+    stored = await (store or state.adapter_store).put(key, dump_any(weights))
     async with transaction(state.sessions) as session:
         repository = AdapterRepository(session)
         row = await repository.add(
