@@ -117,6 +117,17 @@ def build_suite(
     )
 
 
+def pool_speakers(count: int) -> list[str]:
+    """`count` pool speakers, children and adults alternately, in speakers.tsv order."""
+    table = speakers_of(speechocean_dir())
+    pool = [(name, int(row["age"]) < 18) for name, row in table.items() if row["half"] == "pool"]
+    children = [name for name, child in pool if child]
+    adults = [name for name, child in pool if not child]
+    mixed = [name for pair in zip(children, adults, strict=False) for name in pair]
+    rest = [name for name, _ in pool if name not in mixed]
+    return (mixed + rest)[:count]
+
+
 def _speaker(name: str, row: dict[str, str], utterances: list[Utterance]) -> SpeakerData:
     group = "child" if int(row["age"]) < 18 else "adult"
     return SpeakerData(

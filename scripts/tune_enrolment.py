@@ -83,17 +83,6 @@ BANK_ROUTERS = {"saml-dw": "depthwise"}
 DEFAULT_OUT = RESULTS_DIR / "tune-enrolment.jsonl"
 
 
-def pool_speakers(count: int) -> list[str]:
-    """`count` pool speakers, children and adults alternately, in speakers.tsv order."""
-    table = speechocean.speakers_of(speechocean.speechocean_dir())
-    pool = [(name, int(row["age"]) < 18) for name, row in table.items() if row["half"] == "pool"]
-    children = [name for name, child in pool if child]
-    adults = [name for name, child in pool if not child]
-    mixed = [name for pair in zip(children, adults, strict=False) for name in pair]
-    rest = [name for name, _ in pool if name not in mixed]
-    return (mixed + rest)[:count]
-
-
 def base_errors(engine: Any, speaker: SpeakerData, cache: Path) -> list[int]:
     """The NF4 base's word errors per test recording, computed once per speaker and model."""
     from app.engine.text import word_errors
@@ -116,7 +105,7 @@ def pool_bank(model_dir: Path, tuned: Sequence[str], router: str, cache: Path) -
     from app.engine.training import Utterance
     from app.engine.training.bank import BankConfig, PoolSpeaker, build_bank
 
-    names = sorted(pool_speakers(10_000))
+    names = sorted(speechocean.pool_speakers(10_000))
     others = [name for name in names if name not in set(tuned)]
     suite = speechocean.build_suite("pool", others)
     stamp = hashlib.sha256(
@@ -270,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown config(s) {unknown}")
     cache = args.out.parent / "tune-enrolment-base"
     cache.mkdir(exist_ok=True)
-    tuned = pool_speakers(args.speakers)
+    tuned = speechocean.pool_speakers(args.speakers)
     banks = {
         config: pool_bank(model_dir, tuned, BANK_ROUTERS.get(config, "conv"), cache)
         for config in configs

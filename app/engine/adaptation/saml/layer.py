@@ -82,6 +82,10 @@ class SamlModel(nn.Module):
         ).to(_device_of(model))
         self.prefix_length = 1
         """Decoder positions the decoder routers pool over (the decoder prefix)."""
+        self.route_once = False
+        """Keep each attention's first mixture until `reset_routing` (incremental decoding as
+        serving routes: once, on the prefix). Otherwise every call routes anew: training (one
+        call per attention per forward), or the authors' per-step decoding."""
         self._model = model
         self._experts: dict[str, ExpertLinear] = {}
         self._originals: dict[str, nn.Module] = {}
@@ -98,6 +102,10 @@ class SamlModel(nn.Module):
         for layer in self._experts.values():
             yield layer.experts_a
             yield layer.experts_b
+
+    def reset_routing(self) -> None:
+        for layer in self._experts.values():
+            layer.mixture = None
 
     def set_dropout(self, active: bool) -> None:
         for layer in self._experts.values():
@@ -163,6 +171,9 @@ class SamlModel(nn.Module):
         router = self.routers[route]
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            experts = [c for c in module.children() if isinstance(c, ExpertLinear)]
+            if self.route_once and experts[0].mixture is not None:
+                return
             hidden: Tensor = args[0] if args else kwargs["hidden_states"]
             if route == "encoder_self":
                 mixture = router(hidden)
@@ -170,9 +181,8 @@ class SamlModel(nn.Module):
                 prefix = hidden[:, : self.prefix_length]
                 memory = kwargs.get("key_value_states") if route == "decoder_cross" else None
                 mixture = router(prefix, memory)
-            for child in module.children():
-                if isinstance(child, ExpertLinear):
-                    child.mixture = mixture
+            for child in experts:
+                child.mixture = mixture
 
         return hook
 
