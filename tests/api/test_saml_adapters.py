@@ -1,6 +1,7 @@
 """SAML adapters through the service over HTTP: a stored one serves its user (as the engine
 transcribes with it directly), is listed with its method, exports in its own format (not in
-PEFT's), imports as strictly as LoRA, and an expert bank is no speaker's adapter."""
+PEFT's), imports as strictly as LoRA, counts its users' corrections under its own method, and an
+expert bank is no speaker's adapter."""
 
 import dataclasses
 from collections.abc import Callable
@@ -17,16 +18,19 @@ from app.engine.adaptation.files import load_any
 from app.engine.adaptation.saml.file import dump_saml
 from app.engine.adaptation.saml.weights import SamlWeights
 from app.engine.audio import decode_audio
+from app.engine.text import word_errors
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 from app.services.adapters import TENSOR_OVERHEAD_BYTES, ActiveAdapters
 from app.state import ServiceState
+from tests.api import test_correction_metrics as correction_metrics
 from tests.api.test_adapter_transfer import listed, transcribe, upload, weights_path
 from tests.conftest import ADMIN, bearer, create_user, make_settings
 from tests.engine.adaptation.saml.test_file import CORPUS
 from tests.support.adapters import install_adapter, random_saml
 from tests.support.api import assert_openai_error
 from tests.support.audio import speech_16k, to_bytes
+from tests.support.speech import SENTENCES
 
 SERVED = TranscriptionOptions(with_timestamps=False)
 """What the service decodes a plain JSON transcription request with."""
@@ -58,7 +62,7 @@ def _assert_same_tensors(loaded: SamlWeights, original: SamlWeights) -> None:
     assert all(torch.equal(loaded.tensors[n], t) for n, t in original.tensors.items())
 
 
-async def test_a_stored_saml_adapter_serves_its_user_as_the_engine_does(
+async def test_a_stored_saml_adapter_serves_its_user_as_the_engine_does_until_deleted(
     client: httpx.AsyncClient,
     state: ServiceState,
     nf4_engine: WhisperEngine,
@@ -79,6 +83,12 @@ async def test_a_stored_saml_adapter_serves_its_user_as_the_engine_does(
     adapters = await listed(client, alice["id"], as_alice)
     assert (adapters[adapter_id]["method"], adapters[adapter_id]["active"]) == ("saml", True)
     assert adapters[adapter_id]["parameter_count"] == saml.parameter_count
+
+    deleted = await client.delete(f"/v1/users/{alice['id']}/adapters/{adapter_id}", headers=ADMIN)
+    assert deleted.status_code == 204
+    after = await transcribe(client, wav, as_alice)
+    assert after.headers["x-adapter-id"] == "none"
+    assert after.json() == base.json()
 
 
 async def test_the_host_cache_counts_a_saml_adapters_bytes(
@@ -221,3 +231,37 @@ async def test_the_engine_s_hostile_saml_files_are_refused(
 ) -> None:
     make, reason = CORPUS[case]
     await _assert_refused(client, make(), reason, "invalid_adapter")
+
+
+async def test_corrections_of_saml_transcripts_count_under_saml(
+    client: httpx.AsyncClient, state: ServiceState, saml: SamlWeights
+) -> None:
+    frank = await create_user(client, "frank")
+    await install_adapter(state, frank["id"], saml)
+    truth = SENTENCES[1]
+    served = await correction_metrics.transcribe(client, frank, truth)
+    assert served.headers["x-adapter-id"] != "none"
+    await correction_metrics.correct(client, frank, truth, served.headers["x-request-id"])
+
+    errors, words = word_errors(truth, served.json()["text"])
+    assert await correction_metrics.correction_counts(client) == {
+        ("pqm_correction_words_total", "saml"): float(words),
+        ("pqm_correction_word_errors_total", "saml"): float(errors),
+    }
+
+
+async def test_a_saml_adapter_that_goes_non_finite_is_quarantined(
+    client: httpx.AsyncClient, state: ServiceState, saml: SamlWeights, wav: bytes
+) -> None:
+    """Straight into the store and the database (as a hostile row would be): imports refuse it."""
+    grace = await create_user(client, "grace")
+    as_grace = bearer(grace["api_key"])
+    poisoned = await install_adapter(state, grace["id"], dataclasses.replace(saml, alpha=1e38))
+    base = await transcribe(client, wav, ADMIN)
+
+    answered = await transcribe(client, wav, as_grace)
+    assert answered.headers["x-adapter-id"] == "none"
+    assert answered.headers["x-adapter-fallback"] == "adapter_numeric_error"
+    assert answered.json() == base.json()
+    row = (await listed(client, grace["id"], as_grace))[poisoned]
+    assert (row["status"], row["active"]) == ("quarantined", False)
