@@ -43,7 +43,8 @@ async def create_enrolment(
         Form(
             description="`lora` (the default), `saml` (needs an active expert bank) or `auto` "
             "(LoRA, and SAML too when an expert bank exists: the one with fewer held-out word "
-            "errors is offered for activation)."
+            "errors is offered for activation). `rank` shapes LoRA only: SAML takes the "
+            "bank's experts."
         ),
     ] = DEFAULT_METHOD,
     rank: Annotated[Annotated[int, Field(ge=1, le=64)] | FormOmitted, Form()] = None,
