@@ -42,7 +42,8 @@ from app.metrics import Metrics
 from app.private_files import private_dir
 from app.services.adapters import ActiveAdapters
 from app.services.auth import load_or_create_admin_key
-from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
+from app.services.enrolment_worker import EnrolmentWorker
+from app.services.job_worker import WorkerContext
 from app.services.model_loading import load_recognizer
 from app.services.transcription import TranscriptionService
 from app.state import ServiceState

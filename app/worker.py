@@ -9,7 +9,8 @@ from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
 from app.engine.compute_thread import in_fresh_thread
 from app.main import adapter_store_for, new_scheduler
-from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
+from app.services.enrolment_worker import EnrolmentWorker
+from app.services.job_worker import WorkerContext
 from app.services.model_loading import load_recognizer
 
 logger = logging.getLogger(__name__)

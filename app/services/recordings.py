@@ -2,14 +2,18 @@
 list, fetch the audio, delete; and storing the audio of any recording."""
 
 import asyncio
+import io
 from dataclasses import dataclass
 
+import numpy as np
+import soundfile as sf
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters_store import AdapterStore, BlobCorruptedError, BlobNotFoundError
 from app.config import EnrolmentSettings, QuotaSettings
 from app.db.models import Recording, RecordingOrigin, new_id
 from app.db.repositories.recordings import RecordingRepository
+from app.engine.training import Utterance
 from app.errors import DataIntegrityError, NotFoundError
 from app.services.auth import Principal
 from app.services.auto_retrain import queue_if_due
@@ -145,3 +149,10 @@ async def store_recordings(
 async def delete_blobs(store: AdapterStore, recordings: list[Recording]) -> None:
     for recording in recordings:
         await store.delete(recording.blob_key)
+
+
+async def stored_utterance(store: AdapterStore, recording: Recording) -> Utterance:
+    """The recording's audio and transcript, as training reads them."""
+    data = await store.get(recording.blob_key)
+    audio, _ = sf.read(io.BytesIO(data), dtype="float32")
+    return Utterance(audio=np.ascontiguousarray(audio), text=recording.transcript)

@@ -21,7 +21,8 @@ from app.engine.training import TrainingRequest, TrainingResult
 from app.engine.whisper import WhisperEngine
 from app.main import new_scheduler
 from app.services import enrolment_worker
-from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
+from app.services.enrolment_worker import EnrolmentWorker
+from app.services.job_worker import WorkerContext
 from tests.conftest import make_settings
 from tests.support.adapters import random_adapter, random_saml
 from tests.support.enrolments import migrated_sessions, new_job, stored_job

@@ -29,7 +29,8 @@ from app.engine.whisper import TranscriptionTask, WhisperEngine
 from app.main import new_scheduler
 from app.services import enrolment_worker
 from app.services.auto_retrain import queue_if_due
-from app.services.enrolment_worker import EnrolmentWorker, WorkerContext
+from app.services.enrolment_worker import EnrolmentWorker
+from app.services.job_worker import WorkerContext
 from tests.conftest import make_settings
 from tests.support.adapters import random_adapter
 from tests.support.enrolments import claim, migrated_sessions, queued_job, stored_job
