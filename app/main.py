@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,7 +44,8 @@ from app.private_files import private_dir
 from app.services.adapters import ActiveAdapters
 from app.services.auth import load_or_create_admin_key
 from app.services.enrolment_worker import EnrolmentWorker
-from app.services.job_worker import WorkerContext
+from app.services.expert_bank_worker import ExpertBankWorker
+from app.services.job_worker import JobWorker, WorkerContext, default_worker_id, run_workers
 from app.services.model_loading import load_recognizer
 from app.services.transcription import TranscriptionService
 from app.state import ServiceState
@@ -70,7 +72,9 @@ def create_app(
         stop = asyncio.Event()
         worker = None
         if settings.enrolment.worker:
-            worker = asyncio.create_task(EnrolmentWorker(_worker_context(state)).run(stop))
+            workers = job_workers(_worker_context(state))
+            poll_s = settings.enrolment.poll_interval_s
+            worker = asyncio.create_task(run_workers(workers, stop, poll_s))
         try:
             yield
         finally:
@@ -180,6 +184,13 @@ def _worker_context(state: ServiceState) -> WorkerContext:
     return WorkerContext.create(
         state.settings, state.sessions, state.adapter_store, state.recognizer, state.scheduler
     )
+
+
+def job_workers(context: WorkerContext) -> list[JobWorker[Any]]:
+    """Every kind of job, for `run_workers` to run in one process under one worker id:
+    enrolments first, as a user waits for theirs."""
+    worker_id = default_worker_id()
+    return [EnrolmentWorker(context, worker_id), ExpertBankWorker(context, worker_id)]
 
 
 def new_scheduler(

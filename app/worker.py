@@ -1,4 +1,5 @@
-"""`pqm worker`: the enrolment worker as a process of its own (same database, same store)."""
+"""`pqm worker`: the job workers (enrolments and expert-bank builds) as a process of their own
+(same database, same store), one job at a time."""
 
 import asyncio
 import logging
@@ -8,9 +9,8 @@ from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
 from app.engine.compute_thread import in_fresh_thread
-from app.main import adapter_store_for, new_scheduler
-from app.services.enrolment_worker import EnrolmentWorker
-from app.services.job_worker import WorkerContext
+from app.main import adapter_store_for, job_workers, new_scheduler
+from app.services.job_worker import WorkerContext, run_workers
 from app.services.model_loading import load_recognizer
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ async def run_worker(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await EnrolmentWorker(context).run(stop)
+        await run_workers(job_workers(context), stop, settings.enrolment.poll_interval_s)
     finally:
         scheduler.shutdown()
         await db_engine.dispose()

@@ -14,6 +14,8 @@ from app.db.repositories.expert_banks import ExpertBankRepository
 from app.engine.adaptation.saml.file import dump_saml
 from app.engine.adaptation.saml.weights import SamlWeights
 from app.engine.training.bank import BankConfig
+from app.engine.training.errors import TrainingFailed
+from app.engine.training.trainer import TrainingResult
 from app.errors import BadRequestError, ConflictError, NotFoundError
 from app.services.adapter_storage import write_verified
 from app.services.auth import Principal
@@ -23,11 +25,13 @@ __all__ = [
     "BankBuild",
     "BankView",
     "activate_bank",
+    "built_bank",
     "delete_bank",
     "get_bank",
     "list_banks",
     "record_bank",
     "request_build",
+    "requested_build",
     "store_bank_file",
     "withdraw_contributor",
 ]
@@ -111,6 +115,17 @@ async def record_bank(
     return await repository.add(bank, contributors)
 
 
+def requested_build(bank: ExpertBank) -> BankBuild:
+    """What the bank's build was asked for, as `record_bank` recorded it."""
+    params = bank.params
+    return BankBuild(
+        experts=bank.experts,
+        epochs=params.get("epochs"),
+        expert_epochs=params.get("expert_epochs"),
+        seed=int(params.get("seed") or 0),
+    )
+
+
 async def list_banks(session: AsyncSession, principal: Principal) -> list[BankView]:
     principal.require_admin()
     repository = ExpertBankRepository(session)
@@ -156,6 +171,14 @@ async def delete_bank(
     await repository.delete(bank.id)
     if key is not None:
         await store.bind(session).delete(key)
+
+
+def built_bank(result: TrainingResult) -> SamlWeights:
+    """The bank a bank-building child process returned."""
+    bank = result.adapter
+    if not isinstance(bank, SamlWeights) or bank.kind != "bank":
+        raise TrainingFailed("the bank-building process returned no expert bank")
+    return bank
 
 
 async def store_bank_file(

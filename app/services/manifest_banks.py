@@ -19,10 +19,9 @@ from app.engine.adaptation.saml.weights import SamlWeights
 from app.engine.audio import decode_audio
 from app.engine.training.bank import PoolSpeaker
 from app.engine.training.data import Utterance
-from app.engine.training.errors import TrainingFailed
 from app.engine.training.process import BankRequest, run_in_subprocess
 from app.main import adapter_store_for
-from app.services.expert_banks import BankBuild, record_bank, store_bank_file
+from app.services.expert_banks import BankBuild, built_bank, record_bank, store_bank_file
 from app.services.model_loading import resolve_model_dir
 
 __all__ = ["ManifestBank", "ManifestError", "build_from_manifest", "read_manifest"]
@@ -78,9 +77,7 @@ def build_from_manifest(
         priority=settings.enrolment.training_priority,
     )
     result = run_in_subprocess(request)
-    bank = result.adapter
-    if not isinstance(bank, SamlWeights) or bank.kind != "bank":
-        raise TrainingFailed("the bank-building process returned no expert bank")
+    bank = built_bank(result)
     bank_id = asyncio.run(_record(settings, build, result.metrics, bank, activate))
     return ManifestBank(
         bank_id=bank_id,

@@ -49,6 +49,26 @@ class ExpertBankRepository(JobRepository[ExpertBank]):
         )
         return list(result.scalars())
 
+    async def contributed_recordings(self, bank: ExpertBank) -> dict[str, list[Recording]]:
+        """User id -> the recordings the build learns from, for each contributor who has not
+        withdrawn: the oldest `recordings` of theirs among those stored when the build was asked
+        for (fewer when they deleted some since, perhaps none)."""
+        contributed: dict[str, list[Recording]] = {}
+        for contributor in await self.contributors(bank.id):
+            if contributor.withdrawn or contributor.user_id is None:
+                continue
+            result = await self._session.execute(
+                select(Recording)
+                .where(
+                    Recording.user_id == contributor.user_id,
+                    Recording.created_at <= bank.created_at,
+                )
+                .order_by(Recording.created_at, Recording.id)
+                .limit(contributor.recordings)
+            )
+            contributed[contributor.user_id] = list(result.scalars())
+        return contributed
+
     async def willing_speakers(self) -> dict[str, int]:
         """User id -> how many recordings they have stored, for every user who lets banks learn
         from their recordings and has some."""
