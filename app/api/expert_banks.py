@@ -38,7 +38,7 @@ def _public(view: BankView) -> ExpertBankPublic:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExpertBankPublic,
-    responses={**success_response(202), **error_responses(400, 401, 403, 422)},
+    responses={**success_response(202), **error_responses(400, 401, 403, 413, 422)},
 )
 async def create_bank(
     body: ExpertBankCreate, state: StateDep, session: SessionDep, principal: PrincipalDep

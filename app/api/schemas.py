@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 from pydantic.json_schema import SkipJsonSchema
 
 from app.db.enrolment_status import EnrolmentStatus
@@ -86,7 +86,7 @@ class UserPublic(BaseModel):
 
 
 class UserUpdate(BaseModel):
-    contribute_recordings: bool | None = None
+    contribute_recordings: StrictBool | None = None  # as JSON Schema: 0.0 is not `false`
     """false withdraws the user: every bank that learned from them is deactivated for good."""
 
 

@@ -53,7 +53,7 @@ async def get_user(user_id: str, session: SessionDep, principal: PrincipalDep) -
 @router.patch(
     "/{user_id}",
     response_model=UserPublic,
-    responses={**success_response(), **error_responses(401, 403, 404, 422)},
+    responses={**success_response(), **error_responses(400, 401, 403, 404, 413, 422)},
 )
 async def update_user(
     user_id: str, body: UserUpdate, session: SessionDep, principal: PrincipalDep

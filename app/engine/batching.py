@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from app.engine.adaptation.lora.file import AdapterWeights
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.audio import SAMPLE_RATE, DecodedAudio
 from app.engine.errors import EngineError
 from app.engine.types import Transcription, TranscriptionOptions
@@ -70,7 +70,7 @@ class BatchingEngine(Protocol[TaskT]):
         self,
         audio: Audio,
         options: TranscriptionOptions,
-        adapter: AdapterWeights | None = None,
+        adapter: AnyAdapter | None = None,
     ) -> TaskT | None: ...
 
     def run_round(self, tasks: list[TaskT]) -> None: ...
@@ -105,7 +105,7 @@ class BatchObserver(Protocol):
 class _Request:
     audio: Audio
     options: TranscriptionOptions
-    adapter: AdapterWeights | None
+    adapter: AnyAdapter | None
     future: Future[Transcription]
     submitted: float = field(default_factory=time.perf_counter)
     started: bool = False
@@ -174,7 +174,7 @@ class BatchScheduler(Generic[TaskT]):
         self,
         audio: Audio,
         options: TranscriptionOptions,
-        adapter: AdapterWeights | None = None,
+        adapter: AnyAdapter | None = None,
     ) -> Transcription:
         """Queues a request and waits for its transcript.
 
@@ -191,7 +191,7 @@ class BatchScheduler(Generic[TaskT]):
         self,
         audio: Audio,
         options: TranscriptionOptions,
-        adapter: AdapterWeights | None = None,
+        adapter: AnyAdapter | None = None,
     ) -> Future[Transcription]:
         """Queues a request; raises `QueueFullError` when `max_pending` requests are pending, or
         when its audio would take the pending audio over `max_pending_audio_s` (a request alone

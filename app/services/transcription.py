@@ -4,12 +4,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transaction
-from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.adaptation.residency import AnyAdapter
 from app.engine.audio import DecodedAudio, decode_audio_spooled
 from app.engine.batching import BatchScheduler, QueueFullError
@@ -151,11 +150,7 @@ class TranscriptionService:
         self, audio: DecodedAudio, options: TranscriptionOptions, weights: AnyAdapter | None
     ) -> Transcription:
         try:
-            # The scheduler's annotations still name LoRA only; it hands the adapter to
-            # `WhisperEngine.open`, which serves every method's.
-            return await self._scheduler.transcribe(
-                audio, options, cast("AdapterWeights | None", weights)
-            )
+            return await self._scheduler.transcribe(audio, options, weights)
         except QueueFullError as exc:
             self._metrics.transcriptions.labels("overloaded", str(weights is not None)).inc()
             raise ServiceUnavailableError(

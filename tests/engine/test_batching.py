@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from app.engine.adaptation.lora.file import AdapterWeights
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.audio import SAMPLE_RATE, DecodedAudio
 from app.engine.batching import BatchScheduler, QueueFullError
 from app.engine.types import Transcription, TranscriptionOptions
@@ -52,7 +52,7 @@ class FakeEngine:
         self,
         audio: np.ndarray | DecodedAudio,
         options: TranscriptionOptions,
-        adapter: AdapterWeights | None = None,
+        adapter: AnyAdapter | None = None,
     ) -> FakeTask | None:
         if isinstance(audio, DecodedAudio):
             audio = audio.read(0, len(audio))
