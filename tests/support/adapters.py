@@ -16,7 +16,7 @@ from app.engine.adaptation.lora.layer import target_module_names
 from app.engine.adaptation.residency import AnyAdapter
 from app.engine.adaptation.saml.config import RouterKind, route_of
 from app.engine.adaptation.saml.router import fresh_router_tensors
-from app.engine.adaptation.saml.weights import ROUTER_PREFIX, SamlWeights
+from app.engine.adaptation.saml.weights import SamlWeights, router_tensors
 from app.engine.types import EncoderWindow
 from app.engine.whisper import WhisperEngine
 from app.services.blob_keys import adapter_key
@@ -66,9 +66,7 @@ def random_saml(
         tensors[f"{name}.experts_B"] = b
     model: Any = engine.model
     routers = fresh_router_tensors(int(model.config.d_model), experts, router, seed)
-    for route, state in routers.items():
-        for key, value in state.items():
-            tensors[f"{ROUTER_PREFIX}.{route}.{key}"] = value
+    tensors.update(router_tensors(routers))
     return SamlWeights(
         tensors=tensors,
         experts=experts,

@@ -17,7 +17,7 @@ import torch
 from app.engine.adaptation.lora.config import ATTENTION_TARGETS
 from app.engine.adaptation.saml.config import RouterKind, SamlConfig
 from app.engine.adaptation.saml.router import fresh_router_tensors
-from app.engine.adaptation.saml.weights import ROUTER_PREFIX, SamlWeights
+from app.engine.adaptation.saml.weights import SamlWeights, router_tensors
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance, check_utterance
 from app.engine.training.errors import TrainingDataError
@@ -183,16 +183,10 @@ def _initial_bank(
         tensors[f"{module}.experts_B"] = torch.stack([e[f"{module}.lora_B"] for e in experts])
     model_config: Any = trainer.model.config
     routers = fresh_router_tensors(model_config.d_model, shape.experts, shape.router, config.seed)
-    for route, state in routers.items():
-        for key, value in state.items():
-            tensors[f"{ROUTER_PREFIX}.{route}.{key}"] = value
-    return SamlWeights(
-        tensors=tensors,
-        experts=shape.experts,
-        rank=shape.rank,
-        alpha=shape.alpha,
-        router=shape.router,
-        temperature=shape.temperature,
+    tensors.update(router_tensors(routers))
+    return SamlWeights.shaped(
+        shape,
+        tensors,
         base_fingerprint=trainer.info.fingerprint,
         encoder_window=training.encoder_window,
         kind="bank",

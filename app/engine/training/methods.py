@@ -26,7 +26,6 @@ from app.engine.adaptation.residency import AnyAdapter
 from app.engine.adaptation.saml.layer import SamlModel
 from app.engine.adaptation.saml.weights import SamlWeights
 from app.engine.training.config import TrainingConfig
-from app.engine.types import EncoderWindow
 
 __all__ = ["Adaptation", "LoraAdaptation", "SamlAdaptation", "Schedule"]
 
@@ -141,17 +140,11 @@ class SamlAdaptation:
     def adapter(
         self, tensors: dict[str, Tensor], fingerprint: str, extra: dict[str, str]
     ) -> SamlWeights:
-        shape = self._saml_config
-        window: EncoderWindow = self._config.encoder_window
-        return SamlWeights(
-            tensors=tensors,
-            experts=shape.experts,
-            rank=shape.rank,
-            alpha=shape.alpha,
-            router=shape.router,
-            temperature=shape.temperature,
+        return SamlWeights.shaped(
+            self._saml_config,
+            tensors,
             base_fingerprint=fingerprint,
-            encoder_window=window,
+            encoder_window=self._config.encoder_window,
             extra=extra,
         )
 

@@ -14,7 +14,7 @@ from torch.utils.hooks import RemovableHandle
 
 from app.engine.adaptation.saml.config import ROUTES, Route, SamlConfig, route_of
 from app.engine.adaptation.saml.router import Router
-from app.engine.adaptation.saml.weights import ROUTER_PREFIX, SamlWeights
+from app.engine.adaptation.saml.weights import SamlWeights, router_tensors
 
 __all__ = ["ExpertLinear", "SamlModel"]
 
@@ -131,10 +131,11 @@ class SamlModel(nn.Module):
         for name, layer in self._experts.items():
             tensors[f"{name}.experts_A"] = _copy(layer.experts_a)
             tensors[f"{name}.experts_B"] = _copy(layer.experts_b)
-        for route in ROUTES:
-            for key, value in self.routers[route].state_dict().items():
-                tensors[f"{ROUTER_PREFIX}.{route}.{key}"] = _copy(value)
-        return tensors
+        states = {
+            route: {key: _copy(v) for key, v in self.routers[route].state_dict().items()}
+            for route in ROUTES
+        }
+        return {**tensors, **router_tensors(states)}
 
     def remove(self) -> None:
         """Restores the model's own projections and drops the hooks."""

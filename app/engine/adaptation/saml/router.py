@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from app.engine.adaptation.saml.config import ROUTES, RouterKind
+from app.engine.adaptation.saml.config import ROUTES, Route, RouterKind
 
 __all__ = ["Router", "fresh_router_tensors", "router_parameter_count"]
 
@@ -61,7 +61,7 @@ class Router(nn.Module):
 
 def fresh_router_tensors(
     d_model: int, experts: int, kind: RouterKind, seed: int
-) -> dict[str, dict[str, Tensor]]:
+) -> dict[Route, dict[str, Tensor]]:
     """Newly initialised routers (PyTorch's default initialisation, reproducibly per seed), as
     state dicts by route."""
     with torch.random.fork_rng():

@@ -9,6 +9,7 @@ An expert bank and a speaker's adapter have the same form: an adapter is the spe
 copy of a bank's routers and experts, trained further, so deleting a bank never breaks it.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from app.engine.adaptation.saml.config import METHOD, Route, RouterKind, SamlConfig
 from app.engine.types import EncoderWindow
 
-__all__ = ["EXPERT_FACTORS", "ROUTER_PREFIX", "SamlKind", "SamlWeights"]
+__all__ = ["EXPERT_FACTORS", "ROUTER_PREFIX", "SamlKind", "SamlWeights", "router_tensors"]
 
 EXPERT_FACTORS = ("experts_A", "experts_B")
 ROUTER_PREFIX = "routers"
@@ -38,6 +39,31 @@ class SamlWeights:
     kind: SamlKind = "adapter"
     method: str = METHOD
     extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def shaped(
+        cls,
+        shape: SamlConfig,
+        tensors: dict[str, Tensor],
+        *,
+        base_fingerprint: str,
+        encoder_window: EncoderWindow,
+        kind: SamlKind = "adapter",
+        extra: dict[str, str] | None = None,
+    ) -> "SamlWeights":
+        """Weights of `shape` (experts, rank, alpha, router, temperature)."""
+        return cls(
+            tensors=tensors,
+            experts=shape.experts,
+            rank=shape.rank,
+            alpha=shape.alpha,
+            router=shape.router,
+            temperature=shape.temperature,
+            base_fingerprint=base_fingerprint,
+            encoder_window=encoder_window,
+            kind=kind,
+            extra=extra or {},
+        )
 
     @property
     def scale(self) -> float:
@@ -82,3 +108,12 @@ class SamlWeights:
     @property
     def parameter_count(self) -> int:
         return sum(tensor.numel() for tensor in self.tensors.values())
+
+
+def router_tensors(routers: Mapping[Route, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Routers' state dicts by route, named as the file names them."""
+    return {
+        f"{ROUTER_PREFIX}.{route}.{key}": value
+        for route, state in routers.items()
+        for key, value in state.items()
+    }
