@@ -170,7 +170,7 @@ def run_one(task: tuple[str, str, Path, Path, Path | None]) -> dict[str, Any]:
     }
 
 
-def summary(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
+def summary(rows: Sequence[dict[str, Any]], baseline: str = "default") -> list[list[object]]:
     table: list[list[object]] = []
     errors = {(row["speaker"], row["config"]): _errors(row) for row in rows}
     for config in dict.fromkeys(row["config"] for row in rows):
@@ -180,9 +180,9 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
         adapter = sum(u["adapter"] for row in mine for u in row["utterances"])
         deltas = [sum(u["adapter"] - u["nf4"] for u in row["utterances"]) for row in mine]
         paired = [
-            errors[row["speaker"], config] - errors[row["speaker"], "default"]
+            errors[row["speaker"], config] - errors[row["speaker"], baseline]
             for row in mine
-            if (row["speaker"], "default") in errors
+            if (row["speaker"], baseline) in errors
         ]
         table.append(
             [
@@ -194,7 +194,7 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
                 sum(d < 0 for d in deltas),
                 sum(d > 0 for d in deltas),
                 max(deltas),
-                _paired_interval(paired) if config != "default" else "",
+                _paired_interval(paired) if config != baseline else "",
                 f"{sum(row['train_seconds'] for row in mine) / len(mine):.0f}",
             ]
         )
@@ -216,7 +216,7 @@ def _paired_interval(differences: Sequence[int], resamples: int = 4000) -> str:
     return f"{sum(differences):+d} [{low:+d}, {high:+d}] ({len(differences)})"
 
 
-def print_summary(path: Path) -> None:
+def print_summary(path: Path, baseline: str = "default") -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     header = [
         "config",
@@ -227,10 +227,10 @@ def print_summary(path: Path) -> None:
         "helped",
         "hurt",
         "worst +words",
-        "vs default (words, 95%, speakers)",
+        f"vs {baseline} (words, 95%, speakers)",
         "train s",
     ]
-    print_table(header, summary(rows))
+    print_table(header, summary(rows, baseline))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,9 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (1 thread each)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--table", action="store_true", help="print the results so far")
+    parser.add_argument(
+        "--baseline",
+        default="default",
+        help="the config the others are compared with, speaker by speaker (rows made on the "
+        "same machine: the base model's errors differ between machines)",
+    )
     args = parser.parse_args(argv)
     if args.table:
-        print_summary(args.out)
+        print_summary(args.out, args.baseline)
         return 0
     from app.engine.model_import import import_bundled_model
 
@@ -284,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    print_summary(args.out)
+    print_summary(args.out, args.baseline)
     return 0
 
 
