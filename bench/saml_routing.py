@@ -57,9 +57,9 @@ def greedy(trainer: Any, saml: Any, mel: torch.Tensor, prefix: list[int], eot: i
         step = torch.tensor([prefix])
         for _ in range(MAX_TOKENS):
             out = model.model.decoder(
-                input_ids=step, encoder_hidden_states=encoded, past_key_values=cache, use_cache=True
+                input_ids=step, encoder_hidden_states=encoded, cache=cache, use_cache=True
             )
-            cache = out.past_key_values
+            cache = out.cache
             token = int(model.proj_out(out.last_hidden_state[:, -1]).argmax())
             if token == eot:
                 break
@@ -108,7 +108,7 @@ def run(bank_path: Path, speakers: int) -> dict[str, Any]:
             for mode, once in (("once", True), ("per step", False)):
                 saml.route_once = once
                 ids = greedy(trainer, saml, mel, prefix, tokens.eot)
-                texts[mode] = loaded.tokenizer.decode(ids, skip_special_tokens=True)
+                texts[mode] = loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
             rows.append(
                 {
                     "speaker": name,
