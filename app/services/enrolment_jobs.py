@@ -6,12 +6,12 @@ from datetime import datetime
 
 from app.db.models import EnrolmentJob, Recording
 from app.engine.adaptation.lora.config import METHOD as LORA
-from app.engine.adaptation.saml.config import METHOD as SAML
+from app.engine.adaptation.registry import method_names
 from app.services.recording_checks import UploadedRecording
 
 AUTO = "auto"
 """Train LoRA, and SAML too when an expert bank exists; offer the better one (`method_choice`)."""
-ENROLMENT_METHODS = (LORA, SAML, AUTO)
+ENROLMENT_METHODS = (*method_names(), AUTO)
 DEFAULT_METHOD = LORA
 
 __all__ = ["AUTO", "DEFAULT_METHOD", "ENROLMENT_METHODS", "EnrolmentRequest", "new_job"]

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from app.engine.adaptation.lora import config as lora_config
+from app.engine.adaptation.saml import config as saml_config
 
 __all__ = ["METHODS", "AdaptationMethod", "adaptable_projections", "method_names"]
 
@@ -24,10 +25,8 @@ class AdaptationMethod:
 METHODS: Mapping[str, AdaptationMethod] = {
     method.name: method
     for method in (
-        AdaptationMethod(
-            name=lora_config.METHOD,
-            targets=lora_config.ADAPTABLE,
-        ),
+        AdaptationMethod(name=lora_config.METHOD, targets=lora_config.ADAPTABLE),
+        AdaptationMethod(name=saml_config.METHOD, targets=saml_config.TARGETS),
     )
 }
 
