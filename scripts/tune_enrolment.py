@@ -79,8 +79,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "saml-e16": {"method": "saml", "epochs": 16},
     "saml-dw": {"method": "saml"},
 }
-BANK_ROUTERS = {"saml-dw": "depthwise"}
-"""The router of the bank a SAML config starts from (default: the authors' conv)."""
+BANK_ROUTERS = {"saml": "conv", "saml-e4": "conv", "saml-e16": "conv", "saml-dw": "depthwise"}
+"""The router of the bank each SAML config starts from (the rows were made so)."""
 DEFAULT_OUT = RESULTS_DIR / "tune-enrolment.jsonl"
 
 
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache.mkdir(exist_ok=True)
     tuned = speechocean.pool_speakers(args.speakers)
     banks = {
-        config: pool_bank(model_dir, tuned, BANK_ROUTERS.get(config, "conv"), cache)
+        config: pool_bank(model_dir, tuned, BANK_ROUTERS[config], cache)
         for config in configs
         if CONFIGS[config].get("method") == "saml"
     }

@@ -46,7 +46,8 @@ class PoolSpeaker:
 class BankConfig:
     experts: int = 10
     """At most this many (one per speaker, the speakers with the most recordings first)."""
-    router: RouterKind = "conv"
+    router: RouterKind = "depthwise"
+    """As `SamlConfig.router` (docs/tuning/saml.md)."""
     expert_epochs: int = 4
     """Epochs of each expert's own rank-1 LoRA on its speaker."""
     epochs: int = 2
