@@ -45,7 +45,7 @@ async def create_bank(
 ) -> ExpertBankPublic:
     """Queues a build from the stored recordings of every user with
     `contribute_recordings=true` (at least 2 of them)."""
-    build = BankBuild(experts=body.experts, epochs=body.epochs)
+    build = BankBuild(experts=body.experts, epochs=body.epochs, expert_epochs=body.expert_epochs)
     fingerprint = state.recognizer.info.fingerprint
     return _public(await expert_banks.request_build(session, principal, fingerprint, build))
 

@@ -258,6 +258,8 @@ class ExpertBankCreate(BaseModel):
     """At most this many experts (one per speaker, most recordings first); default 10."""
     epochs: int | None = Field(default=None, ge=1, le=100)
     """Epochs of routers and experts together over every contributor's recordings."""
+    expert_epochs: int | None = Field(default=None, ge=1, le=100)
+    """Epochs of each expert's own rank-1 LoRA on its speaker, first; default 4."""
 
 
 class ExpertBankPublic(OrmModel):
