@@ -8,10 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import app as app_package
-from adapters_store import AdapterStore, FilesystemStore, SqlBlobStore
 from app.api import (
     adapters,
     audio,
@@ -47,6 +45,7 @@ from app.services.enrolment_worker import EnrolmentWorker
 from app.services.expert_bank_worker import ExpertBankWorker
 from app.services.job_worker import JobWorker, WorkerContext, default_worker_id, run_workers
 from app.services.model_loading import load_recognizer
+from app.services.stores import adapter_store_for
 from app.services.transcription import TranscriptionService
 from app.state import ServiceState
 
@@ -205,11 +204,3 @@ def new_scheduler(
         max_pending_audio_s=queue.max_pending_audio_s,
         observer=metrics,
     )
-
-
-def adapter_store_for(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession]
-) -> AdapterStore:
-    if settings.adapter_store == "filesystem":
-        return FilesystemStore(settings.data_dir / "adapters")
-    return SqlBlobStore(sessions)

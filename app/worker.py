@@ -9,9 +9,10 @@ from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
 from app.engine.compute_thread import in_fresh_thread
-from app.main import adapter_store_for, job_workers, new_scheduler
+from app.main import job_workers, new_scheduler
 from app.services.job_worker import WorkerContext, run_workers
 from app.services.model_loading import load_recognizer
+from app.services.stores import adapter_store_for
 
 logger = logging.getLogger(__name__)
 

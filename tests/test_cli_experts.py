@@ -14,7 +14,7 @@ from app.db.enrolment_status import EnrolmentStatus
 from app.db.repositories.expert_banks import ExpertBankRepository
 from app.db.session import create_engine, create_sessionmaker
 from app.engine.adaptation.saml.file import load_saml
-from app.main import adapter_store_for
+from app.services.stores import adapter_store_for
 from tests.support.audio import speech_16k
 
 VOICES = {"alice": "en-us", "bob": "en-gb", "carol": "en-us"}

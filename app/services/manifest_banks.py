@@ -20,9 +20,9 @@ from app.engine.audio import decode_audio
 from app.engine.training.bank import PoolSpeaker
 from app.engine.training.data import Utterance
 from app.engine.training.process import BankRequest, run_in_subprocess
-from app.main import adapter_store_for
 from app.services.expert_banks import BankBuild, built_bank, record_bank, store_bank_file
 from app.services.model_loading import resolve_model_dir
+from app.services.stores import adapter_store_for
 
 __all__ = ["ManifestBank", "ManifestError", "build_from_manifest", "read_manifest"]
 
