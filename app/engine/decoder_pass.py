@@ -3,7 +3,8 @@
 The batch is a sequence of *groups*: the rows of one request (its beam hypotheses), which
 joined together and so share a prefix length, a cache length and an encoder length. Every
 step feeds one token per row. The projections, nearly all of the work, run over all rows at
-once, each row with its own LoRA factors; attention runs per group, so no row ever sees
+once, each row with its adapter's low-rank factors (a LoRA adapter's, or a SAML adapter's mixture,
+resolved while the request's prefix runs); attention runs per group, so no row ever sees
 padding or another row's lengths. With row-independent matmuls (see `projections`), a row's
 logits are the same bits whether it is decoded alone or with others, whenever it joined:
 batching never changes a transcript.
