@@ -7,6 +7,7 @@ import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def toy_tensors(
     return tensors
 
 
-def toy_adapter(**changes: object) -> SamlWeights:
+def toy_adapter(**changes: Any) -> SamlWeights:
     weights = SamlWeights(
         tensors=toy_tensors(),
         experts=3,
@@ -105,7 +106,7 @@ def toy_adapter(**changes: object) -> SamlWeights:
         temperature=0.5,
         extra={"trainer": "test", "seed": "0"},
     )
-    return replace(weights, **changes)  # type: ignore[arg-type]
+    return replace(weights, **changes)
 
 
 def toy_bank() -> SamlWeights:
