@@ -1,8 +1,6 @@
 """Cancelling an enrolment job that a worker changes at the same moment, against real SQLite and
 PostgreSQL databases: two sessions stand for the API process and a worker."""
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -12,17 +10,11 @@ from app.db.session import transaction
 from app.errors import ConflictError
 from app.services.auth import Principal, Role
 from app.services.enrolment import cancel_job, get_job
-from tests.support.enrolments import claim, migrated_sessions, queued_job, running_job, stored_job
+from tests.support.enrolments import claim, queued_job, running_job, stored_job
 
 pytestmark = pytest.mark.postgres
 
 ADMIN = Principal(role=Role.ADMIN)
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with migrated_sessions(database_url) as sessions:
-        yield sessions
 
 
 async def test_a_job_claimed_while_being_cancelled_is_stopped_by_its_worker(

@@ -25,17 +25,11 @@ from app.services.enrolment_worker import EnrolmentWorker
 from app.services.job_worker import WorkerContext
 from tests.conftest import make_settings
 from tests.support.adapters import random_adapter, random_saml
-from tests.support.enrolments import migrated_sessions, new_job, stored_job
+from tests.support.enrolments import new_job, stored_job
 
 pytestmark = pytest.mark.postgres
 
 BANK = ("bank-1", b"the bank's file")
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with migrated_sessions(database_url) as sessions:
-        yield sessions
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ re-queued by a sweep (it looked stopped) and claimed by another must not end tha
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -26,26 +26,19 @@ from app.engine.batching import BatchScheduler
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.training import TrainingCancelled, TrainingRequest, TrainingResult
 from app.engine.whisper import TranscriptionTask, WhisperEngine
-from app.main import new_scheduler
 from app.services import enrolment_worker
 from app.services.auto_retrain import queue_if_due
 from app.services.enrolment_worker import EnrolmentWorker
 from app.services.job_worker import WorkerContext
 from tests.conftest import make_settings
 from tests.support.adapters import random_adapter
-from tests.support.enrolments import claim, migrated_sessions, queued_job, stored_job
+from tests.support.enrolments import claim, queued_job, stored_job
 
 pytestmark = pytest.mark.postgres
 
 S = EnrolmentStatus
 Ending = Callable[[], TrainingResult]
 """How the stand-in training ends, once the job was taken over: a result or an exception."""
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with migrated_sessions(database_url) as sessions:
-        yield sessions
 
 
 @pytest.fixture
@@ -56,19 +49,6 @@ def settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
         model={"path": tiny_en_dir},
         enrolment={"worker": False, "heartbeat_interval_s": 3600, "max_attempts": 2},
     )
-
-
-@pytest.fixture
-async def context(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], nf4_engine: WhisperEngine
-) -> AsyncIterator[WorkerContext]:
-    scheduler = new_scheduler(settings, nf4_engine)
-    try:
-        yield WorkerContext.create(
-            settings, sessions, SqlBlobStore(sessions), nf4_engine, scheduler
-        )
-    finally:
-        scheduler.shutdown()
 
 
 async def _make_stale(

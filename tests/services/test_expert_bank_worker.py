@@ -5,16 +5,14 @@ deleted while it builds, and a build whose worker stopped."""
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from adapters_store.sql import SqlBlobStore
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.enrolment_status import EnrolmentStatus
@@ -26,7 +24,6 @@ from app.db.session import transaction
 from app.engine.training import TrainingResult
 from app.engine.training.process import BankRequest
 from app.engine.whisper import WhisperEngine
-from app.main import new_scheduler
 from app.services import expert_bank_worker
 from app.services.expert_bank_worker import ExpertBankWorker
 from app.services.expert_banks import BankBuild, record_bank, withdraw_contributor
@@ -36,18 +33,11 @@ from app.services.recordings import store_recordings
 from tests.conftest import make_settings
 from tests.support.adapters import random_saml
 from tests.support.audio import speech_16k
-from tests.support.enrolments import migrated_sessions
 
 pytestmark = pytest.mark.postgres
 
 S = EnrolmentStatus
 TEXTS = ("the cat sat on the mat", "seven green apples", "open the door")
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with migrated_sessions(database_url) as sessions:
-        yield sessions
 
 
 @pytest.fixture
@@ -58,19 +48,6 @@ def settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
         model={"path": tiny_en_dir},
         enrolment={"worker": False, "heartbeat_interval_s": 3600, "max_attempts": 2},
     )
-
-
-@pytest.fixture
-async def context(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], nf4_engine: WhisperEngine
-) -> AsyncIterator[WorkerContext]:
-    scheduler = new_scheduler(settings, nf4_engine)
-    try:
-        yield WorkerContext.create(
-            settings, sessions, SqlBlobStore(sessions), nf4_engine, scheduler
-        )
-    finally:
-        scheduler.shutdown()
 
 
 async def _contributor(context: WorkerContext, name: str, recordings: int) -> str:
