@@ -3,8 +3,8 @@ for the child-process wrapper the service uses).
 
 Two model instances are loaded, never the serving one:
 
-* the *trainer*, kept in `train()` mode for its whole life, whose LoRA factors are the only
-  parameters with gradients;
+* the *trainer*, kept in `train()` mode for its whole life, whose adapter (LoRA factors, or
+  SAML routers and experts) holds the only parameters with gradients;
 * the *evaluator*, used only through `WhisperEngine.transcribe` with the candidate adapter
   attached, i.e. exactly the inference path (and numerics) serving uses.
 
@@ -388,7 +388,7 @@ class _Run:
 
 
 def _seed_everything(seed: int) -> None:
-    """LoRA dropout draws from torch's global generator; nothing else here is random."""
+    """Adapter dropout draws from torch's global generator; nothing else here is random."""
     torch.manual_seed(seed)
 
 
