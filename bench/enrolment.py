@@ -1,8 +1,8 @@
 """What enrolment buys: a speaker's test WER before and after training their LoRA adapter.
 
     python -m bench.enrolment [--quick] [--suite synthetic|fsdd|speechocean|all] [--speakers a,b]
-                              [--threads 2] [--no-train] [--no-cross] [--no-cache]
-                              [--out bench/results/enrolment.json]
+                              [--methods lora|lora,saml,auto] [--threads 2] [--no-train]
+                              [--no-cross] [--no-cache] [--out bench/results/enrolment.json]
 
 Per speaker, and averaged over speakers, on the speaker's test sentences:
 
@@ -23,6 +23,9 @@ children and adults, each enrolling with 14 recordings and tested on the other 6
 on it; `--half pool` runs the other half, for tuning only) and `fsdd` (real speakers reading
 digit strings, `bench.fsdd`; missing data is a skip), where every adapter is also applied to
 every other speaker's test set (cross-speaker table: rows = adapter, columns = test speaker).
+
+`--methods lora,saml,auto` also enrols every speaker with SAML, from an expert bank pre-trained
+on other speakers, and reports what `method=auto` serves: `bench.methods` says how.
 
 Memory: one fp32 engine evaluates every speaker and is released; then one NF4 engine evaluates
 the bases and every adapter (adapters are attached per call). `train_adapter` loads its own models
@@ -56,12 +59,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from bench import fsdd, speakers, speechocean
+from bench import fsdd, methods, speakers, speechocean
 from bench.common import (
     MIB,
     REPO_ROOT,
@@ -202,7 +205,7 @@ class BaseCache:
 
     def __init__(self, root: Path | None, model_dir: Path) -> None:
         self.root = root
-        self.stamp = _engine_stamp(model_dir) if root is not None else ""
+        self.stamp = engine_stamp(model_dir) if root is not None else ""
 
     def _path(self, precision: str, kind: str, evalset: EvalSet) -> Path | None:
         if self.root is None:
@@ -233,7 +236,7 @@ class BaseCache:
             write_json(path, {**scored.summary(), "utterances": scored.utterances})
 
 
-def _engine_stamp(model_dir: Path, pattern: str = "*.py") -> str:
+def engine_stamp(model_dir: Path, pattern: str = "*.py") -> str:
     from app.engine.model_import import describe_model_dir
 
     sha = hashlib.sha256(describe_model_dir(model_dir).fingerprint.encode())
@@ -253,19 +256,23 @@ class AdapterCache:
     def __init__(self, root: Path | None, model_dir: Path) -> None:
         self.root = None if root is None else root / "adapters"
         gate = repr(service_gate())  # the service's thresholds live in its settings
-        self.stamp = _engine_stamp(model_dir, "**/*.py") + gate if root is not None else ""
+        self.stamp = engine_stamp(model_dir, "**/*.py") + gate if root is not None else ""
 
-    def _path(self, kind: str, data: SpeakerData, threads: int) -> Path | None:
+    def _path(self, kind: str, data: SpeakerData, threads: int, variant: str) -> Path | None:
         if self.root is None:
             return None
-        sha = hashlib.sha256(f"{self.stamp}|{kind}|{data.name}|{threads}".encode())
+        sha = hashlib.sha256(f"{self.stamp}|{kind}|{data.name}|{threads}|{variant}".encode())
         sha.update(EvalSet.of([*data.train, *data.dev]).digest().encode())
-        return self.root / f"{kind}-{data.name}-{sha.hexdigest()[:24]}"
+        method = variant.split("|", 1)[0]
+        return self.root / f"{kind}-{method}-{data.name}-{sha.hexdigest()[:24]}"
 
-    def get(self, kind: str, data: SpeakerData, threads: int) -> Trained | None:
+    def get(
+        self, kind: str, data: SpeakerData, threads: int, variant: str = "lora"
+    ) -> Trained | None:
+        """`variant`: the method, and for SAML the digest of the bank it starts from."""
         from app.engine.adaptation.files import load_any
 
-        path = self._path(kind, data, threads)
+        path = self._path(kind, data, threads, variant)
         if path is None or not path.with_suffix(".json").exists():
             return None
         try:
@@ -276,10 +283,12 @@ class AdapterCache:
         log(f"{kind}/{data.name}: adapter from an earlier run ({path.name})")
         return Trained(adapter, report["info"], report["training"])
 
-    def put(self, kind: str, data: SpeakerData, threads: int, trained: Trained) -> None:
+    def put(
+        self, kind: str, data: SpeakerData, threads: int, trained: Trained, variant: str = "lora"
+    ) -> None:
         from app.engine.adaptation.files import dump_any
 
-        path = self._path(kind, data, threads)
+        path = self._path(kind, data, threads, variant)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +308,13 @@ class SpeakerResult:
     splits: dict[str, dict[str, Scored]] = field(default_factory=dict)
     """split -> model ("fp32", "nf4", "pqm") -> score."""
     adapter: dict[str, Any] | None = None
+    """The LoRA adapter's size and bounds (`pqm`)."""
     training: dict[str, Any] | None = None
+    """The LoRA enrolment's report (its gate included)."""
+    saml: dict[str, Any] | None = None
+    """With `--methods`: the SAML adapter's `adapter` and `training`, as the two above."""
+    auto: dict[str, Any] | None = None
+    """With `--methods ...auto`: `bench.methods.auto_choice`."""
     error: str | None = None
 
     def wer(self, split: str, model: str) -> float | None:
@@ -328,6 +343,8 @@ class SpeakerResult:
             "splits": splits,
             "adapter": self.adapter,
             "training": self.training,
+            **({"saml": self.saml} if self.saml is not None else {}),
+            **({"auto": self.auto} if self.auto is not None else {}),
             "error": self.error,
         }
 
@@ -339,7 +356,8 @@ def mean(values: Iterable[float | None]) -> float | None:
 
 def averages(results: Sequence[SpeakerResult], split: str) -> dict[str, float | None]:
     """Macro averages over speakers (each speaker weighs the same)."""
-    out: dict[str, float | None] = {m: mean(r.wer(split, m) for r in results) for m in MODELS}
+    models = (*MODELS, "saml") if any(r.saml for r in results) else MODELS
+    out: dict[str, float | None] = {m: mean(r.wer(split, m) for r in results) for m in models}
     out["relative_reduction_vs_fp32"] = mean(r.reduction(split) for r in results)
     return out
 
@@ -368,10 +386,17 @@ def service_gate() -> GateConfig:
     )
 
 
-def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
+def train_speaker(
+    model_dir: Path,
+    data: SpeakerData,
+    threads: int,
+    method: Literal["lora", "saml"] = "lora",
+    bank: bytes | None = None,
+) -> Trained:
     """The service's enrolment with the tuned defaults (but `threads`): the gate's k-fold
     cross-validation over every recording, then the adapter trained on all of them, in a child
-    process as the service runs it (its models and memory go away with the child)."""
+    process as the service runs it (its models and memory go away with the child). SAML starts
+    from `bank`."""
     from app.engine.adaptation.files import dump_any
     from app.engine.training import (
         GatedTraining,
@@ -385,8 +410,8 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
     # Everything the speaker recorded goes through the gate's folds, as the service does it.
     train = [TrainUtterance(load(u), u.text) for u in [*data.train, *data.dev]]
     dev: list[TrainUtterance] = []
-    config = replace(TrainingConfig(), threads=threads)
-    gated = GatedTraining(service_gate(), None, "the base model", ServingNumerics())
+    config = replace(TrainingConfig(), threads=threads, method=method)
+    gated = GatedTraining(service_gate(), None, "the base model", ServingNumerics(), bank=bank)
     start = time.perf_counter()
     result = run_in_subprocess(
         TrainingRequest(model_dir, train, dev, config, precision="nf4", gated=gated)
@@ -404,6 +429,7 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
         "parameters": parameters,
         "base_parameters": base_parameters,
         "percent_of_base": None if ratio is None else 100.0 * float(ratio),
+        "method": method,
         "rank": adapter.rank,
         "alpha": adapter.alpha,
         "encoder_window": adapter.encoder_window,
@@ -418,6 +444,56 @@ def train_speaker(model_dir: Path, data: SpeakerData, threads: int) -> Trained:
         "metrics": metrics,
     }
     return Trained(adapter, info, training)
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """One speaker's enrolment with one method."""
+
+    model_dir: Path
+    suite: Suite
+    data: SpeakerData
+    threads: int
+    method: Literal["lora", "saml"]
+    banks: dict[str, methods.Bank]
+
+    @property
+    def bank(self) -> bytes | None:
+        return self.banks[self.suite.kind].data if self.method == "saml" else None
+
+    @property
+    def variant(self) -> str:
+        """The adapter cache's key for the method (SAML's includes its bank)."""
+        if self.method == "lora":
+            return "lora"
+        return f"saml|{self.banks[self.suite.kind].digest}"
+
+
+def _enrol(enrolment: Enrolment, cache: AdapterCache, result: SpeakerResult) -> Trained | None:
+    """The speaker's adapter of the enrolment's method (from `cache`, or trained); None, with
+    `result.error` set, when training failed: the other methods and speakers still run."""
+    kind, data, threads = enrolment.suite.kind, enrolment.data, enrolment.threads
+    try:
+        trained = cache.get(kind, data, threads, enrolment.variant)
+        if trained is None:
+            trained = train_speaker(
+                enrolment.model_dir, data, threads, enrolment.method, enrolment.bank
+            )
+            cache.put(kind, data, threads, trained, enrolment.variant)
+    except Exception as exc:  # an enrolment may fail in any way; it is reported
+        error = f"{enrolment.method} training failed: {type(exc).__name__}: {exc}"
+        result.error = error if result.error is None else f"{result.error}; {error}"
+        log(f"{kind}/{data.name}: {error}\n{traceback.format_exc()}")
+        return None
+    return trained
+
+
+def _record(result: SpeakerResult, method: str, trained: Trained, bounds: dict[str, Any]) -> None:
+    info = {**trained.info, "bounds": bounds}
+    if method == "lora":
+        result.adapter, result.training = info, trained.training
+    else:
+        result.saml = {"adapter": info, "training": trained.training}
 
 
 def bounds_report(engine: WhisperEngine, adapter: AnyAdapter) -> dict[str, Any]:
@@ -479,6 +555,8 @@ class Options:
     """Speakers of `speechocean_half` (None: all 30)."""
     speechocean_half: Half = "evaluation"
     """`pool` only to tune (the gate's thresholds): reported numbers come from `evaluation`."""
+    methods: tuple[str, ...] = ("lora",)
+    """`bench.methods.METHODS` to compare; SAML starts from each suite's expert bank."""
 
 
 def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
@@ -543,6 +621,11 @@ def run(options: Options) -> dict[str, Any]:
 
     cache = BaseCache(CACHE_DIR if options.cache else None, model_dir)
     trained_cache = AdapterCache(CACHE_DIR if options.cache else None, model_dir)
+    banks: dict[str, methods.Bank] = {}
+    if train_error is None and "saml" in options.methods:
+        for suite in suites:
+            root = CACHE_DIR if options.cache else None
+            banks[suite.kind] = methods.bank_for(model_dir, suite, options.threads, root, log)
 
     # fp32: one engine for every speaker (loaded only if the cache misses), then released.
     phase = time.perf_counter()
@@ -589,25 +672,26 @@ def run(options: Options) -> dict[str, Any]:
                         cache.put(model, suite.kind, evalset, scored)
                     result.splits[split][model] = scored
             if train_error is None:
-                try:
-                    trained = trained_cache.get(suite.kind, data, options.threads)
+                for method in methods.trained_methods(options.methods):
+                    trained = _enrol(
+                        Enrolment(model_dir, suite, data, options.threads, method, banks),
+                        trained_cache,
+                        result,
+                    )
                     if trained is None:
-                        trained = train_speaker(model_dir, data, options.threads)
-                        trained_cache.put(suite.kind, data, options.threads, trained)
-                except Exception as exc:  # reported; the other speakers still run
-                    result.error = f"training failed: {type(exc).__name__}: {exc}"
-                    log(f"{suite.kind}/{name}: {result.error}\n{traceback.format_exc()}")
-                else:
+                        continue
                     engine.check_adapter(trained.adapter)
-                    adapters[suite.kind, name] = trained.adapter
-                    result.adapter, result.training = trained.info, trained.training
-                    result.adapter["bounds"] = bounds_report(engine, trained.adapter)
+                    if method == "lora":
+                        adapters[suite.kind, name] = trained.adapter
                     for split in splits:
                         evalset = evalsets[suite.kind, name, split]
-                        result.splits[split]["pqm"] = score(
+                        result.splits[split][methods.MODEL_OF[method]] = score(
                             engine, evalset, suite.score_text, trained.adapter
                         )
-                gc.collect()
+                    _record(result, method, trained, bounds_report(engine, trained.adapter))
+                    gc.collect()
+                if "auto" in options.methods:
+                    result.auto = methods.auto_choice(result.to_json(with_utterances=False))
             log(f"{_progress_line(result)} ({time.perf_counter() - speaker_start:.0f} s)")
 
     cross = None
@@ -646,6 +730,7 @@ def run(options: Options) -> dict[str, Any]:
         },
         "speakers": [r.to_json() for r in results.values()],
         "cross_speaker": cross,
+        "banks": {kind: bank.info for kind, bank in banks.items()},
         "timing": {
             "total_s": round(time.perf_counter() - started, 1),
             "fp32_eval_s": round(fp32_seconds, 1),
@@ -813,6 +898,12 @@ def add_pooled(report: dict[str, Any]) -> None:
     for kind, suite in report["suites"].items():
         entries = [entry for entry in report["speakers"] if entry["suite"] == kind]
         suite["pooled"] = {split: pooled(entries, split) for split in EVAL_SPLITS[kind]}
+        compared = methods.report_methods(report)
+        if "saml" in compared:
+            suite["pooled_methods"] = {
+                split: methods.pooled_methods(entries, split, compared)
+                for split in EVAL_SPLITS[kind]
+            }
 
 
 def _print_pooled(kind: str, split: str, stats: dict[str, Any]) -> None:
@@ -869,6 +960,12 @@ def print_report(report: dict[str, Any]) -> None:
         print_table(headers, rows)
         for split, stats in report["suites"][kind].get("pooled", {}).items():
             _print_pooled(kind, split, stats)
+        for split, stats in report["suites"][kind].get("pooled_methods", {}).items():
+            print(
+                f"\n== {kind} {split}: methods (served = the adapter where its gate activates it)"
+            )
+            print_table(list(methods.METHOD_HEADERS), methods.method_rows(entries, split))
+            print("\n".join(methods.pooled_lines(kind, split, stats)))
     cross = report.get("cross_speaker")
     if cross:
         columns = list(next(iter(cross["matrix"].values())))
@@ -934,34 +1031,42 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     figure, axes = plt.subplots(
         rows, 1, figsize=(11, 3.2 * rows), squeeze=False, constrained_layout=True
     )
-    colours = {"fp32": "#9e9e9e", "nf4": "#5c6bc0", "nf4w": "#90caf9", "pqm": "#2e7d32"}
+    colours = {
+        "fp32": "#9e9e9e",
+        "nf4": "#5c6bc0",
+        "nf4w": "#90caf9",
+        "pqm": "#2e7d32",
+        "saml": "#ef6c00",
+    }
     labels = {
         "fp32": "fp32 base",
         "nf4": "NF4 base",
         "nf4w": "NF4 base, short window",
         "pqm": "NF4 + LoRA (PQM)",
+        "saml": "NF4 + SAML",
     }
+    shown = (*MODELS, "saml") if any("saml" in e for e in report["speakers"]) else MODELS
     for axis, (kind, split) in zip(axes[: len(panels), 0], panels, strict=True):
         entries = [e for e in report["speakers"] if e["suite"] == kind]
         names = [e["speaker"] for e in entries] + ["mean"]
         positions = np.arange(len(names))
-        width = 0.8 / len(MODELS)
+        width = 0.8 / len(shown)
         heights_seen: list[float] = []
-        for offset, model in enumerate(MODELS):
+        for offset, model in enumerate(shown):
             values = [e["splits"].get(split, {}).get(model, {}).get("wer") for e in entries]
             values.append(report["suites"][kind]["averages"][split][model])
             heights = [np.nan if v is None else min(v, 1.5) for v in values]
             heights_seen += heights
             bars = axis.bar(
-                positions + (offset - (len(MODELS) - 1) / 2) * width,
+                positions + (offset - (len(shown) - 1) / 2) * width,
                 heights,
                 width,
                 label=labels[model],
                 color=colours[model],
             )
-            if model == "pqm":  # what the gate refused is not served: drawn hollow
+            if model in ("pqm", "saml"):  # what the gate refused is not served: drawn hollow
                 for bar, entry in zip(bars, entries, strict=False):
-                    if gate(entry) is False:
+                    if _refused(entry, model):
                         bar.set_facecolor("white")
                         bar.set_hatch("///")
                         bar.set_edgecolor(colours[model])
@@ -973,7 +1078,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         title = "test digit strings" if kind == "fsdd" else titles.get(split, split)
         axis.set_title(f"{kind}: {title}")
         axis.grid(axis="y", alpha=0.3)
-        handles = [Patch(color=colours[m], label=labels[m]) for m in MODELS]
+        handles = [Patch(color=colours[m], label=labels[m]) for m in shown]
         handles.append(
             Patch(
                 facecolor="white",
@@ -989,6 +1094,13 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _refused(entry: dict[str, Any], model: str) -> bool:
+    if model == "pqm":
+        return gate(entry) is False
+    saml = entry.get("saml")
+    return saml is not None and methods.served_model(entry, "saml") == "nf4"
 
 
 def _plot_cross(axis: Any, cross: dict[str, Any]) -> None:
@@ -1036,11 +1148,20 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         default="evaluation",
         help="speechocean762 half: pool only for tuning (e.g. scripts/tune_gate.py)",
     )
+    parser.add_argument(
+        "--methods",
+        default="lora",
+        help="adaptation methods to compare: lora, saml, auto (auto trains both others)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     parser.add_argument(
         "--report", type=Path, help="only print the tables (and chart) of an earlier JSON report"
     )
     args = parser.parse_args(argv)
+    try:
+        compared = methods.parse_methods(args.methods)
+    except ValueError as exc:
+        parser.error(str(exc))
     suites: tuple[str, ...] = SUITES if args.suite == "all" else (args.suite,)
     synthetic: tuple[str, ...] | None = QUICK_SYNTHETIC if args.quick else None
     digits: tuple[str, ...] | None = QUICK_FSDD if args.quick else None
@@ -1076,6 +1197,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         cross=not args.no_cross,
         quick=args.quick,
         cache=not args.no_cache,
+        methods=compared,
     )
     return options, args.out
 

@@ -269,6 +269,34 @@ SPEAKERS: tuple[Speaker, ...] = (
         accent="British RP, pink noise",
     ),
 )
+POOL_SPEAKERS: tuple[Speaker, ...] = (
+    Speaker("pool-nl-f1", "nl+f1", pitch=62, speed=150, phonemes_from="en-us", accent="Dutch"),
+    Speaker("pool-pl-m2", "pl+m2", pitch=42, speed=145, phonemes_from="en-us", accent="Polish"),
+    Speaker("pool-pt-m1", "pt+m1", pitch=48, speed=155, phonemes_from="en-us", accent="Portuguese"),
+    Speaker("pool-ru-f2", "ru+f2", pitch=66, speed=150, phonemes_from="en-us", accent="Russian"),
+    Speaker("pool-sv-m4", "sv+m4", pitch=38, speed=160, phonemes_from="en-us", accent="Swedish"),
+    Speaker("pool-hi-f5", "hi+f5", pitch=60, speed=155, phonemes_from="en-us", accent="Hindi"),
+    Speaker("pool-nyc-m6", "en-us-nyc+m6", pitch=45, speed=170, accent="New York City English"),
+    Speaker("pool-lancs-f1", "en-gb-x-gbclan+f1", pitch=58, speed=150, accent="Lancaster English"),
+    Speaker(
+        "pool-wmids-m7",
+        "en-gb-x-gbcwmd+m7",
+        pitch=40,
+        speed=150,
+        effects=TELEPHONE,
+        accent="West Midlands English, telephone band",
+    ),
+    Speaker(
+        "pool-gb-f4-noise",
+        "en-gb+f4",
+        pitch=64,
+        speed=165,
+        snr_db=15.0,
+        accent="British English, pink noise",
+    ),
+)
+"""Other voices, disjoint from `SPEAKERS`, whose recordings build the synthetic suite's expert
+bank (`bench.methods`): a SAML bank is pre-trained on speakers other than the targets."""
 QUICK_SPEAKERS = ("de-m3", "scot-phone", "us-clean")
 """`quick=True`: a hard accent, a channel effect, and a control."""
 
