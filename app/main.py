@@ -19,6 +19,7 @@ from app.api import (
     links,
     me,
     models,
+    page,
     prompts,
     recordings,
     users,
@@ -103,6 +104,7 @@ def create_app(
         adapters.router,
         expert_banks.router,
         health.router,
+        page.router,
     )
     for router in routers:
         app.include_router(router)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# System packages the tests need: espeak-ng and sox make real test speech, libsndfile1 reads it.
+# System packages the tests need: espeak-ng and sox make real test speech, libsndfile1 reads it,
+# Chromium and its driver run the web page's browser tests.
 set -euo pipefail
 
-packages=(espeak-ng sox libsndfile1)
+packages=(espeak-ng sox libsndfile1 chromium chromium-driver)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
