@@ -21,9 +21,9 @@ import math
 import threading
 import zlib
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,12 +57,20 @@ from app.engine.features import (
 from app.engine.loading import LoadedModel, load_model, weight_bytes
 from app.engine.memory import release_free_memory
 from app.engine.model_import import describe_model_dir
+from app.engine.speech_regions import (
+    SpeechDetector,
+    SpeechScan,
+    VadPolicy,
+    batches,
+    plan_windows,
+)
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
 
 __all__ = [
     "SCANNING",
     "DecodingPolicy",
+    "LongformPolicy",
     "Scanning",
     "TranscriptionTask",
     "WhisperEngine",
@@ -85,6 +93,22 @@ def max_window_tokens(content_frames: int) -> int:
     """The longest decode a window holding `content_frames` mel frames can need."""
     seconds = content_frames / 100
     return min(MAX_TEXT_TOKENS, 16 + math.ceil(TOKENS_PER_SECOND_BOUND * seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class LongformPolicy:
+    """How audio longer than one 30 s window is walked (see the module's docstring)."""
+
+    mode: Literal["sequential", "batched"] = "sequential"
+    window_s: float = 30.0
+    """Batched: the longest window cut at pauses."""
+    batch_windows: int = 8
+    """Batched: windows of one request decoded together (bounds a request's memory)."""
+    vad: VadPolicy = field(default_factory=VadPolicy)
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.window_s <= 30.0 or self.batch_windows < 1:
+            raise ValueError("window_s must be within 1-30 s and batch_windows >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,24 +151,44 @@ class Scanning:
 
 SCANNING = Scanning()
 
-Steps = Generator[WindowJob | Scanning, Any, Transcription]
+Steps = Generator[WindowJob | list[WindowJob] | Scanning, Any, Transcription]
+WindowSteps = Generator[list[WindowJob] | Scanning, Any, list[Segment]]
 
 
 class TranscriptionTask:
-    """A request in flight: its adapter and the job it waits on, or its outcome."""
+    """A request in flight: its adapter and the job (or jobs: windows of long audio decoded as
+    rows of one batch) it waits on, or its outcome."""
 
     def __init__(self, steps: Steps, adapter: RowAdapter) -> None:
         self.adapter = adapter
         self._steps = steps
-        self.job: WindowJob | Scanning | None = None
-        self.decoding: int | None = None
-        """The handle of the job's decode while it is in the decode batch."""
+        self.job: WindowJob | list[WindowJob] | Scanning | None = None
+        self.pending: dict[int, int] = {}
+        """Decode handle -> the index of its job, while the job's decode is in the batch."""
+        self._answers: dict[int, DecodeResult] = {}
         self.result: Transcription | None = None
         self.error: BaseException | None = None
 
     @property
     def done(self) -> bool:
         return self.result is not None or self.error is not None
+
+    @property
+    def decoding(self) -> bool:
+        return bool(self.pending)
+
+    def jobs(self) -> list[WindowJob]:
+        assert isinstance(self.job, WindowJob | list), "the task waits on no window"
+        return self.job if isinstance(self.job, list) else [self.job]
+
+    def answer(self, handle: int, result: DecodeResult) -> None:
+        """Takes one decode's result; the task advances once every job of its step has one."""
+        self._answers[self.pending.pop(handle)] = result
+        if self.pending:
+            return
+        answers = [self._answers[index] for index in range(len(self._answers))]
+        self._answers = {}
+        self.advance(answers if isinstance(self.job, list) else answers[0])
 
     def advance(self, answer: object) -> None:
         try:
@@ -156,6 +200,7 @@ class TranscriptionTask:
 
     def fail(self, error: BaseException) -> None:
         self.job, self.error = None, error
+        self.pending, self._answers = {}, {}
         self._steps.close()
 
     def outcome(self) -> Transcription:
@@ -176,6 +221,7 @@ class WhisperEngine:
         resident_slots: int = DEFAULT_RESIDENT_SLOTS,
         dtype: ComputeDtype = "auto",
         base_window: EncoderWindow = "full",
+        longform: LongformPolicy | None = None,
     ) -> None:
         self._loaded = loaded
         self._info = info
@@ -197,6 +243,8 @@ class WhisperEngine:
         self._decoding: dict[int, TranscriptionTask] = {}
         """Decode handle -> the task whose job it is."""
         self._base_norms: dict[str, float] | None = None
+        self._longform = longform or LongformPolicy()
+        self._speech = SpeechDetector()
 
     @classmethod
     def load(
@@ -210,6 +258,7 @@ class WhisperEngine:
         resident_slots: int = DEFAULT_RESIDENT_SLOTS,
         dtype: ComputeDtype = "auto",
         base_window: EncoderWindow = "full",
+        longform: LongformPolicy | None = None,
     ) -> "WhisperEngine":
         if threads is not None:
             torch.set_num_threads(threads)
@@ -230,6 +279,7 @@ class WhisperEngine:
             resident_slots=resident_slots,
             dtype=dtype,
             base_window=base_window,
+            longform=longform,
         )
 
     @property
@@ -380,11 +430,12 @@ class WhisperEngine:
                 return
             for handle, result in ended:
                 task = self._decoding.pop(handle)
+                if task.done:  # failed while another of its windows was decoding
+                    continue
                 if isinstance(result, Exception):
                     self._finish(task, error=result)
                     continue
-                task.decoding = None
-                task.advance(result)
+                task.answer(handle, result)
                 self._release_if_done(task)
 
     def tidy(self, *, idle: bool = True) -> None:
@@ -396,30 +447,29 @@ class WhisperEngine:
             release_free_memory()
 
     def _start_jobs(self, tasks: list[TranscriptionTask]) -> None:
-        new = [t for t in tasks if t.job is not None and t.decoding is None and not t.done]
-        if not new:
-            return
+        new = [t for t in tasks if t.job is not None and not t.decoding and not t.done]
         for task in new:
             if isinstance(task.job, Scanning):
                 task.advance(None)  # the next part of its scan; its first window comes after
                 self._release_if_done(task)
                 continue
             try:
-                self._encode_missing(task)
-                if _job(task).detect_language:
-                    [language] = self._decoder.detect_language([_encoded(task)], [task.adapter])
+                jobs = task.jobs()
+                self._encode_missing(task.adapter, jobs)
+                if jobs[0].detect_language:
+                    [language] = self._decoder.detect_language([_encoded(jobs[0])], [task.adapter])
                     task.advance(language)  # its first decode starts next round
                     self._release_if_done(task)
                     continue
-                task.decoding = self._decoder.start(self._row(task))
+                for index, job in enumerate(jobs):
+                    handle = self._decoder.start(self._row(task.adapter, job))
+                    task.pending[handle] = index
+                    self._decoding[handle] = task
             except Exception as exc:  # this request fails, the batch goes on
                 logger.exception("decode failed to start")
                 self._finish(task, error=exc)
-                continue
-            self._decoding[task.decoding] = task
 
     def _finish(self, task: TranscriptionTask, *, error: BaseException) -> None:
-        task.decoding = None
         task.fail(error)
         self._release_if_done(task)
 
@@ -428,22 +478,23 @@ class WhisperEngine:
             self._resident.release(task.adapter)
             task.adapter = BASE_ROW
 
-    def _encode_missing(self, task: TranscriptionTask) -> None:
-        """Encodes the task's window unless done (a window is encoded once for all its
+    def _encode_missing(self, adapter: RowAdapter, jobs: list[WindowJob]) -> None:
+        """Encodes the windows not encoded yet (a window is encoded once for all its
         decodes)."""
-        job = _job(task)
-        if job.encoded is None:
-            [job.encoded] = self._decoder.encode([job.mel], [task.adapter])
+        missing = [job for job in jobs if job.encoded is None]
+        if missing:
+            encoded = self._decoder.encode([job.mel for job in missing], [adapter] * len(missing))
+            for job, output in zip(missing, encoded, strict=True):
+                job.encoded = output
 
-    def _row(self, task: TranscriptionTask) -> DecodeRow:
-        job = _job(task)
+    def _row(self, adapter: RowAdapter, job: WindowJob) -> DecodeRow:
         return DecodeRow(
-            encoded=_encoded(task),
+            encoded=_encoded(job),
             prefix=job.prefix,
             temperature=job.temperature,
             with_timestamps=job.with_timestamps,
             generator=job.generator,
-            adapter=task.adapter,
+            adapter=adapter,
             beam_size=job.beam_size,
             max_tokens=job.max_tokens,
         )
@@ -458,9 +509,24 @@ class WhisperEngine:
             scanned = mel.scan()
         content_frames = len(audio) // HOP_LENGTH
         language = yield from self._language(mel, options)
-        # Long audio needs timestamps to place the next window, whatever the caller asked for.
-        with_timestamps = options.with_timestamps or content_frames > WINDOW_FRAMES
+        # Sequential long-form needs timestamps to place the next window, whatever the caller
+        # asked for; batched windows are placed by the speech detector.
+        sequential = self._longform.mode == "sequential" or content_frames <= WINDOW_FRAMES
+        with_timestamps = options.with_timestamps or (sequential and content_frames > WINDOW_FRAMES)
         prefix = self._prefix(language, options.prompt, with_timestamps)
+        walk = _Walk(audio, mel, prefix, options, encoder_window, with_timestamps)
+        segments = yield from (self._sequential(walk) if sequential else self._batched(walk))
+        text = "".join(segment.text for segment in segments).strip()
+        return Transcription(
+            text=text, language=language, duration=len(audio) / SAMPLE_RATE, segments=segments
+        )
+
+    def _sequential(self, walk: "_Walk") -> WindowSteps:
+        """Whisper's long-form algorithm: a window at a time, moved to the end of its last
+        complete segment. The prefix stays fixed (no previous text): conditioning on it lets one
+        window's error or loop run on into the next, and the batched mode cannot have it."""
+        audio, with_timestamps = walk.audio, walk.with_timestamps
+        content_frames = len(audio) // HOP_LENGTH
         segments: list[Segment] = []
         seek = 0
         while seek < content_frames:
@@ -468,24 +534,46 @@ class WhisperEngine:
             if self._is_digital_silence(audio, seek, chunk):
                 seek += chunk
                 continue
-            window = pad_or_trim(
-                self._on_device(mel.frames(seek, seek + chunk)),
-                window_frames(chunk, encoder_window),
-            )
-            limit = max_window_tokens(chunk)
-            result = yield from self._decode_with_fallback(
-                window, prefix, options, with_timestamps, limit
-            )
+            window = self._window(walk, seek, chunk)
+            [result] = yield from self._decode_with_fallback(walk, [window])
             if self._is_silence(result, audio, seek, chunk):
                 seek += self._advance_past_silence(result, chunk)
                 continue
             new_segments, advance = self._split(result, seek, chunk, with_timestamps)
             segments.extend(_renumber(new_segments, start_id=len(segments)))
             seek += advance
-        text = "".join(segment.text for segment in segments).strip()
-        return Transcription(
-            text=text, language=language, duration=len(audio) / SAMPLE_RATE, segments=segments
-        )
+        return segments
+
+    def _batched(self, walk: "_Walk") -> WindowSteps:
+        """Long audio cut at pauses into windows (`speech_regions`), decoded
+        `batch_windows` at a time as rows of one batch; what the detector hears no speech in is
+        never decoded. Every window is decoded as Whisper decodes a single 30 s window."""
+        policy = self._longform
+        scan = SpeechScan(self._speech, walk.audio, policy.vad)
+        while not scan.done:  # a chunk of the detector's work per round
+            scan.step()
+            yield SCANNING
+        windows = plan_windows(scan.regions(policy.window_s), policy.window_s)
+        segments: list[Segment] = []
+        for group in batches(windows, policy.batch_windows):
+            spans = [
+                (w.start // HOP_LENGTH, min(WINDOW_FRAMES, -(-(w.end - w.start) // HOP_LENGTH)))
+                for w in group
+            ]
+            views = [self._window(walk, seek, frames) for seek, frames in spans]
+            results = yield from self._decode_with_fallback(walk, views)
+            for (seek, frames), result in zip(spans, results, strict=True):
+                if self._is_silence(result, walk.audio, seek, frames):
+                    continue
+                new_segments, _ = self._split(result, seek, frames, walk.with_timestamps)
+                segments.extend(_renumber(new_segments, start_id=len(segments)))
+        return segments
+
+    def _window(self, walk: "_Walk", seek: int, frames: int) -> tuple[Tensor, int]:
+        """The model's input for `frames` mel frames from `seek`, and its decode's token bound."""
+        features = self._on_device(walk.mel.frames(seek, seek + frames))
+        window = pad_or_trim(features, window_frames(frames, walk.encoder_window))
+        return window, max_window_tokens(frames)
 
     def _language(
         self, mel: LogMelStream, options: TranscriptionOptions
@@ -519,40 +607,48 @@ class WhisperEngine:
         return prefix
 
     def _decode_with_fallback(
-        self,
-        window: Tensor,
-        prefix: list[int],
-        options: TranscriptionOptions,
-        with_timestamps: bool,
-        max_tokens: int,
-    ) -> Generator[WindowJob, Any, DecodeResult]:
-        """Decodes greedily (or with beams, or at the requested temperature), re-sampling
-        hotter on failure; the window is encoded once for all attempts. When every attempt
-        fails, the most confident one that is not a repetition loop is kept (as faster-whisper
-        does), not the last and hottest one."""
-        policy = self._policy
-        generator = torch.Generator(device=self._loaded.device).manual_seed(policy.seed)
+        self, walk: "_Walk", windows: list[tuple[Tensor, int]]
+    ) -> Generator[list[WindowJob], Any, list[DecodeResult]]:
+        """Decodes each (window, token limit) greedily (or with beams, or at the requested
+        temperature), re-sampling hotter the windows that failed, all windows as rows of one
+        batch; a window is encoded once for all its attempts, and decodes as it would alone.
+        When every attempt fails, the most confident one that is not a repetition loop is kept
+        (as faster-whisper does), not the last and hottest one."""
+        policy, options = self._policy, walk.options
         temperatures = [options.temperature] + [
             t for t in policy.fallback_temperatures if t > options.temperature
         ]
-        job = WindowJob(
-            mel=window,
-            prefix=prefix,
-            with_timestamps=with_timestamps,
-            generator=generator,
-            beam_size=options.beam_size,
-            max_tokens=max_tokens,
-        )
-        attempts: list[DecodeResult] = []
+        jobs = [
+            WindowJob(
+                mel=window,
+                prefix=walk.prefix,
+                with_timestamps=walk.with_timestamps,
+                generator=torch.Generator(device=self._loaded.device).manual_seed(policy.seed),
+                beam_size=options.beam_size,
+                max_tokens=max_tokens,
+            )
+            for window, max_tokens in windows
+        ]
+        attempts: list[list[DecodeResult]] = [[] for _ in jobs]
+        final: dict[int, DecodeResult] = {}
+        failing = list(range(len(jobs)))
         for temperature in temperatures:
-            job.temperature = temperature
-            result: DecodeResult = yield job
-            if not self._needs_fallback(result):
-                return result
-            attempts.append(result)
+            for index in failing:
+                jobs[index].temperature = temperature
+            results: list[DecodeResult] = yield [jobs[index] for index in failing]
+            for index, result in zip(failing, results, strict=True):
+                if self._needs_fallback(result):
+                    attempts[index].append(result)
+                else:
+                    final[index] = result
+            failing = [index for index in failing if index not in final]
+            if not failing:
+                break
         threshold = policy.compression_ratio_threshold
-        fluent = [r for r in attempts if self._compression_ratio(r) <= threshold]
-        return max(fluent or attempts, key=lambda r: r.avg_logprob)
+        for index in failing:
+            fluent = [r for r in attempts[index] if self._compression_ratio(r) <= threshold]
+            final[index] = max(fluent or attempts[index], key=lambda r: r.avg_logprob)
+        return [final[index] for index in range(len(jobs))]
 
     def _needs_fallback(self, result: DecodeResult) -> bool:
         policy = self._policy
@@ -662,6 +758,18 @@ class WhisperEngine:
         return _compression_ratio(text)
 
 
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """What every window of one request is decoded with."""
+
+    audio: DecodedAudio
+    mel: LogMelStream
+    prefix: list[int]
+    options: TranscriptionOptions
+    encoder_window: EncoderWindow
+    with_timestamps: bool
+
+
 def _is_stationary(window: np.ndarray, range_db: float) -> bool:
     frame = SAMPLE_RATE // 40
     count = len(window) // frame
@@ -683,12 +791,6 @@ def _renumber(segments: list[Segment], start_id: int) -> list[Segment]:
     return [replace(segment, id=start_id + index) for index, segment in enumerate(segments)]
 
 
-def _job(task: TranscriptionTask) -> WindowJob:
-    assert isinstance(task.job, WindowJob)
-    return task.job
-
-
-def _encoded(task: TranscriptionTask) -> Tensor:
-    encoded = _job(task).encoded
-    assert encoded is not None
-    return encoded
+def _encoded(job: WindowJob) -> Tensor:
+    assert job.encoded is not None
+    return job.encoded

@@ -1,0 +1,146 @@
+"""Batched long-form: long audio cut at pauses by the speech detector, its windows decoded as
+rows of one batch; against Whisper's sequential algorithm on the same audio."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.engine.speech_regions import Window, plan_windows
+from app.engine.text import normalise_text, wer
+from app.engine.types import Transcription, TranscriptionOptions
+from app.engine.whisper import SCANNING, LongformPolicy, WhisperEngine
+from tests.support.audio import SAMPLE_RATE, scale_to_dbfs, silence, sine, speech_16k
+
+GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
+TIMED = TranscriptionOptions(language="en", with_timestamps=True)
+SENTENCES = (
+    ("Please close the kitchen window before you go to bed tonight.", "kitchen"),
+    ("Could you help me carry these heavy boxes up to the attic?", "attic"),
+    ("We painted the living room a pale shade of green last spring.", "painted"),
+    ("Remember to take the rubbish out on Tuesday evening.", "tuesday"),
+    ("My grandmother keeps her old photographs in a tin under the stairs.", "grandmother"),
+    ("The cat likes to sleep on the warm radiator in the hallway.", "hallway"),
+    ("Where did you put the spare key for the garden shed?", "garden"),
+    ("I need to fix the dripping tap in the upstairs bathroom.", "bathroom"),
+    ("The vacuum cleaner is in the cupboard next to the boiler.", "vacuum"),
+    ("Please fold the towels and put them in the second drawer.", "towels"),
+    ("The smoke alarm beeps every few minutes because the battery is low.", "minutes"),
+    ("We finally bought a new sofa after looking for three months.", "sofa"),
+)
+PAUSE_S = 1.5
+
+
+class Recording:
+    """Sentences read one after another with pauses, and when each was said."""
+
+    def __init__(self, level_dbfs: float = -3.0) -> None:
+        parts: list[np.ndarray] = [silence(0.5)]
+        self.spans: list[tuple[float, float]] = []
+        position = len(parts[0])
+        for text, _ in SENTENCES:
+            speech = scale_to_dbfs(speech_16k(text, voice="en-us", speed=130), level_dbfs)
+            self.spans.append((position / SAMPLE_RATE, (position + len(speech)) / SAMPLE_RATE))
+            parts += [speech, silence(PAUSE_S)]
+            position += len(speech) + int(PAUSE_S * SAMPLE_RATE)
+        self.audio = np.concatenate(parts)
+        self.reference = " ".join(text for text, _ in SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def batched_engine(tiny_en_dir: Path) -> WhisperEngine:
+    return WhisperEngine.load(
+        tiny_en_dir, precision="nf4", device="cpu", threads=2, longform=LongformPolicy("batched")
+    )
+
+
+@pytest.fixture(scope="module")
+def recording() -> Recording:
+    return Recording()
+
+
+@pytest.fixture(scope="module")
+def batched(batched_engine: WhisperEngine, recording: Recording) -> Transcription:
+    return batched_engine.transcribe(recording.audio, TIMED)
+
+
+def test_windows_join_regions_up_to_their_length_and_never_split_one() -> None:
+    second = SAMPLE_RATE
+    regions = [
+        Window(0, 8 * second),
+        Window(9 * second, 20 * second),
+        Window(21 * second, 31 * second),
+    ]
+    regions.append(Window(40 * second, 75 * second))  # longer than a window: kept whole
+
+    windows = plan_windows(regions, window_s=30.0)
+
+    assert windows == [
+        Window(0, 20 * second),
+        Window(21 * second, 31 * second),
+        Window(40 * second, 75 * second),
+    ]
+
+
+def test_batched_and_sequential_agree_and_no_sentence_is_lost_or_repeated(
+    nf4_engine: WhisperEngine, recording: Recording, batched: Transcription
+) -> None:
+    assert len(recording.audio) / SAMPLE_RATE > 60.0  # several windows either way
+    sequential = nf4_engine.transcribe(recording.audio, TIMED)
+
+    assert wer([recording.reference], [batched.text]) <= 0.15, batched.text
+    assert wer([recording.reference], [sequential.text]) <= 0.15, sequential.text
+    assert wer([sequential.text], [batched.text]) <= 0.15
+    words = normalise_text(batched.text).split()
+    for _, keyword in SENTENCES:
+        assert words.count(keyword) == 1, (keyword, batched.text)
+
+
+def test_segment_times_place_each_sentence_across_windows(
+    recording: Recording, batched: Transcription
+) -> None:
+    starts = [segment.start for segment in batched.segments]
+    assert starts == sorted(starts)
+    assert all(
+        0.0 <= s.start <= s.end <= len(recording.audio) / SAMPLE_RATE for s in batched.segments
+    )
+    for (_, keyword), (start, end) in zip(SENTENCES, recording.spans, strict=True):
+        [segment] = [s for s in batched.segments if keyword in normalise_text(s.text).split()]
+        assert segment.start <= start + 1.0, (keyword, segment)
+        assert segment.end >= end - 1.0, (keyword, segment)
+
+
+def test_a_request_decodes_its_windows_as_rows_of_one_batch_and_as_it_would_alone(
+    batched_engine: WhisperEngine, recording: Recording
+) -> None:
+    alone = batched_engine.transcribe(recording.audio, GREEDY)
+    task = batched_engine.open(recording.audio, GREEDY)
+    short = batched_engine.open(speech_16k(SENTENCES[0][0], speed=130), GREEDY)
+    assert task is not None
+    assert short is not None
+    widest = 0
+    while not (task.done and short.done):
+        if task.job is not None and task.job is not SCANNING:
+            widest = max(widest, len(task.jobs()))
+        batched_engine.run_round([t for t in (task, short) if not t.done])
+
+    assert widest > 1
+    assert task.outcome() == alone
+    assert wer([SENTENCES[0][0]], [short.outcome().text]) <= 0.2
+
+
+def test_noise_and_music_alone_make_no_text(batched_engine: WhisperEngine) -> None:
+    rng = np.random.default_rng(0)
+    hiss = rng.normal(0.0, 0.01, 40 * SAMPLE_RATE).astype(np.float32)
+    chord = sum(sine(f, 40.0, amplitude=0.15) for f in (220.0, 277.2, 329.6))
+    result = batched_engine.transcribe(np.concatenate([hiss, chord, silence(10.0)]), TIMED)
+
+    assert result.text == ""
+    assert result.segments == []
+
+
+def test_quiet_speech_is_still_transcribed(batched_engine: WhisperEngine) -> None:
+    quiet = Recording(level_dbfs=-40.0)
+    result = batched_engine.transcribe(quiet.audio, GREEDY)
+
+    assert wer([quiet.reference], [result.text]) <= 0.2, result.text
