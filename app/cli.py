@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser(
-        "worker", help="run the enrolment job worker on its own, against the same database"
+        "worker",
+        help="run the job worker on its own, against the same database (PostgreSQL: a "
+        "procrastinate worker; SQLite: the API's in-process loop, on the same machine)",
     )
     worker.set_defaults(handler=_worker)
 

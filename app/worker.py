@@ -1,5 +1,6 @@
 """`pqm worker`: the job workers (enrolments and expert-bank builds) as a process of their own
-(same database, same store), one job at a time."""
+(same database, same store), one job at a time: with PostgreSQL a procrastinate worker, with
+SQLite the same loop the API process runs when `enrolment.worker` is on (`app.queue.dispatch`)."""
 
 import asyncio
 import logging
@@ -10,7 +11,8 @@ from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
 from app.engine.compute_thread import in_fresh_thread
 from app.main import job_workers, new_scheduler
-from app.services.job_worker import WorkerContext, run_workers
+from app.queue.dispatch import run_jobs
+from app.services.job_worker import WorkerContext
 from app.services.model_loading import load_recognizer
 from app.services.stores import adapter_store_for
 
@@ -31,7 +33,7 @@ async def run_worker(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await run_workers(job_workers(context), stop, settings.enrolment.poll_interval_s)
+        await run_jobs(context, job_workers(context), stop)
     finally:
         scheduler.shutdown()
         await db_engine.dispose()

@@ -6,6 +6,7 @@ from sqlalchemy import Connection, create_engine, pool, text
 from app.config import Settings
 from app.db import models  # noqa: F401  (registers the tables on Base.metadata)
 from app.db.base import Base
+from app.db.job_queue import procrastinate_owns
 from app.db.session import sync_url
 
 config = context.config
@@ -26,11 +27,17 @@ def run_online() -> None:
             connection=connection,
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            include_name=_ours,
         )
         with context.begin_transaction():
             _wait_for_other_starters(connection)
             context.run_migrations()
     engine.dispose()
+
+
+def _ours(name: str | None, *_: object) -> bool:
+    """procrastinate's tables (0008) are not in the ORM's metadata: autogenerate leaves them."""
+    return not procrastinate_owns(name)
 
 
 def _wait_for_other_starters(connection: Connection) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -123,6 +124,9 @@ class JobMixin(TimestampMixin):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    queue_job_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """The procrastinate job that dispatches this job now (PostgreSQL); None on SQLite, where
+    jobs run in-process (`app.db.job_queue`)."""
 
 
 class EnrolmentJob(JobMixin, Base):

@@ -6,6 +6,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import EnrolmentSettings
+from app.db.job_queue import JobAlreadyQueued
 from app.db.models import EnrolmentJob, Recording, new_id
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.repositories.recordings import RecordingRepository
@@ -35,7 +36,10 @@ async def queue_if_due(
         return None
     retraining = EnrolmentRequest(recordings=[], transcripts=[])
     job = new_job(new_id(), user_id, retraining, recordings, automatic=True)
-    await jobs.add(job, recordings)
+    try:
+        await jobs.add(job, recordings)
+    except JobAlreadyQueued:  # the user asked for one meanwhile
+        return None
     logger.info(
         "automatic retraining queued",
         extra={"job_id": job.id, "user_id": user_id, "utterances": len(recordings)},

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adapters_store import AdapterStore
 from app.config import EnrolmentSettings, QuotaSettings
 from app.db.enrolment_status import EnrolmentStatus
+from app.db.job_queue import JobAlreadyQueued
 from app.db.models import EnrolmentJob, Recording, RecordingOrigin, new_id
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.repositories.recordings import RecordingRepository
@@ -83,7 +84,7 @@ async def create_enrolment(
         store, user_id, checked, RecordingOrigin.ENROLMENT, enrolment_id=job_id
     )
     try:
-        return await jobs.add(new_job(job_id, user_id, request, recordings), recordings)
+        return await _add(jobs, new_job(job_id, user_id, request, recordings), recordings)
     except Exception:  # files outside the database do not roll back with it
         await delete_blobs(store, recordings)
         raise
@@ -96,14 +97,27 @@ async def _retrain(
     _check_stored(recordings, request.since, limits)
     jobs = EnrolmentRepository(session)
     await _refuse_while_unfinished(jobs, user_id)
-    return await jobs.add(new_job(new_id(), user_id, request, recordings), recordings)
+    return await _add(jobs, new_job(new_id(), user_id, request, recordings), recordings)
 
 
 async def _refuse_while_unfinished(jobs: EnrolmentRepository, user_id: str) -> None:
     if await jobs.unfinished_for_user(user_id) is not None:
-        raise ConflictError(
-            "An enrolment is already queued or running for this user.", code="enrolment_running"
-        )
+        raise _already_unfinished()
+
+
+async def _add(
+    jobs: EnrolmentRepository, job: EnrolmentJob, recordings: list[Recording]
+) -> EnrolmentJob:
+    try:
+        return await jobs.add(job, recordings)
+    except JobAlreadyQueued as exc:  # another request of the user's got there first
+        raise _already_unfinished() from exc
+
+
+def _already_unfinished() -> ConflictError:
+    return ConflictError(
+        "An enrolment is already queued or running for this user.", code="enrolment_running"
+    )
 
 
 def _check_method(request: EnrolmentRequest) -> None:

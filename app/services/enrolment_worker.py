@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.job_queue import ENROLMENT_TASK
 from app.db.models import EnrolmentJob
 from app.db.repositories.adapters import AdapterRepository
 from app.db.repositories.enrolments import EnrolmentRepository
@@ -61,6 +62,7 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
     and stores them, activating at most the one the gates and `choose_method` pick."""
 
     kind = "enrolment"
+    task_name = ENROLMENT_TASK
 
     def __init__(self, context: WorkerContext, worker_id: str | None = None) -> None:
         super().__init__(context, worker_id)
@@ -74,7 +76,7 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
     def _log_fields(self, job: EnrolmentJob) -> dict[str, str]:
         return {"user_id": job.user_id}
 
-    async def _before_claim(self) -> None:
+    async def housekeeping(self) -> None:
         await self.queue_waiting_retrainings()
 
     async def queue_waiting_retrainings(self) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.job_queue import EXPERT_BANK_TASK
 from app.db.models import ExpertBank
 from app.db.repositories.expert_banks import ExpertBankRepository
 from app.engine.adaptation.saml.weights import SamlWeights
@@ -43,6 +44,7 @@ class ExpertBankWorker(JobWorker[ExpertBank]):
     `withdraw_contributor`); one who has no recordings left is left out."""
 
     kind = "expert bank build"
+    task_name = EXPERT_BANK_TASK
 
     def _jobs(self, session: AsyncSession) -> ExpertBankRepository:
         return ExpertBankRepository(session)

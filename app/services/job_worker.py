@@ -1,13 +1,15 @@
-"""What every background job worker shares: claiming queued jobs of one kind from the database,
-recovering those whose worker stopped, and running each to its outcome.
+"""What every background job worker shares: running one queued job of one kind to its outcome,
+and recovering jobs whose worker stopped.
 
-A worker runs inside the API process by default and as `pqm worker` on its own; any number of
-workers may share one database (every status change is a conditional update). The heavy part of
-a job runs in a child process with bounded threads, so that serving keeps its cores; while it
-runs, the job's heartbeat and progress are written every few seconds, and a job whose heartbeat
-stops (its worker died) is re-queued or failed by the next sweep.
+A job is dispatched in one of two ways (`app.queue`), both ending in `JobWorker.run_job`: with
+PostgreSQL by procrastinate (the job row's procrastinate job, deferred in the transaction that
+queued the row), with SQLite by `run_workers`, a loop in this process that finds queued rows.
+Any number of workers may share one database (every status change is a conditional update). The
+heavy part of a job runs in a child process with bounded threads, so that serving keeps its
+cores; while it runs, the job's heartbeat and progress are written every few seconds, and a job
+whose heartbeat stops (its worker died) is re-queued or failed by the next sweep.
 
-One process runs every kind of job through `run_workers`, one job at a time.
+One process runs every kind of job, one job at a time.
 """
 
 import asyncio
@@ -20,7 +22,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters_store import AdapterStore
 from app.config import EnrolmentSettings, Settings
+from app.db import job_queue
 from app.db.base import utcnow
 from app.db.enrolment_status import EnrolmentStatus
 from app.db.models import JobMixin
@@ -116,6 +119,8 @@ class JobWorker(ABC, Generic[J]):
 
     kind: str
     """What a job of this kind is called in logs and errors ("enrolment")."""
+    task_name: str
+    """The procrastinate task that dispatches jobs of this kind (`job_queue`)."""
 
     def __init__(self, context: WorkerContext, worker_id: str | None = None) -> None:
         self._ctx = context
@@ -127,9 +132,6 @@ class JobWorker(ABC, Generic[J]):
 
     @abstractmethod
     async def _work(self, job: J) -> None: ...
-
-    async def _before_claim(self) -> None:
-        """Runs before each claim (right after a job finished and on every idle tick)."""
 
     def _log_fields(self, job: J) -> dict[str, str]:
         """What a log line about `job` names besides its id and this worker."""
@@ -144,38 +146,75 @@ class JobWorker(ABC, Generic[J]):
         await run_workers([self], stop, self._ctx.settings.poll_interval_s)
 
     async def run_once(self) -> bool:
-        """Processes one queued job if there is one."""
+        """Runs the oldest queued job if there is one (the in-process dispatch)."""
         await self.recover_stale_jobs()
-        await self._before_claim()
+        await self.housekeeping()
+        async with self._ctx.sessions() as session:
+            job_id = await self._jobs(session).next_queued()
+        return job_id is not None and await self.run_job(job_id)
+
+    async def run_job(self, job_id: str, queue_job_id: int | None = None) -> bool:
+        """What a job does, however it was dispatched: claims the queued job and runs it to its
+        outcome. False when it is not queued (any more): cancelled, deleted, finished or taken
+        by another worker. `queue_job_id`: the procrastinate job dispatching it, which must be
+        the row's own."""
         async with transaction(self._ctx.sessions) as session:
-            job = await self._jobs(session).claim_next(self.worker_id)
+            job = await self._jobs(session).claim(job_id, self.worker_id, queue_job_id)
         if job is None:
             return False
         await self.process(job)
         return True
 
+    async def housekeeping(self) -> None:
+        """What this kind does besides its jobs, before each look for a queued job (SQLite)
+        or on each sweep (PostgreSQL)."""
+
     async def recover_stale_jobs(self) -> None:
-        settings = self._ctx.settings
-        cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
+        """Re-queues or fails the running jobs whose heartbeat stopped."""
+        cutoff = utcnow() - timedelta(seconds=self._ctx.settings.stale_after_s)
         async with transaction(self._ctx.sessions) as session:
             jobs = self._jobs(session)
             for job in await jobs.stale_running(cutoff):
-                if job.attempts < settings.max_attempts and not job.cancel_requested:
-                    message = f"re-queued: its worker stopped (attempt {job.attempts})"
-                    recovered = await jobs.requeue(
-                        job, message, refund_attempt=False, stale_before=cutoff
-                    )
-                else:
-                    error = f"the worker stopped while running this {self.kind}"
-                    recovered = await jobs.finish(
-                        job, EnrolmentStatus.FAILED, error=error, stale_before=cutoff
-                    )
-                if not recovered:  # another sweep, its worker or a client got there first
-                    continue
-                logger.warning(
-                    "recovered a job whose worker stopped",
-                    extra={"job_id": job.id, "kind": self.kind, "status": job.status},
-                )
+                await self._recover(jobs, job, stale_before=cutoff)
+
+    async def recover_stalled_dispatch(self, queue_job_id: int, job_id: str) -> None:
+        """Ends a procrastinate job whose worker stopped (procrastinate's heartbeats say so) and,
+        in the same transaction, re-queues or fails the job row it was running."""
+        async with transaction(self._ctx.sessions) as session:
+            jobs = self._jobs(session)
+            job = await jobs.get(job_id)
+            failed = False
+            if job is not None and job.queue_job_id == queue_job_id:
+                if job.status == EnrolmentStatus.RUNNING:
+                    failed = not await self._recover(jobs, job)
+                elif job.status == EnrolmentStatus.QUEUED:  # it stopped before its claim
+                    await job_queue.defer(session, job)
+            await job_queue.close_stalled(session, queue_job_id, failed=failed)
+
+    async def _recover(
+        self, jobs: JobRepository[J], job: J, stale_before: datetime | None = None
+    ) -> bool:
+        """Re-queues (True) or fails a running job whose worker stopped: failed once it used its
+        attempts or a cancel was asked. False too when another sweep, its worker or a client
+        changed it first."""
+        settings = self._ctx.settings
+        retried = job.attempts < settings.max_attempts and not job.cancel_requested
+        if retried:
+            message = f"re-queued: its worker stopped (attempt {job.attempts})"
+            recovered = await jobs.requeue(
+                job, message, refund_attempt=False, stale_before=stale_before
+            )
+        else:
+            error = f"the worker stopped while running this {self.kind}"
+            recovered = await jobs.finish(
+                job, EnrolmentStatus.FAILED, error=error, stale_before=stale_before
+            )
+        if recovered:
+            logger.warning(
+                "recovered a job whose worker stopped",
+                extra={"job_id": job.id, "kind": self.kind, "status": job.status},
+            )
+        return retried and recovered
 
     async def process(self, job: J) -> None:
         log = {"job_id": job.id, "worker_id": self.worker_id, **self._log_fields(job)}
@@ -289,10 +328,11 @@ class JobWorker(ABC, Generic[J]):
 async def run_workers(
     workers: Sequence[JobWorker[Any]], stop: asyncio.Event, poll_interval_s: float
 ) -> None:
-    """Works until `stop` is set, one job at a time in this process: each turn the workers are
-    asked in order, and the first with a queued job runs it, so that an earlier kind's jobs
-    go first whenever both kinds wait (a long job of a later kind still delays them while it
-    runs). A job running when `stop` is set is stopped and re-queued."""
+    """The in-process dispatch (SQLite; see `app.queue.dispatch`). Works until `stop` is set,
+    one job at a time in this process: each turn the workers are asked in order, and the first
+    with a queued job runs it, so that an earlier kind's jobs go first whenever both kinds wait
+    (a long job of a later kind still delays them while it runs). A job running when `stop` is
+    set is stopped and re-queued."""
     for worker in workers:
         worker.stop_with(stop)
         log = {"kind": worker.kind, "worker_id": worker.worker_id}

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine as create_sync_engine
 
 from app.db import models  # noqa: F401  (registers the tables on Base.metadata)
 from app.db.base import Base
+from app.db.job_queue import procrastinate_owns
 from app.db.migrate import alembic_config, upgrade_to_head
 from app.db.session import async_url, sync_url
 
@@ -42,8 +43,10 @@ def connect(raw_url: str) -> Iterator[Connection]:
 
 
 def table_names(raw_url: str) -> set[str]:
+    """The tables besides procrastinate's (PostgreSQL only: `test_queue_schema.py`)."""
     with connect(raw_url) as connection:
-        return set(inspect(connection).get_table_names())
+        names = inspect(connection).get_table_names()
+    return {name for name in names if not procrastinate_owns(name)}
 
 
 def current_revision(raw_url: str) -> str | None:
@@ -59,7 +62,10 @@ def head_revision(raw_url: str) -> str:
 
 def schema_diffs(raw_url: str) -> list[object]:
     with connect(raw_url) as connection:
-        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+        context = MigrationContext.configure(
+            connection, opts={"include_name": lambda name, *_: not procrastinate_owns(name)}
+        )
+        return list(compare_metadata(context, Base.metadata))
 
 
 @pytest.mark.postgres

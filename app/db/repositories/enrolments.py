@@ -1,7 +1,7 @@
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.enrolment_status import UNFINISHED, EnrolmentStatus, check_transition
+from app.db.enrolment_status import UNFINISHED
 from app.db.models import EnrolmentJob, EnrolmentRecording, Recording
 from app.db.repositories.jobs import JobRepository
 
@@ -17,19 +17,18 @@ class EnrolmentRepository(JobRepository[EnrolmentJob]):
 
     async def add(self, job: EnrolmentJob, recordings: list[Recording]) -> EnrolmentJob:
         """Records a new job (given without a status), queued, to train on `recordings` in
-        that order: new ones (its upload) are recorded with it, stored ones are linked."""
-        if job.status is not None:
-            raise ValueError(f"a new job has no status yet; this one is {job.status}")
-        job.status = check_transition(None, EnrolmentStatus.QUEUED)
-        self._session.add(job)
-        await self._session.flush()
-        self._session.add_all(recordings)
-        await self._session.flush()
-        self._session.add_all(
-            EnrolmentRecording(enrolment_id=job.id, position=position, recording_id=recording.id)
-            for position, recording in enumerate(recordings)
-        )
-        await self._session.flush()
+        that order: new ones (its upload) are recorded with it, stored ones are linked. Raises
+        `JobAlreadyQueued` (recording none of it) while another job of the user waits."""
+        async with self._queueing(job):
+            self._session.add_all(recordings)
+            await self._session.flush()
+            self._session.add_all(
+                EnrolmentRecording(
+                    enrolment_id=job.id, position=position, recording_id=recording.id
+                )
+                for position, recording in enumerate(recordings)
+            )
+            await self._session.flush()
         return job
 
     async def unfinished_for_user(self, user_id: str) -> EnrolmentJob | None:

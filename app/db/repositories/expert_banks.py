@@ -3,7 +3,7 @@
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.enrolment_status import UNFINISHED, EnrolmentStatus, check_transition
+from app.db.enrolment_status import UNFINISHED
 from app.db.models import ExpertBank, ExpertBankContributor, Recording, User
 from app.db.repositories.jobs import JobRepository
 
@@ -17,15 +17,11 @@ class ExpertBankRepository(JobRepository[ExpertBank]):
     async def add(self, bank: ExpertBank, contributors: list[ExpertBankContributor]) -> ExpertBank:
         """Records a new bank (given without a status), its build queued, learning from
         `contributors`."""
-        if bank.status is not None:
-            raise ValueError(f"a new bank has no status yet; this one is {bank.status}")
-        bank.status = check_transition(None, EnrolmentStatus.QUEUED)
-        self._session.add(bank)
-        await self._session.flush()
-        for contributor in contributors:
-            contributor.bank_id = bank.id
-        self._session.add_all(contributors)
-        await self._session.flush()
+        async with self._queueing(bank):
+            for contributor in contributors:
+                contributor.bank_id = bank.id
+            self._session.add_all(contributors)
+            await self._session.flush()
         return bank
 
     async def next_version(self, fingerprint: str) -> int:

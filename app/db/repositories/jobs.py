@@ -1,12 +1,15 @@
 """What every kind of background job shares in the database: claiming, heartbeats, cancelling,
 re-queueing and finishing, each a status change through `check_transition`."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Generic, TypeVar
 
 from sqlalchemy import Update, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import job_queue
 from app.db.base import utcnow
 from app.db.enrolment_status import EnrolmentStatus, check_transition
 from app.db.models import JobMixin
@@ -20,7 +23,9 @@ J = TypeVar("J", bound=JobMixin)
 class JobRepository(Generic[J]):
     """Jobs of one kind (`model`). Every change of a job's status is made here, through
     `check_transition`, as an UPDATE conditional on the status it changes from: with several
-    workers and API processes, someone else may change a job between reading and writing it."""
+    workers and API processes, someone else may change a job between reading and writing it.
+    A job that becomes queued gets its procrastinate job in the same transaction, and one
+    cancelled while queued loses it (PostgreSQL; see `job_queue`)."""
 
     def __init__(self, session: AsyncSession, model: type[J]) -> None:
         self._session = session
@@ -28,6 +33,27 @@ class JobRepository(Generic[J]):
 
     async def get(self, job_id: str) -> J | None:
         return await self._session.get(self._model, job_id)
+
+    @asynccontextmanager
+    async def _queueing(self, job: J) -> AsyncIterator[None]:
+        """Records a new job (given without a status) queued, with what the block adds, then
+        its procrastinate job. With PostgreSQL in a savepoint: when the queueing lock refuses
+        the job (`JobAlreadyQueued`), none of it is recorded and the transaction goes on."""
+        if job.status is not None:
+            raise ValueError(f"a new job has no status yet; this one is {job.status}")
+        if not job_queue.uses_queue(self._session):
+            await self._add_queued(job)
+            yield
+            return
+        async with self._session.begin_nested():
+            await self._add_queued(job)
+            yield
+            await job_queue.defer(self._session, job)
+
+    async def _add_queued(self, job: J) -> None:
+        job.status = check_transition(None, EnrolmentStatus.QUEUED)
+        self._session.add(job)
+        await self._session.flush()
 
     async def claimed(self, job_id: str, worker_id: str, *, for_update: bool = False) -> J | None:
         """The job while it runs for `worker_id`; None once it does not: it finished, was
@@ -80,28 +106,35 @@ class JobRepository(Generic[J]):
         The conditional UPDATE makes the claim safe between processes: of two workers racing
         for the same job, exactly one sees its row updated.
         """
-        queued = EnrolmentStatus.QUEUED
         while True:
-            candidate = await self._session.scalar(
-                select(self._model.id)
-                .where(self._model.status == queued)
-                .order_by(self._model.created_at)
-                .limit(1)
-            )
+            candidate = await self.next_queued()
             if candidate is None:
                 return None
             claimed = await self.claim(candidate, worker_id)
             if claimed is not None:
                 return claimed
 
-    async def claim(self, job_id: str, worker_id: str) -> J | None:
+    async def next_queued(self) -> str | None:
+        """The oldest queued job's id."""
+        return await self._session.scalar(
+            select(self._model.id)
+            .where(self._model.status == EnrolmentStatus.QUEUED)
+            .order_by(self._model.created_at)
+            .limit(1)
+        )
+
+    async def claim(self, job_id: str, worker_id: str, queue_job_id: int | None = None) -> J | None:
         """Moves the queued job to running for `worker_id`; None when it is not queued (any
-        more): another worker claimed it, or it was cancelled."""
+        more): another worker claimed it, or it was cancelled. `queue_job_id`: only while that
+        procrastinate job is the one that dispatches it."""
         queued = EnrolmentStatus.QUEUED
         now = utcnow()
+        conditions = [self._model.id == job_id, self._model.status == queued]
+        if queue_job_id is not None:
+            conditions.append(self._model.queue_job_id == queue_job_id)
         result = await self._session.execute(
             update(self._model)
-            .where(self._model.id == job_id, self._model.status == queued)
+            .where(*conditions)
             .values(
                 status=check_transition(queued, EnrolmentStatus.RUNNING),
                 worker_id=worker_id,
@@ -123,7 +156,10 @@ class JobRepository(Generic[J]):
             return await self._change_if_unchanged(
                 job, update(self._model).values(cancel_requested=True)
             )
-        return await self.finish(job, EnrolmentStatus.CANCELLED)
+        if not await self.finish(job, EnrolmentStatus.CANCELLED):
+            return False
+        await job_queue.cancel_queued(self._session, job)
+        return True
 
     async def requeue(
         self,
@@ -145,7 +181,10 @@ class JobRepository(Generic[J]):
         )
         if refund_attempt:  # a running job was claimed, so it has at least one attempt
             statement = statement.values(attempts=self._model.attempts - 1)
-        return await self._change_if_unchanged(job, self._if_stale(statement, stale_before))
+        if not await self._change_if_unchanged(job, self._if_stale(statement, stale_before)):
+            return False
+        await job_queue.defer(self._session, job)
+        return True
 
     async def finish(
         self,

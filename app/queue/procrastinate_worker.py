@@ -1,0 +1,105 @@
+"""The procrastinate worker (PostgreSQL): one job at a time, woken by LISTEN/NOTIFY when a job is
+deferred, beside a sweep that recovers the jobs of workers that stopped.
+
+procrastinate records a heartbeat per worker; a job still `doing` under a worker whose heartbeat
+is older than `stale_after_s` (or that another worker pruned) lost its worker: the sweep ends it
+and, in the same transaction, re-queues its row with a new procrastinate job, or fails it once it
+used its attempts (`JobWorker.recover_stalled_dispatch`).
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from procrastinate import App, JobContext, PsycopgConnector
+
+from app.config import EnrolmentSettings
+from app.db.job_queue import QUEUE
+from app.services.job_worker import JobWorker
+
+__all__ = ["queue_app", "recover", "run_procrastinate_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+async def run_procrastinate_worker(
+    conninfo: str,
+    settings: EnrolmentSettings,
+    workers: Sequence[JobWorker[Any]],
+    stop: asyncio.Event,
+) -> None:
+    """Works until `stop` is set: a job running then is stopped and re-queued by its worker,
+    and procrastinate takes no other."""
+    for worker in workers:
+        worker.stop_with(stop)
+    by_task = {worker.task_name: worker for worker in workers}
+    app = queue_app(conninfo, by_task)
+    async with app.open_async():
+        consuming = asyncio.create_task(
+            app.run_worker_async(
+                queues=[QUEUE],
+                concurrency=1,
+                name=workers[0].worker_id,
+                install_signal_handlers=False,
+                fetch_job_polling_interval=settings.poll_interval_s,
+                update_heartbeat_interval=settings.heartbeat_interval_s,
+                stalled_worker_timeout=settings.stale_after_s,
+            ),
+            name="procrastinate worker",
+        )
+        sweeping = asyncio.create_task(_sweep(app, by_task, settings, stop), name="job sweep")
+        try:
+            await asyncio.wait({consuming, sweeping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.set()
+            for task in (consuming, sweeping):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def queue_app(conninfo: str, by_task: Mapping[str, JobWorker[Any]]) -> App:
+    """A procrastinate app whose tasks are `by_task`'s workers' `run_job`."""
+    app = App(connector=PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4))
+    for name, worker in by_task.items():
+        app.task(name=name, queue=QUEUE, pass_context=True)(_task(worker))
+    return app
+
+
+def _task(worker: JobWorker[Any]) -> Callable[[JobContext, str], Awaitable[None]]:
+    async def run(context: JobContext, job_id: str) -> None:
+        await worker.run_job(job_id, queue_job_id=context.job.id)
+
+    return run
+
+
+async def recover(app: App, by_task: Mapping[str, JobWorker[Any]], stalled_after_s: float) -> None:
+    """One sweep: the procrastinate jobs of stopped workers, then rows whose heartbeat stopped
+    without one (a run that could not record its end), then each kind's housekeeping."""
+    stalled = await app.job_manager.get_stalled_jobs(
+        queue=QUEUE, seconds_since_heartbeat=stalled_after_s
+    )
+    for job in stalled:
+        worker = by_task.get(job.task_name)
+        if worker is not None and job.id is not None:
+            await worker.recover_stalled_dispatch(job.id, str(job.task_kwargs["job_id"]))
+    for worker in by_task.values():
+        await worker.recover_stale_jobs()
+        await worker.housekeeping()
+
+
+async def _sweep(
+    app: App,
+    by_task: Mapping[str, JobWorker[Any]],
+    settings: EnrolmentSettings,
+    stop: asyncio.Event,
+) -> None:
+    while not stop.is_set():
+        try:
+            await recover(app, by_task, settings.stale_after_s)
+        except Exception:  # the sweep must outlive any single failure
+            logger.exception("job sweep failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.heartbeat_interval_s)
