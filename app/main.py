@@ -40,11 +40,12 @@ from app.engine.whisper import TranscriptionTask
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.private_files import private_dir
+from app.queue.dispatch import run_jobs
 from app.services.adapters import ActiveAdapters
 from app.services.auth import load_or_create_admin_key
 from app.services.enrolment_worker import EnrolmentWorker
 from app.services.expert_bank_worker import ExpertBankWorker
-from app.services.job_worker import JobWorker, WorkerContext, default_worker_id, run_workers
+from app.services.job_worker import JobWorker, WorkerContext, default_worker_id
 from app.services.model_loading import load_recognizer
 from app.services.stores import adapter_store_for
 from app.services.transcription import TranscriptionService
@@ -72,9 +73,8 @@ def create_app(
         stop = asyncio.Event()
         worker = None
         if settings.enrolment.worker:
-            workers = job_workers(_worker_context(state))
-            poll_s = settings.enrolment.poll_interval_s
-            worker = asyncio.create_task(run_workers(workers, stop, poll_s))
+            context = _worker_context(state)
+            worker = asyncio.create_task(run_jobs(context, job_workers(context), stop))
         try:
             yield
         finally:
@@ -188,7 +188,7 @@ def _worker_context(state: ServiceState) -> WorkerContext:
 
 
 def job_workers(context: WorkerContext) -> list[JobWorker[Any]]:
-    """Every kind of job, for `run_workers` to run in one process under one worker id:
+    """Every kind of job, for `run_jobs` to run in one process under one worker id:
     enrolments first, as a user waits for theirs."""
     worker_id = default_worker_id()
     return [EnrolmentWorker(context, worker_id), ExpertBankWorker(context, worker_id)]
