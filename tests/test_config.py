@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from app.config import WEAK_ADMIN_KEY_LENGTH, Settings
 from app.db.session import sync_url
 from app.engine.training.gate import GateConfig
+from app.engine.whisper import LongformPolicy
 
 STRONG_KEY = "k" * 32
 
@@ -33,6 +34,15 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.admin_key is None
     assert settings.queue.max_pending == 64
     assert settings.queue.max_pending_audio_s == 8 * 3600
+
+
+def test_the_long_form_defaults_are_the_engines() -> None:
+    longform, policy = Settings().longform, LongformPolicy()
+    assert (longform.mode, longform.window_s, longform.batch_windows) == (
+        policy.mode,
+        policy.window_s,
+        policy.batch_windows,
+    )
 
 
 def test_the_services_gate_defaults_are_the_engines() -> None:
@@ -96,6 +106,8 @@ def test_invalid_precision_is_rejected(monkeypatch: pytest.MonkeyPatch, precisio
         ("PQM_QUEUE__MAX_PENDING", "0"),
         ("PQM_MAX_UPLOAD_BYTES", "-1"),
         ("PQM_ADAPTER_STORE", "s3"),
+        ("PQM_LONGFORM__MODE", "parallel"),
+        ("PQM_LONGFORM__WINDOW_S", "45"),
     ],
 )
 def test_other_invalid_values_are_rejected(

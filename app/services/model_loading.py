@@ -5,7 +5,7 @@ from pathlib import Path
 from app.config import Settings
 from app.engine.model_import import check_model_dir, import_bundled_model
 from app.engine.recognizer import SpeechRecognizer
-from app.engine.whisper import WhisperEngine
+from app.engine.whisper import LongformPolicy, WhisperEngine
 
 
 def check_model_path(settings: Settings) -> None:
@@ -31,4 +31,9 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
         resident_slots=settings.adapters.resident_slots,
         dtype=settings.model.compute_dtype,
         base_window=settings.model.encoder_window,
+        longform=LongformPolicy(
+            mode=settings.longform.mode,
+            window_s=settings.longform.window_s,
+            batch_windows=settings.longform.batch_windows,
+        ),
     )
