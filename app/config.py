@@ -106,12 +106,19 @@ class EnrolmentSettings(SettingsGroup):
     """CPU priority of the training process: `idle` (Linux SCHED_IDLE: it runs only on CPU time
     serving leaves unused), `low` (nice 19) or `normal`."""
     worker: bool = True
-    """Run the job worker inside the API process (`pqm worker` runs it separately)."""
+    """Run the job worker inside the API process (`pqm worker` runs it separately): with
+    PostgreSQL a procrastinate worker, with SQLite a loop over the queued rows."""
     poll_interval_s: float = Field(default=1.0, gt=0)
+    """SQLite: how often the loop looks for queued jobs. PostgreSQL: procrastinate's fallback
+    poll; LISTEN/NOTIFY wakes the worker as soon as a job is deferred."""
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    """How often a running job records its progress, and procrastinate its worker's heartbeat;
+    also how often the recovery sweep runs beside a procrastinate worker."""
     stale_after_s: float = Field(default=60.0, gt=0)
-    """A running job whose heartbeat is older than this lost its worker and is recovered."""
+    """A running job whose heartbeat (or, with PostgreSQL, whose procrastinate worker's
+    heartbeat) is older than this lost its worker and is recovered."""
     max_attempts: int = Field(default=2, ge=1)
+    """Runs of a job that a stopped worker may cost; then it fails, saying so."""
     auto_retrain_after: int = Field(default=0, ge=0)
     """Off at 0 (the default). Otherwise, once a user has added this many recordings on their
     own (`POST /v1/users/{id}/recordings`: corrections and prompts read one at a time, not the
