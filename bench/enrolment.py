@@ -82,7 +82,6 @@ from bench.speakers import SpeakerData, Suite, Utterance, load
 from bench.speechocean import Half
 
 if TYPE_CHECKING:
-    from app.engine.adaptation.lora.file import AdapterWeights
     from app.engine.adaptation.residency import AnyAdapter
     from app.engine.training import GateConfig
     from app.engine.whisper import WhisperEngine
@@ -500,7 +499,12 @@ def bounds_report(engine: WhisperEngine, adapter: AnyAdapter) -> dict[str, Any]:
     """Where the adapter sits against the bounds every stored adapter must meet
     (`lora.file.check_bounds`, `saml.file.check_saml_bounds`): the service would quarantine it
     past them."""
-    from app.engine.adaptation.lora.file import MAX_UPDATE_RATIO, AdapterFileError, update_ratios
+    from app.engine.adaptation.lora.file import (
+        MAX_UPDATE_RATIO,
+        AdapterFileError,
+        AdapterWeights,
+        update_ratios,
+    )
     from app.engine.adaptation.saml.file import saml_update_bounds
 
     norms = engine.base_weight_norms()
