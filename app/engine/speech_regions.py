@@ -27,6 +27,8 @@ __all__ = ["SpeechDetector", "SpeechScan", "VadPolicy", "Window", "plan_windows"
 
 FRAME = 512
 """Samples Silero VAD rates at a time at 16 kHz (32 ms)."""
+WARM_UP_FRAMES = 32
+"""Frames (1 s) a stream hears before its chunk: enough for the detector's state to settle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,9 @@ class VadPolicy:
     pad_ms: int = 200
     """Audio kept each side of a region, so soft word onsets and endings are not clipped."""
     chunk_s: float = 30.0
-    """Audio the scan reads (and holds) at a time."""
+    """Audio each stream of the scan rates at a time."""
+    streams: int = 16
+    """Chunks rated side by side per step (the scan holds `streams` chunks of samples)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +86,14 @@ def _load_silero() -> Any:
 
 
 class SpeechScan:
-    """Rates `audio` frame by frame, a chunk per `step()`; then `regions()`."""
+    """Rates `audio` frame by frame, `streams` chunks per `step()`; then `regions()`.
+
+    Silero is recurrent, and one frame per call is slow in Python; so each step rates several
+    chunks side by side as a batch of streams, each stream first fed the `WARM_UP_S` of audio
+    before its chunk (its state then is what a single stream's would be, near enough)."""
 
     def __init__(self, detector: SpeechDetector, audio: DecodedAudio, policy: VadPolicy) -> None:
         self._model = detector.model()
-        self._model.reset_states()
         self._audio = audio
         self._policy = policy
         self._chunk = int(policy.chunk_s * SAMPLE_RATE) // FRAME * FRAME
@@ -98,15 +105,26 @@ class SpeechScan:
         return self._position >= len(self._audio)
 
     def step(self) -> None:
-        """Rates the next chunk of frames."""
-        samples = self._audio.read(self._position, self._position + self._chunk)
-        self._position += self._chunk
-        if samples.size % FRAME:
-            samples = np.pad(samples, (0, FRAME - samples.size % FRAME))
-        frames = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+        """Rates the next `streams` chunks."""
+        starts = range(
+            self._position,
+            min(len(self._audio), self._position + self._policy.streams * self._chunk),
+            self._chunk,
+        )
+        warm = WARM_UP_FRAMES * FRAME
+        batch = np.zeros((len(starts), warm + self._chunk), dtype=np.float32)
+        for row, start in enumerate(starts):
+            samples = self._audio.read(max(0, start - warm), start + self._chunk)
+            offset = warm - min(warm, start)
+            batch[row, offset : offset + samples.size] = samples
+        self._model.reset_states()
+        frames = torch.from_numpy(batch).view(len(starts), -1, FRAME)
         with torch.inference_mode():
-            for frame in frames.view(-1, FRAME):
-                self._probabilities.append(float(self._model(frame[None], SAMPLE_RATE)))
+            rated = [self._model(frames[:, i], SAMPLE_RATE) for i in range(frames.shape[1])]
+        probabilities = torch.cat(rated, dim=1)[:, WARM_UP_FRAMES:].reshape(-1)
+        self._position = starts[-1] + self._chunk
+        wanted = -(-min(self._position, len(self._audio)) // FRAME) - len(self._probabilities)
+        self._probabilities.extend(probabilities[:wanted].tolist())
 
     def regions(self, max_region_s: float) -> list[Window]:
         """Speech regions (padded), none longer than `max_region_s`."""
