@@ -12,7 +12,7 @@ import httpx
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 
-from tests.browser.support.browser import axe_violations, serious
+from tests.browser.support.browser import axe_violations, screenshot, serious
 from tests.browser.support.server import PqmServer, service_environment
 from tests.browser.support.voice import Voice, voice_for
 from tests.conftest import bearer
@@ -59,28 +59,32 @@ def voices(tmp_path: Path) -> Callable[[str], Voice]:
 
 
 @pytest.fixture(scope="session")
-def evidence(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where screenshots and axe results are written: PQM_SCREENSHOTS_DIR (e.g.
-    docs/screenshots, to refresh the committed set) or a temporary directory."""
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PQM_SCREENSHOTS_DIR (docs/screenshots refreshes the committed set), else a temporary
+    directory."""
     configured = os.environ.get("PQM_SCREENSHOTS_DIR")
     directory = Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
 
+@pytest.fixture(scope="session")
+def axe_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("axe")
+
+
 Check = Callable[[WebDriver, str], None]
 
 
 @pytest.fixture
-def check_view(evidence: Path) -> Check:
+def check_view(screenshots: Path, axe_results: Path) -> Check:
     """Screenshots the page as `name`.png and asserts that axe-core finds nothing serious or
-    critical on it; every violation found is written to axe/`name`.json."""
+    critical on it; every violation found, of any impact, is kept in `name`.json."""
 
     def check(driver: WebDriver, name: str) -> None:
-        driver.save_screenshot(str(evidence / f"{name}.png"))
+        screenshot(driver, screenshots / f"{name}.png")
         violations = axe_violations(driver)
-        (evidence / "axe").mkdir(exist_ok=True)
-        (evidence / "axe" / f"{name}.json").write_text(json.dumps(violations, indent=2))
+        (axe_results / f"{name}.json").write_text(json.dumps(violations, indent=2))
         assert serious(violations) == [], violations
 
     return check

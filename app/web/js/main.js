@@ -28,8 +28,10 @@ function showView(name) {
     if (button.dataset.view === name) button.setAttribute('aria-current', 'page');
     else button.removeAttribute('aria-current');
   }
-  byId(`view-${name}`).querySelector('h1').focus();
-  return attempt(() => views[name]?.());
+  const section = byId(`view-${name}`);
+  section.querySelector('h1').focus();
+  section.setAttribute('aria-busy', 'true');
+  return attempt(() => views[name]?.()).finally(() => section.removeAttribute('aria-busy'));
 }
 
 function signedIn(me) {

@@ -1,7 +1,8 @@
-// "Your things": the adapter in use, the user's adapters, training jobs and recordings.
+// "Your things": the adapter in use, the user's adapters, training jobs and recordings (the
+// API lists jobs and recordings newest first).
 import { getJson } from './api.js';
 import { fillTable, seconds, setText, when } from './dom.js';
-import { adapterWords, outcomeWords, statusWords } from './words.js';
+import { adapterWords, methodWords, outcomeWords, reasonWords, statusWords } from './words.js';
 
 const ORIGIN = { enrolment: 'Enrolment', correction: 'Correction' };
 
@@ -15,17 +16,16 @@ export async function showOverview(userId) {
   setText('serving', adapterWords(adapters.data.find((adapter) => adapter.active)));
   fillTable('adapters', adapters.data.map((adapter) => [
     `Version ${adapter.version}`,
-    adapter.method.toUpperCase(),
+    methodWords(adapter.method),
     when(adapter.created_at),
     adapter.active ? 'Yes' : 'No',
   ]));
   fillTable('jobs', jobs.data.map((job) => [
     when(job.created_at),
     statusWords(job.status),
-    [outcomeWords(job), job.activation_reason ?? ''].filter(Boolean).join(' '),
+    [outcomeWords(job), reasonWords(job)].filter(Boolean).join(' '),
   ]));
-  const newestFirst = [...recordings.data].reverse();
-  fillTable('recordings', newestFirst.map((recording) => [
+  fillTable('recordings', recordings.data.map((recording) => [
     when(recording.created_at),
     ORIGIN[recording.origin] ?? recording.origin,
     seconds(recording.duration_seconds),

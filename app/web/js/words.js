@@ -10,6 +10,10 @@ const STATUS = {
 
 export const FINISHED = new Set(['succeeded', 'failed', 'cancelled']);
 
+const METHODS = { lora: 'LoRA', saml: 'SAML' };
+
+export const methodWords = (method) => METHODS[method] ?? method;
+
 export const statusWords = (status) => STATUS[status] ?? status;
 
 export function outcomeWords(job) {
@@ -40,5 +44,5 @@ export function etaWords(seconds) {
 export function adapterWords(adapter) {
   if (!adapter) return 'In use now: the base model. You have no voice model in use yet.';
   return `In use now: your voice model, version ${adapter.version} ` +
-    `(${adapter.method.toUpperCase()}, ${adapter.id.slice(0, 8)}).`;
+    `(${methodWords(adapter.method)}, ${adapter.id.slice(0, 8)}).`;
 }

@@ -62,3 +62,13 @@ def axe_violations(driver: WebDriver) -> list[dict[str, object]]:
 
 def serious(violations: list[dict[str, object]]) -> list[dict[str, object]]:
     return [v for v in violations if v["impact"] in {"serious", "critical"}]
+
+
+def screenshot(driver: WebDriver, path: Path) -> None:
+    """The whole page, not only what the window shows: the window grows to fit it first."""
+    size = driver.get_window_size()
+    height: int = driver.execute_script("return document.documentElement.scrollHeight;")
+    chrome_height = size["height"] - driver.execute_script("return window.innerHeight;")
+    driver.set_window_size(size["width"], max(size["height"], height + chrome_height))
+    driver.save_screenshot(str(path))
+    driver.set_window_size(size["width"], size["height"])

@@ -63,7 +63,15 @@ def text_of(driver: WebDriver, element_id: str) -> str:
 def open_page(driver: WebDriver, url: str) -> None:
     """Opens the page (an invite link signs in by itself) and waits for it to settle."""
     driver.get(url)
-    wait_for(driver, lambda d: text_of(d, "serving") or text_of(d, "problem") or signin_shown(d))
+    overview = by_id(driver, "view-overview")
+    wait_for(
+        driver,
+        lambda d: (
+            (overview.is_displayed() and not overview.get_attribute("aria-busy"))
+            or text_of(d, "problem")
+            or signin_shown(d)
+        ),
+    )
 
 
 def signin_shown(driver: WebDriver) -> bool:
@@ -74,8 +82,8 @@ def show(driver: WebDriver, view: str, hands: Hands | None = None) -> None:
     button = driver.find_element(By.CSS_SELECTOR, f'nav [data-view="{view}"]')
     wait_for(driver, lambda d: button.is_displayed())
     (hands or Mouse()).press(driver, button)
-    loaded = {"overview": "serving", "enrol": "prompt", "try": "try-title"}[view]
-    wait_for(driver, lambda d: by_id(d, f"view-{view}").is_displayed() and text_of(d, loaded))
+    section = by_id(driver, f"view-{view}")
+    wait_for(driver, lambda d: section.is_displayed() and not section.get_attribute("aria-busy"))
 
 
 def record(driver: WebDriver, recorder: str, seconds: float, hands: Hands | None = None) -> None:
@@ -102,9 +110,14 @@ def keep_recording(driver: WebDriver, hands: Hands | None = None) -> None:
     assert not text_of(driver, "problem"), text_of(driver, "problem")
 
 
-def train(driver: WebDriver, hands: Hands | None = None) -> None:
-    """Starts training and waits for the outcome the page shows."""
+def start_training(driver: WebDriver, hands: Hands | None = None) -> None:
+    """Starts training; waits for the page to follow the job."""
     (hands or Mouse()).press(driver, by_id(driver, "train"))
+    wait_for(driver, lambda d: text_of(d, "job-status") or text_of(d, "problem"))
+    assert not text_of(driver, "problem"), text_of(driver, "problem")
+
+
+def wait_for_outcome(driver: WebDriver) -> None:
     outcome = by_id(driver, "job-outcome")
     wait_for(driver, lambda d: outcome.is_displayed() or text_of(d, "problem"), TRAINING_WITHIN_S)
     assert not text_of(driver, "problem"), text_of(driver, "problem")
