@@ -14,12 +14,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from procrastinate import App, JobContext, PsycopgConnector
+from procrastinate.exceptions import JobAborted
 
 from app.config import EnrolmentSettings
+from app.db.enrolment_status import EnrolmentStatus
 from app.db.job_queue import QUEUE
+from app.db.models import JobMixin
 from app.services.job_worker import JobWorker
 
-__all__ = ["queue_app", "recover", "run_procrastinate_worker"]
+__all__ = ["JobFailed", "queue_app", "recover", "run_procrastinate_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +34,34 @@ async def run_procrastinate_worker(
     stop: asyncio.Event,
 ) -> None:
     """Works until `stop` is set: a job running then is stopped and re-queued by its worker,
-    and procrastinate takes no other."""
+    and procrastinate takes no other. A failure (the database went away) starts it again."""
     for worker in workers:
         worker.stop_with(stop)
     by_task = {worker.task_name: worker for worker in workers}
-    app = queue_app(conninfo, by_task)
+    while not stop.is_set():
+        try:
+            await _run(queue_app(conninfo, by_task), by_task, settings, stop)
+        except Exception:  # the worker must outlive any single failure
+            logger.exception("the procrastinate worker failed; starting it again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.poll_interval_s)
+
+
+async def _run(
+    app: App,
+    by_task: Mapping[str, JobWorker[Any]],
+    settings: EnrolmentSettings,
+    stop: asyncio.Event,
+) -> None:
+    """procrastinate's worker and the sweep beside it, until `stop` is set or the worker fails
+    (raised here)."""
+    name = next(iter(by_task.values())).worker_id
     async with app.open_async():
         consuming = asyncio.create_task(
             app.run_worker_async(
                 queues=[QUEUE],
                 concurrency=1,
-                name=workers[0].worker_id,
+                name=name,
                 install_signal_handlers=False,
                 fetch_job_polling_interval=settings.poll_interval_s,
                 update_heartbeat_interval=settings.heartbeat_interval_s,
@@ -53,11 +73,14 @@ async def run_procrastinate_worker(
         try:
             await asyncio.wait({consuming, sweeping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.set()
+            # Cancelling procrastinate's worker stops it gracefully: it waits for the job it
+            # runs, which `stop` ends.
             for task in (consuming, sweeping):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            ended = await asyncio.gather(consuming, sweeping, return_exceptions=True)
+        for outcome in ended:
+            if isinstance(outcome, Exception):
+                raise outcome
 
 
 def queue_app(conninfo: str, by_task: Mapping[str, JobWorker[Any]]) -> App:
@@ -68,11 +91,30 @@ def queue_app(conninfo: str, by_task: Mapping[str, JobWorker[Any]]) -> App:
     return app
 
 
+class JobFailed(Exception):
+    """The job row failed: its procrastinate job fails too (it has no retry strategy: a
+    failing training would fail again; a stopped worker's job is retried by the sweep)."""
+
+
 def _task(worker: JobWorker[Any]) -> Callable[[JobContext, str], Awaitable[None]]:
     async def run(context: JobContext, job_id: str) -> None:
         await worker.run_job(job_id, queue_job_id=context.job.id)
+        _end_as(await worker.stored(job_id))
 
     return run
+
+
+def _end_as(job: JobMixin | None) -> None:
+    """Ends the procrastinate job as its row ended, so that procrastinate's own view (its
+    statuses, its admin) tells the same story: succeeded, failed, or aborted (cancelled, deleted,
+    or handed on to a new procrastinate job when this worker shut down)."""
+    if job is None:
+        raise JobAborted("the job was deleted")
+    if job.status == EnrolmentStatus.SUCCEEDED:
+        return
+    if job.status == EnrolmentStatus.FAILED:
+        raise JobFailed(job.error)
+    raise JobAborted(f"the job is {job.status}")
 
 
 async def recover(app: App, by_task: Mapping[str, JobWorker[Any]], stalled_after_s: float) -> None:

@@ -165,6 +165,10 @@ class JobWorker(ABC, Generic[J]):
         await self.process(job)
         return True
 
+    async def stored(self, job_id: str) -> J | None:
+        async with self._ctx.sessions() as session:
+            return await self._jobs(session).get(job_id)
+
     async def housekeeping(self) -> None:
         """What this kind does besides its jobs, before each look for a queued job (SQLite)
         or on each sweep (PostgreSQL)."""
@@ -249,15 +253,21 @@ class JobWorker(ABC, Generic[J]):
         """Runs `call` (blocking: it starts and supervises a child process) in a thread while
         the job's heartbeat and the latest progress it reported are recorded; its stop check
         turns true once the job was cancelled, deleted or taken from this worker, or the worker
-        shuts down."""
+        shuts down. Cancelled itself, it stops the child and waits for it to end first (a
+        thread cannot be cancelled, and would leave the child training)."""
         latest: list[TrainingProgress] = []
         stop = threading.Event()
         running = asyncio.ensure_future(asyncio.to_thread(call, latest.append, stop.is_set))
-        while not running.done():
-            await asyncio.wait({running}, timeout=self._ctx.settings.heartbeat_interval_s)
-            alive = await self._heartbeat(job_id, latest[-1] if latest else None)
-            if not alive or self._stopping.is_set():
-                stop.set()
+        try:
+            while not running.done():
+                await asyncio.wait({running}, timeout=self._ctx.settings.heartbeat_interval_s)
+                alive = await self._heartbeat(job_id, latest[-1] if latest else None)
+                if not alive or self._stopping.is_set():
+                    stop.set()
+        except asyncio.CancelledError:
+            stop.set()
+            await asyncio.wait({running})
+            raise
         return running.result()
 
     async def _heartbeat(self, job_id: str, progress: TrainingProgress | None) -> bool:

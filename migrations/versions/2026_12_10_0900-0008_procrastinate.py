@@ -73,8 +73,7 @@ DROP FUNCTION IF EXISTS procrastinate_prune_stalled_workers_v1;
 DROP TYPE IF EXISTS procrastinate_job_status, procrastinate_job_event_type, procrastinate_job_to_defer_v1;
 """
 
-PROCRASTINATE_3_10_0_SCHEMA = """
--- Procrastinate Schema
+PROCRASTINATE_3_10_0_SCHEMA = """-- Procrastinate Schema
 
 DO $$
 BEGIN

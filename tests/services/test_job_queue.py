@@ -45,11 +45,17 @@ def database_url(postgres_url: str) -> str:
 @pytest.fixture
 def settings(tmp_path: Path, tiny_en_dir: Path) -> Settings:
     # Heartbeats often, so that a cancel reaches a running job soon; sweeps never find a job
-    # stale on their own here.
+    # stale on their own here; procrastinate polls once an hour: a job deferred while its worker
+    # waits runs because LISTEN/NOTIFY woke it.
     return make_settings(
         tmp_path / "data",
         model={"path": tiny_en_dir},
-        enrolment={"worker": False, "heartbeat_interval_s": 0.05, "stale_after_s": 3600},
+        enrolment={
+            "worker": False,
+            "heartbeat_interval_s": 0.05,
+            "stale_after_s": 3600,
+            "poll_interval_s": 3600,
+        },
     )
 
 
@@ -202,23 +208,31 @@ async def test_a_procrastinate_worker_runs_a_deferred_enrolment(
     assert (await stored_job(sessions, job.id)).activated
 
 
+async def test_a_failed_job_fails_its_queue_job(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fails(*_: object) -> TrainingResult:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(enrolment_worker, "run_in_subprocess", fails)
+
+    async with _worker(context):
+        async with transaction(sessions) as session:
+            job = await _queue_job(session)
+        await until(_status_is(sessions, job.id, S.FAILED), within_s=120)
+
+    assert (await stored_job(sessions, job.id)).error == "RuntimeError: boom"
+    assert [row["status"] for row in await _queue_jobs(sessions)] == ["failed"]
+
+
 async def test_a_running_job_is_cancelled(
     sessions: async_sessionmaker[AsyncSession],
     context: WorkerContext,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    started = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def train_until_stopped(
-        request: TrainingRequest, progress: Progress, should_stop: StopCheck
-    ) -> TrainingResult:
-        loop.call_soon_threadsafe(started.set)
-        while not should_stop():
-            time.sleep(0.01)  # a stand-in for training steps
-        raise TrainingCancelled("training was cancelled")
-
-    monkeypatch.setattr(enrolment_worker, "run_in_subprocess", train_until_stopped)
+    started = _train_until_stopped(monkeypatch)
 
     async with _worker(context):
         async with transaction(sessions) as session:
@@ -231,7 +245,43 @@ async def test_a_running_job_is_cancelled(
             assert await EnrolmentRepository(session).cancel(running)
         await until(_status_is(sessions, job.id, S.CANCELLED), within_s=120)
 
-    assert [row["status"] for row in await _queue_jobs(sessions)] == ["succeeded"]
+    assert [row["status"] for row in await _queue_jobs(sessions)] == ["aborted"]
+
+
+async def test_a_job_running_when_the_worker_stops_is_handed_to_a_new_queue_job(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = _train_until_stopped(monkeypatch)
+
+    async with _worker(context):
+        async with transaction(sessions) as session:
+            job = await _queue_job(session)
+        await asyncio.wait_for(started.wait(), timeout=120)
+
+    stopped = await stored_job(sessions, job.id)
+    assert (stopped.status, stopped.attempts) == (S.QUEUED, 0)
+    assert stopped.message == "re-queued: the worker shut down"
+    assert stopped.queue_job_id != job.queue_job_id
+    assert [row["status"] for row in await _queue_jobs(sessions)] == ["aborted", "todo"]
+
+
+def _train_until_stopped(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Training that runs until told to stop; the event is set once it started."""
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def train(
+        request: TrainingRequest, progress: Progress, should_stop: StopCheck
+    ) -> TrainingResult:
+        loop.call_soon_threadsafe(started.set)
+        while not should_stop():
+            time.sleep(0.01)  # a stand-in for training steps
+        raise TrainingCancelled("training was cancelled")
+
+    monkeypatch.setattr(enrolment_worker, "run_in_subprocess", train)
+    return started
 
 
 class _worker:
