@@ -51,6 +51,8 @@ class LongformSettings(SettingsGroup):
     windows decoded together as rows of one batch."""
     window_s: float = Field(default=30.0, ge=1.0, le=30.0)
     """Batched: the longest window."""
+    adapter_window_s: float = Field(default=30.0, ge=1.0, le=30.0)
+    """Batched, for a speaker with an adapter: the longest window."""
     batch_windows: int = Field(default=8, ge=1)
     """Batched: windows of one request decoded together (bounds a request's memory)."""
 

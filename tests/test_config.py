@@ -38,11 +38,12 @@ def test_defaults(tmp_path: Path) -> None:
 
 def test_the_long_form_defaults_are_the_engines() -> None:
     longform, policy = Settings().longform, LongformPolicy()
-    assert (longform.mode, longform.window_s, longform.batch_windows) == (
-        policy.mode,
+    assert longform.mode == policy.mode
+    assert (longform.window_s, longform.adapter_window_s) == (
         policy.window_s,
-        policy.batch_windows,
+        policy.adapter_window_s,
     )
+    assert longform.batch_windows == policy.batch_windows
 
 
 def test_the_services_gate_defaults_are_the_engines() -> None:

@@ -102,13 +102,17 @@ class LongformPolicy:
     mode: Literal["sequential", "batched"] = "sequential"
     window_s: float = 30.0
     """Batched: the longest window cut at pauses."""
+    adapter_window_s: float = 30.0
+    """Batched, with a speaker's adapter: the longest window (adapters are trained on single
+    utterances; shorter windows look more like them)."""
     batch_windows: int = 8
     """Batched: windows of one request decoded together (bounds a request's memory)."""
     vad: VadPolicy = field(default_factory=VadPolicy)
 
     def __post_init__(self) -> None:
-        if not 1.0 <= self.window_s <= 30.0 or self.batch_windows < 1:
-            raise ValueError("window_s must be within 1-30 s and batch_windows >= 1")
+        windows_ok = all(1.0 <= s <= 30.0 for s in (self.window_s, self.adapter_window_s))
+        if not windows_ok or self.batch_windows < 1:
+            raise ValueError("windows must be within 1-30 s and batch_windows >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +414,8 @@ class WhisperEngine:
                 return None
             window = adapter.encoder_window if adapter else self._base_window
             samples = audio if isinstance(audio, DecodedAudio) else DecodedAudio.from_array(audio)
-            task = TranscriptionTask(self._steps(samples, options, window), row)
+            steps = self._steps(samples, options, window, adapted=adapter is not None)
+            task = TranscriptionTask(steps, row)
             task.advance(None)
             self._release_if_done(task)
             return task
@@ -500,7 +505,12 @@ class WhisperEngine:
         )
 
     def _steps(
-        self, audio: DecodedAudio, options: TranscriptionOptions, encoder_window: EncoderWindow
+        self,
+        audio: DecodedAudio,
+        options: TranscriptionOptions,
+        encoder_window: EncoderWindow,
+        *,
+        adapted: bool,
     ) -> Steps:
         mel = LogMelStream(self._loaded.feature_extractor, audio)
         scanned = mel.scan(FIRST_SCAN_FRAMES)
@@ -514,7 +524,7 @@ class WhisperEngine:
         sequential = self._longform.mode == "sequential" or content_frames <= WINDOW_FRAMES
         with_timestamps = options.with_timestamps or (sequential and content_frames > WINDOW_FRAMES)
         prefix = self._prefix(language, options.prompt, with_timestamps)
-        walk = _Walk(audio, mel, prefix, options, encoder_window, with_timestamps)
+        walk = _Walk(audio, mel, prefix, options, encoder_window, with_timestamps, adapted)
         segments = yield from (self._sequential(walk) if sequential else self._batched(walk))
         text = "".join(segment.text for segment in segments).strip()
         return Transcription(
@@ -553,7 +563,8 @@ class WhisperEngine:
         while not scan.done:  # a chunk of the detector's work per round
             scan.step()
             yield SCANNING
-        windows = plan_windows(scan.regions(policy.window_s), policy.window_s)
+        window_s = policy.adapter_window_s if walk.adapted else policy.window_s
+        windows = plan_windows(scan.regions(window_s), window_s)
         segments: list[Segment] = []
         for group in batches(windows, policy.batch_windows):
             spans = [
@@ -768,6 +779,8 @@ class _Walk:
     options: TranscriptionOptions
     encoder_window: EncoderWindow
     with_timestamps: bool
+    adapted: bool
+    """A speaker's adapter is applied (batched windows are then `adapter_window_s` long)."""
 
 
 def _is_stationary(window: np.ndarray, range_db: float) -> bool:

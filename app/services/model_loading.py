@@ -34,6 +34,7 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
         longform=LongformPolicy(
             mode=settings.longform.mode,
             window_s=settings.longform.window_s,
+            adapter_window_s=settings.longform.adapter_window_s,
             batch_windows=settings.longform.batch_windows,
         ),
     )

@@ -10,6 +10,7 @@ from app.engine.speech_regions import Window, plan_windows
 from app.engine.text import normalise_text, wer
 from app.engine.types import Transcription, TranscriptionOptions
 from app.engine.whisper import SCANNING, LongformPolicy, WhisperEngine
+from tests.support.adapters import random_adapter
 from tests.support.audio import SAMPLE_RATE, scale_to_dbfs, silence, sine, speech_16k
 
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
@@ -144,3 +145,22 @@ def test_quiet_speech_is_still_transcribed(batched_engine: WhisperEngine) -> Non
     result = batched_engine.transcribe(quiet.audio, GREEDY)
 
     assert wer([quiet.reference], [result.text]) <= 0.2, result.text
+
+
+def test_a_speakers_adapter_gets_windows_of_its_own_length(
+    tiny_en_dir: Path, recording: Recording, batched: Transcription
+) -> None:
+    engine = WhisperEngine.load(
+        tiny_en_dir,
+        precision="nf4",
+        device="cpu",
+        threads=2,
+        longform=LongformPolicy("batched", adapter_window_s=8.0),
+    )
+    neutral = random_adapter(engine, 0, strength=0.0)  # B = 0: the base model's output
+
+    adapted = engine.transcribe(recording.audio, TIMED, adapter=neutral)
+
+    assert len({segment.seek for segment in adapted.segments}) == len(SENTENCES)
+    assert len({segment.seek for segment in batched.segments}) < len(SENTENCES) / 2
+    assert wer([batched.text], [adapted.text]) <= 0.1
