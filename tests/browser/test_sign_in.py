@@ -49,12 +49,12 @@ def test_a_user_key_is_kept_for_the_tab_only(
     with chromium() as driver:
         open_page(driver, server.url)
         assert signin_shown(driver)
-        check_view(driver, "1-sign-in")
+        check_view(driver, "01-sign-in")
         by_id(driver, "signin-key").send_keys(speaker.api_key)
         by_id(driver, "signin-key").submit()
         show(driver, "overview")
         assert text_of(driver, "who") == f"Signed in as {speaker.name}"
-        check_view(driver, "2-your-things-new")
+        check_view(driver, "02-your-things-new")
         assert driver.execute_script("return sessionStorage.length;") == 1
         assert driver.execute_script("return localStorage.length;") == 0
         driver.refresh()

@@ -44,7 +44,7 @@ def first_prompt(speaker: Speaker, check_view: Check) -> str:
         assert "#link=" not in driver.current_url, "the token stays out of the address bar"
         show(driver, "enrol")
         assert text_of(driver, "enrol-position") == "Sentence 1 of 30"
-        check_view(driver, "3-enrol-first-sentence")
+        check_view(driver, "03-enrol-first-sentence")
         return text_of(driver, "prompt")
 
 
@@ -75,7 +75,7 @@ def follow_training(driver: WebDriver, check_view: Check) -> None:
         lambda d: text_of(d, "job-status").endswith(" left") or outcome.is_displayed(),
         TRAINING_WITHIN_S,
     )
-    check_view(driver, "5-enrol-training")
+    check_view(driver, "05-enrol-training")
     wait_for_outcome(driver)
 
 
@@ -86,7 +86,7 @@ def enrol(speaker: Speaker, voices: Voices, check_view: Check) -> Enrolled:
     for count in range(1, PROMPTS_READ + 1):
         with read_aloud(speaker, voices(sentence), sentence) as driver:
             if count == 1:
-                check_view(driver, "4-enrol-recorded")
+                check_view(driver, "04-enrol-recorded")
             keep_recording(driver)
             enrolled.read.append(sentence)
             assert text_of(driver, "enrol-saved") == f"You have kept {count} of 30 sentences."
@@ -94,12 +94,12 @@ def enrol(speaker: Speaker, voices: Voices, check_view: Check) -> Enrolled:
             sentence = text_of(driver, "prompt")
             if count == PROMPTS_READ:
                 follow_training(driver, check_view)
-                check_view(driver, "6-enrol-outcome")
+                check_view(driver, "06-enrol-outcome")
                 for part in ("job-outcome-summary", "job-outcome-reason"):
                     enrolled.shown[part] = text_of(driver, part)
                 show(driver, "overview")
                 enrolled.shown["serving"] = text_of(driver, "serving")
-                check_view(driver, "7-your-things-trained")
+                check_view(driver, "07-your-things-trained")
     return enrolled
 
 
@@ -134,13 +134,13 @@ def try_and_correct(speaker: Speaker, voices: Voices, check_view: Check) -> dict
         saved = by_id(driver, "try-save")
         wait_for(driver, lambda d: saved.is_enabled() or text_of(d, "problem"))
         shown = {"base": text_of(driver, "try-base"), "mine": text_of(driver, "try-mine")}
-        check_view(driver, "8-try-it")
+        check_view(driver, "08-try-it")
         correction = by_id(driver, "try-correction")
         correction.clear()
         correction.send_keys(CORRECTED)
         saved.click()
         wait_for(driver, lambda d: "Saved as a correction" in text_of(d, "try-status"))
-        check_view(driver, "9-try-it-saved")
+        check_view(driver, "09-try-it-saved")
         show(driver, "overview")
         newest = driver.find_element(By.CSS_SELECTOR, "#recordings tbody tr").text
         assert "Correction" in newest

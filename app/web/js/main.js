@@ -1,7 +1,7 @@
 // Signs in (an invite link's token in the URL fragment, or a user key typed in), then shows
 // one view at a time; a view's loader (if any) runs each time it is shown.
 import { forgetToken, getJson, keepToken, token } from './api.js';
-import { attempt, clearProblem, setText } from './dom.js';
+import { attempt, clearProblem, setText, when } from './dom.js';
 import { Enrolment } from './enrol.js';
 import { showOverview } from './overview.js';
 import { TryIt } from './try.js';
@@ -35,7 +35,8 @@ function showView(name) {
 }
 
 function signedIn(me) {
-  const link = me.role === 'link' ? ' (through your invite link)' : '';
+  const link = me.role === 'link'
+    ? ` (through your invite link, which works until ${when(me.link_expires_at)})` : '';
   setText('who', `Signed in as ${me.name}${link}`);
   byId('sign-out').hidden = false;
   byId('views').hidden = false;
