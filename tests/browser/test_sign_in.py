@@ -40,7 +40,7 @@ def test_the_page_is_served_with_a_policy_and_no_inline_code(server: PqmServer) 
     assert parser.found == []
     script = httpx.get(f"{server.url}/web/js/main.js")
     assert script.headers["content-type"].startswith("text/javascript")
-    assert httpx.get(f"{server.url}/web/../config.py").status_code == 404
+    assert httpx.get(f"{server.url}/web/__init__.py").status_code == 404, "only page files"
 
 
 def test_a_user_key_is_kept_for_the_tab_only(

@@ -58,8 +58,7 @@ export async function getJson(path, options) {
 export function form(fields) {
   const data = new FormData();
   for (const [name, value] of Object.entries(fields)) {
-    if (value instanceof Blob) data.append(name, value, value.name ?? `${name}.webm`);
-    else if (value !== null && value !== undefined) data.append(name, value);
+    if (value !== null && value !== undefined) data.append(name, value);
   }
   return data;
 }
