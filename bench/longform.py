@@ -1,6 +1,7 @@
 """Long audio: this engine's sequential and batched long-form against faster-whisper's.
 
     python -m bench.longform [--durations 30,120,600,1800] [--sources espeak,speechocean]
+                             [--personal bench/results/enrolment-cache/adapters]
                              [--threads 2] [--out docs/benchmarks/longform.json]
 
 Recordings of each duration are built from sentences read one after another with natural pauses
@@ -19,6 +20,9 @@ machine's drift hits all alike), base model (tiny.en, no adapter):
 
 Per recording and system: latency, real-time factor and WER (Whisper's English normaliser);
 the table gives each system's latency as a ratio of `fw-sequential`'s. Writes JSON and a PNG.
+
+`--personal DIR`: enrolled speakers' adapters on long recordings of their held-out utterances
+against single utterances (`bench.longform_personal`). `--sources none` skips the comparison.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench import speechocean
+from bench import longform_personal, speechocean
 from bench.common import (
     REPO_ROOT,
     RESULTS_DIR,
@@ -162,6 +166,25 @@ def run(durations: Sequence[float], sources: Sequence[str], threads: int) -> dic
     from app.engine.model_import import import_bundled_model
 
     model_dir = import_bundled_model("tiny.en", MODELS_DIR)
+    rows = compare(model_dir, durations, sources, threads) if sources else []
+    return {
+        "benchmark": "longform",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": "tiny.en",
+        "threads": threads,
+        "environment": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_1m_end": round(os.getloadavg()[0], 2),
+        },
+        "recordings": rows,
+    }
+
+
+def compare(
+    model_dir: Path, durations: Sequence[float], sources: Sequence[str], threads: int
+) -> list[dict[str, Any]]:
     transcribers = systems(model_dir, threads)
     warm = build("espeak", 5.0, _espeak_sentences())
     for transcribe in transcribers.values():  # one-time costs (the VAD model, first batches)
@@ -178,19 +201,7 @@ def run(durations: Sequence[float], sources: Sequence[str], threads: int) -> dic
                 f"{n} {r['latency_s']:.1f} s WER {r['wer']:.3f}" for n, r in results.items()
             )
             log(f"{source} {seconds:.0f} s: {summary}")
-    return {
-        "benchmark": "longform",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": "tiny.en",
-        "threads": threads,
-        "environment": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "loadavg_1m_end": round(os.getloadavg()[0], 2),
-        },
-        "recordings": rows,
-    }
+    return rows
 
 
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
@@ -221,6 +232,8 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     sources = sorted({row["source"] for row in report["recordings"]})
+    if not sources:
+        return None
     figure, axes = plt.subplots(
         2, len(sources), figsize=(6 * len(sources), 7), squeeze=False, constrained_layout=True
     )
@@ -251,15 +264,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.longform", description=__doc__)
     parser.add_argument("--durations", default="30,120,600,1800", help="seconds, comma-separated")
     parser.add_argument("--sources", default="espeak,speechocean")
+    parser.add_argument("--personal", type=Path, help="folder of enrolled speakers' adapters")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     durations = [float(value) for value in args.durations.split(",")]
-    sources = [value.strip() for value in args.sources.split(",") if value.strip()]
+    sources = [v.strip() for v in args.sources.split(",") if v.strip() and v.strip() != "none"]
     report = run(durations, sources, args.threads)
-    headers, rows = table(report)
-    print_table(headers, rows)
+    if report["recordings"]:
+        print_table(*table(report))
+    if args.personal is not None:
+        from app.engine.model_import import import_bundled_model
+
+        model_dir = import_bundled_model("tiny.en", MODELS_DIR)
+        report["personal"] = longform_personal.run(model_dir, args.personal, args.threads, log)
+        if "speakers" in report["personal"]:
+            print_table(*longform_personal.table(report["personal"]))
     write_json(args.out, report)
     chart = plot(report, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out}" + (f" and {chart}" if chart else ""))
