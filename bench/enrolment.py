@@ -1,7 +1,8 @@
 """What enrolment buys: a speaker's test WER before and after training their LoRA adapter.
 
     python -m bench.enrolment [--quick] [--suite synthetic|fsdd|speechocean|all] [--speakers a,b]
-                              [--methods lora|lora,saml,auto] [--threads 2] [--no-train]
+                              [--methods lora|lora,saml,auto] [--threads 2] [--jobs 1]
+                              [--no-train]
                               [--no-cross] [--no-cache] [--out bench/results/enrolment.json]
 
 Per speaker, and averaged over speakers, on the speaker's test sentences:
@@ -56,6 +57,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +266,10 @@ class AdapterCache:
         sha.update(EvalSet.of([*data.train, *data.dev]).digest().encode())
         method = variant.split("|", 1)[0]
         return self.root / f"{kind}-{method}-{data.name}-{sha.hexdigest()[:24]}"
+
+    def has(self, kind: str, data: SpeakerData, threads: int, variant: str = "lora") -> bool:
+        path = self._path(kind, data, threads, variant)
+        return path is not None and path.with_suffix(".json").exists()
 
     def get(
         self, kind: str, data: SpeakerData, threads: int, variant: str = "lora"
@@ -487,6 +493,17 @@ def _enrol(enrolment: Enrolment, cache: AdapterCache, result: SpeakerResult) -> 
     return trained
 
 
+def _train_side_by_side(enrolments: list[Enrolment], cache: AdapterCache, jobs: int) -> None:
+    """Trains what `cache` misses, `jobs` enrolments at a time (each in its own child process,
+    as every enrolment is), into `cache`; a failure is met again, and reported, by the run."""
+    todo = [e for e in enrolments if not cache.has(e.suite.kind, e.data, e.threads, e.variant)]
+    log(f"training {len(todo)} enrolments, {jobs} at a time")
+    with ThreadPoolExecutor(jobs) as pool:
+        for enrolment in todo:
+            scratch = SpeakerResult(enrolment.suite.kind, enrolment.data.name, "")
+            pool.submit(_enrol, enrolment, cache, scratch)
+
+
 def _record(result: SpeakerResult, method: str, trained: Trained, bounds: dict[str, Any]) -> None:
     info = {**trained.info, "bounds": bounds}
     if method == "lora":
@@ -561,6 +578,12 @@ class Options:
     """`pool` only to tune (the gate's thresholds): reported numbers come from `evaluation`."""
     methods: tuple[str, ...] = ("lora",)
     """`bench.methods.METHODS` to compare; SAML starts from each suite's expert bank."""
+    jobs: int = 1
+    """Enrolments trained side by side, each with `threads // jobs` threads."""
+
+    @property
+    def training_threads(self) -> int:
+        return max(1, self.threads // self.jobs)
 
 
 def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
@@ -630,6 +653,16 @@ def run(options: Options) -> dict[str, Any]:
         for suite in suites:
             root = CACHE_DIR if options.cache else None
             banks[suite.kind] = methods.bank_for(model_dir, suite, options.threads, root, log)
+    enrolments = {
+        (suite.kind, name, method): Enrolment(
+            model_dir, suite, data, options.training_threads, method, banks
+        )
+        for suite in suites
+        for name, data in suite.speakers.items()
+        for method in methods.trained_methods(options.methods)
+    }
+    if train_error is None and options.jobs > 1:
+        _train_side_by_side(list(enrolments.values()), trained_cache, options.jobs)
 
     # fp32: one engine for every speaker (loaded only if the cache misses), then released.
     phase = time.perf_counter()
@@ -663,7 +696,7 @@ def run(options: Options) -> dict[str, Any]:
     short_window = load_engine(model_dir, "nf4", options.threads, base_window="fit10")
     adapters: dict[tuple[str, str], AnyAdapter] = {}
     for suite in suites:
-        for name, data in suite.speakers.items():
+        for name in suite.speakers:
             result = results[suite.kind, name]
             speaker_start = time.perf_counter()
             splits = [s for s in EVAL_SPLITS[suite.kind] if (suite.kind, name, s) in evalsets]
@@ -677,11 +710,7 @@ def run(options: Options) -> dict[str, Any]:
                     result.splits[split][model] = scored
             if train_error is None:
                 for method in methods.trained_methods(options.methods):
-                    trained = _enrol(
-                        Enrolment(model_dir, suite, data, options.threads, method, banks),
-                        trained_cache,
-                        result,
-                    )
+                    trained = _enrol(enrolments[suite.kind, name, method], trained_cache, result)
                     if trained is None:
                         continue
                     engine.check_adapter(trained.adapter)
@@ -1139,6 +1168,9 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all")
     parser.add_argument("--speakers", help="comma-separated speaker names (any suite)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (eval + training)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="enrolments trained side by side (threads // jobs each)"
+    )
     parser.add_argument("--no-train", action="store_true", help="base models only")
     parser.add_argument("--no-cross", action="store_true", help="skip the cross-speaker table")
     parser.add_argument(
@@ -1202,6 +1234,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         quick=args.quick,
         cache=not args.no_cache,
         methods=compared,
+        jobs=max(1, args.jobs),
     )
     return options, args.out
 
