@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib
 import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ __all__ = [
     "check_model_dir",
     "describe_model_dir",
     "import_bundled_model",
+    "import_ct2_dir",
+    "is_ct2_dir",
     "locate_bundled",
     "read_model_manifest",
 ]
@@ -317,27 +320,62 @@ def import_bundled_model(name: str, models_dir: Path, *, force: bool = False) ->
     A complete directory is returned as it is unless `force`; an incomplete one is replaced.
     """
     model = _bundled(name)
-    target = models_dir / model.model_id
-    if not force and _is_complete(target, model.model_id):
+    return _import(
+        lambda: locate_bundled(name),
+        models_dir / model.model_id,
+        model.model_id,
+        _source(model),
+        force=force,
+    )
+
+
+def is_ct2_dir(path: Path) -> bool:
+    """Whether `path` holds a CTranslate2 model (faster-whisper's form) rather than a
+    transformers one."""
+    return (path / "model.bin").is_file() and not (path / WEIGHTS_NAME).exists()
+
+
+def import_ct2_dir(ct2_dir: Path, models_dir: Path) -> Path:
+    """Converts a CTranslate2 Whisper directory (as faster-whisper uses) once, as bundled models
+    are, into `models_dir`; a changed `model.bin` (size or modification time) converts again.
+    The model id is the directory's name."""
+    for name in ("config.json", "tokenizer.json"):
+        if not (ct2_dir / name).is_file():
+            raise ModelLoadError(f"{ct2_dir} is a CTranslate2 model without {name}")
+    source = ct2_dir.resolve()
+    weights = (source / "model.bin").stat()
+    stamp = hashlib.sha256(f"{source}|{weights.st_size}|{weights.st_mtime_ns}".encode())
+    model_id = source.name
+    target = models_dir / f"{model_id}.ct2-{stamp.hexdigest()[:12]}"
+    return _import(lambda: (source, [source / "model.bin"]), target, model_id, f"ct2:{source}")
+
+
+def _import(
+    locate: Callable[[], tuple[Path, list[Path]]],
+    target: Path,
+    model_id: str,
+    source: str,
+    *,
+    force: bool = False,
+) -> Path:
+    """Converts the CTranslate2 model `locate` finds into `target` once (see the module)."""
+    models_dir = target.parent
+    if not force and _is_complete(target, model_id):
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
     with _import_lock(models_dir):
         # Another process may have finished the import while we waited for the lock.
-        if not force and _is_complete(target, model.model_id):
+        if not force and _is_complete(target, model_id):
             return target
-        _remove_leftovers(models_dir, model.model_id)
-        ct2_dir, parts = locate_bundled(name)
-        scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(model.model_id), dir=models_dir))
+        _remove_leftovers(models_dir, target.name)
+        ct2_dir, parts = locate()
+        scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(target.name), dir=models_dir))
         try:
             convert_ct2_whisper(
-                ct2_dir,
-                scratch,
-                model_bin_parts=parts,
-                model_id=model.model_id,
-                source=_source(model),
+                ct2_dir, scratch, model_bin_parts=parts, model_id=model_id, source=source
             )
             _finalise_tree(scratch)
-            _install(scratch, target, models_dir, model.model_id)
+            _install(scratch, target, models_dir, target.name)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

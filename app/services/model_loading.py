@@ -3,22 +3,33 @@
 from pathlib import Path
 
 from app.config import Settings
-from app.engine.model_import import check_model_dir, import_bundled_model
+from app.engine.model_import import (
+    check_model_dir,
+    import_bundled_model,
+    import_ct2_dir,
+    is_ct2_dir,
+)
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.whisper import LongformPolicy, WhisperEngine
 
 
 def check_model_path(settings: Settings) -> None:
     """Raises `ModelLoadError` unless `PQM_MODEL__PATH`, when set, is a loadable directory."""
-    if settings.model.path is not None:
-        check_model_dir(settings.model.path)
+    path = settings.model.path
+    if path is not None and not is_ct2_dir(path):
+        check_model_dir(path)
 
 
 def resolve_model_dir(settings: Settings) -> Path:
-    if settings.model.path is not None:
-        check_model_dir(settings.model.path)
-        return settings.model.path
-    return import_bundled_model(settings.model.bundled, settings.models_dir)
+    """The transformers Whisper directory to serve: `PQM_MODEL__PATH` (a CTranslate2 directory
+    is converted into the data directory once), or the bundled model, imported once."""
+    path = settings.model.path
+    if path is None:
+        return import_bundled_model(settings.model.bundled, settings.models_dir)
+    if is_ct2_dir(path):
+        return import_ct2_dir(path, settings.models_dir)
+    check_model_dir(path)
+    return path
 
 
 def load_recognizer(settings: Settings) -> SpeechRecognizer:
