@@ -247,6 +247,18 @@ class _Variables:
         self._used.add(name)
         return self._variables[name]
 
+    def weights(self, name: str) -> np.ndarray:
+        """`name` as float32; an int8 tensor (CTranslate2's `int8` quantisation, as many
+        faster-whisper models ship) dequantised by its per-row `<name>_scale`."""
+        array = self.get(name)
+        if np.issubdtype(array.dtype, np.floating):
+            return np.ascontiguousarray(array, dtype=np.float32)
+        if array.dtype != np.int8:
+            raise ModelImportError(f"{name}: cannot read {array.dtype} weights")
+        scale = self.get(f"{name}_scale").astype(np.float32)
+        rows = scale.reshape(-1, *([1] * (array.ndim - 1))) if scale.ndim else scale
+        return np.ascontiguousarray(array.astype(np.float32) / rows)
+
     def scalar(self, name: str, default: int | None = None) -> int:
         if name not in self._variables and default is not None:
             return default
@@ -302,19 +314,13 @@ def _check_architecture(v: _Variables) -> None:
             raise ModelImportError(f"unsupported Whisper variant: {name} = {got}, expected {want}")
 
 
-def _fp32(array: np.ndarray) -> np.ndarray:
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ModelImportError(f"expected float weights, found {array.dtype} (quantised model?)")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
 class _StateDict:
     def __init__(self, v: _Variables) -> None:
         self.v = v
         self.tensors: dict[str, np.ndarray] = {}
 
     def copy(self, hf: str, ct2: str) -> None:
-        self.tensors[hf] = _fp32(self.v.get(ct2))
+        self.tensors[hf] = self.v.weights(ct2)
 
     def linear(self, hf: str, ct2: str) -> None:
         self.copy(f"{hf}.weight", f"{ct2}/weight")
@@ -326,8 +332,8 @@ class _StateDict:
 
     def fused(self, hf_attn: str, ct2: str, projections: Sequence[str]) -> None:
         """Splits a fused CT2 linear into HF projections; HF's k_proj has no bias."""
-        weight = _fp32(self.v.get(f"{ct2}/weight"))
-        bias = _fp32(self.v.get(f"{ct2}/bias"))
+        weight = self.v.weights(f"{ct2}/weight")
+        bias = self.v.weights(f"{ct2}/bias")
         n = len(projections)
         if weight.shape[0] % n or bias.shape[0] != weight.shape[0]:
             raise ModelImportError(f"{ct2}: cannot split shape {weight.shape} into {n}")

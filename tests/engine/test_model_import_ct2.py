@@ -4,10 +4,13 @@ into the data directory once, atomically, and again only when its weights change
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from app.config import Settings
 from app.engine import model_import
+from app.engine.convert import WEIGHTS_NAME
 from app.engine.errors import ModelLoadError
 from app.engine.model_import import (
     describe_model_dir,
@@ -15,6 +18,8 @@ from app.engine.model_import import (
     is_ct2_dir,
     locate_bundled,
 )
+from app.engine.types import TranscriptionOptions
+from app.engine.whisper import WhisperEngine
 from app.services.model_loading import resolve_model_dir
 
 
@@ -74,3 +79,34 @@ def test_a_ct2_dir_without_its_tokenizer_is_refused_by_name(
 
     with pytest.raises(ModelLoadError, match=r"CTranslate2 model without tokenizer\.json"):
         import_ct2_dir(faster_whisper_dir, tmp_path / "models")
+
+
+def test_an_int8_ct2_model_is_dequantised_within_its_rounding_and_transcribes(
+    tiny_en_dir: Path, tmp_path: Path, quick_brown_fox_16k: np.ndarray
+) -> None:
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    int8_dir = tmp_path / "whisper-tiny.en-int8"
+    converter = ctranslate2.converters.TransformersConverter(
+        str(tiny_en_dir), copy_files=["tokenizer.json"]
+    )
+    converter.convert(str(int8_dir), quantization="int8")
+
+    served = import_ct2_dir(int8_dir, tmp_path / "models")
+
+    original = load_file(tiny_en_dir / WEIGHTS_NAME)
+    restored = load_file(served / WEIGHTS_NAME)
+    assert restored.keys() == original.keys()
+    for name in ("model.encoder.layers.0.fc1.weight", "model.decoder.embed_tokens.weight"):
+        step = np.abs(original[name]).max(axis=1, keepdims=True) / 127  # one int8 step per row
+        assert np.all(np.abs(restored[name] - original[name]) <= step / 2 + 1e-6), name
+    np.testing.assert_array_equal(
+        restored["model.encoder.layer_norm.weight"], original["model.encoder.layer_norm.weight"]
+    )
+    # Served at full precision, it says what CTranslate2 says with the int8 model's own weights.
+    engine = WhisperEngine.load(served, precision="fp32", device="cpu", threads=2)
+    text = engine.transcribe(quick_brown_fox_16k, TranscriptionOptions(language="en")).text
+    reference = WhisperModel(str(int8_dir), device="cpu", compute_type="float32")
+    segments, _ = reference.transcribe(quick_brown_fox_16k, beam_size=1, language="en")
+    assert text.strip() == "".join(segment.text for segment in segments).strip()
