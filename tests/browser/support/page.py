@@ -33,13 +33,12 @@ class Keyboard:
         self.tabs = 0
 
     def press(self, driver: WebDriver, element: WebElement) -> None:
-        for _ in range(MAX_TABS):
-            if driver.switch_to.active_element == element:
-                break
+        pressed = 0
+        while driver.switch_to.active_element != element:
+            assert pressed < MAX_TABS, f"Tab never reached {element.get_attribute('outerHTML')}"
             ActionChains(driver).send_keys(Keys.TAB).perform()
-            self.tabs += 1
-        else:
-            raise AssertionError(f"Tab never reached {element.get_attribute('outerHTML')}")
+            pressed += 1
+        self.tabs += pressed
         assert focus_visible(driver), element.get_attribute("outerHTML")
         ActionChains(driver).send_keys(Keys.ENTER).perform()
 
