@@ -14,4 +14,5 @@ router = APIRouter(prefix="/v1", tags=["models"])
     responses={**success_response(), **error_responses(401)},
 )
 async def list_models(state: StateDep, _: PrincipalDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=state.transcription.model_id, created=state.started_at)])
+    names = state.transcription.model_names
+    return ModelList(data=[ModelCard(id=name, created=state.started_at) for name in names])

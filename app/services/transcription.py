@@ -92,8 +92,13 @@ class TranscriptionService:
         self.model_id = model_id or recognizer.info.model_id
         self.served = ServedTranscripts(metrics, max_audio_seconds=correctable_seconds)
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every `model` a client may send: the served model's id and OpenAI's alias."""
+        return (self.model_id, OPENAI_MODEL_ALIAS)
+
     def check_model(self, name: str) -> None:
-        if name not in (self.model_id, OPENAI_MODEL_ALIAS):
+        if name not in self.model_names:
             raise ModelNotFoundError(
                 f"The model {name!r} does not exist; this server serves {self.model_id!r} "
                 f"(alias {OPENAI_MODEL_ALIAS!r}).",

@@ -327,7 +327,7 @@ async def test_models_list(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models", headers=ADMIN)
     body = response.json()
     assert body["object"] == "list"
-    assert [model["id"] for model in body["data"]] == ["whisper-tiny.en"]
+    assert [model["id"] for model in body["data"]] == ["whisper-tiny.en", "whisper-1"]
     assert json.dumps(body)
 
 
