@@ -1,6 +1,7 @@
 """A regular (non-editable) install runs from any directory: migrations and data ship inside."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,3 +112,14 @@ def test_installed_service_serves_from_another_directory(served: str, tmp_path: 
     data_dir = tmp_path / "data"
     assert (data_dir / "pqm.db").is_file()
     assert (data_dir / "models" / "whisper-tiny.en" / "pqm_model.json").is_file()
+
+
+@pytest.mark.slow
+def test_installed_service_serves_the_speakers_page(served: str) -> None:
+    page = httpx.get(f"{served}/", timeout=10)
+    assert page.status_code == 200, page.text
+    assert "content-security-policy" in page.headers
+    assets = re.findall(r'(?:src|href)="(/[^"]+\.(?:js|css|svg))"', page.text)
+    assert any(asset.endswith(".js") for asset in assets), page.text
+    for asset in [*assets, "/web/js/api.js"]:  # one the entry module imports, too
+        assert httpx.get(f"{served}{asset}", timeout=10).status_code == 200, asset
