@@ -73,7 +73,7 @@ class GateEvidence:
             f"on {self.utterances} recordings, each transcribed by an adapter trained without it "
             f"({self.folds}-fold), {self.served} made {before} and the new adapter {after}"
         )
-        bound = f"{self.confidence:.0%} sure it saves at least {self.saved_low:.1f}"
+        bound = f"{self.confidence:.0%} sure it saves at least {self.saved_low:g} word errors"
         if self.activate:
             return f"activated: {evidence}; {bound}"
         if saved <= 0:
