@@ -36,6 +36,12 @@ class StoredBlob:
 
 
 class AdapterStore(Protocol):
+    @property
+    def joins_transactions(self) -> bool:
+        """Whether a bound store's writes commit or roll back with the session's transaction
+        (blobs in the database); False: they happen at once, outside it (files)."""
+        ...
+
     async def put(self, key: str, data: bytes) -> StoredBlob:
         """Stores `data` atomically (readers see the old blob or the new one, never a mix)."""
         ...

@@ -25,6 +25,8 @@ class FilesystemStore:
     one, never new bytes with an old checksum.
     """
 
+    joins_transactions = False
+
     def __init__(self, root: Path) -> None:
         self._root = root
 

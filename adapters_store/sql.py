@@ -24,6 +24,8 @@ class SqlBlobStore:
     request never waits on a second connection for a lock it holds itself (SQLite).
     """
 
+    joins_transactions = True
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession] | AsyncSession) -> None:
         self._sessions = sessions
 

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, UploadFile, status
 from pydantic import AwareDatetime, Field
 
 from app.api.deps import PrincipalDep, SessionDep, StateDep
@@ -54,13 +54,23 @@ async def create_enrolment(
         AwareDatetime | FormOmitted,
         Form(description="With no files: retrain on the recordings stored since this time."),
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="A retry with the same key gets the first request's job back instead "
+            "of starting a second; the same key with a different request is a 409.",
+        ),
+    ] = None,
 ) -> EnrolmentJobPublic:
     recordings = [
         UploadedRecording(filename=upload.filename or f"files[{index}]", data=await upload.read())
         for index, upload in enumerate(files or [])
     ]
     request = EnrolmentRequest(
-        recordings, transcripts or [], method, rank, epochs, seed, _utc(since)
+        recordings, transcripts or [], method, rank, epochs, seed, _utc(since), idempotency_key
     )
     job = await enrolment.create_enrolment(
         session,

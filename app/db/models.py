@@ -131,6 +131,11 @@ class JobMixin(TimestampMixin):
 
 class EnrolmentJob(JobMixin, Base):
     __tablename__ = "enrolment_jobs"
+    __table_args__ = (
+        UniqueConstraint(
+            "user_id", "idempotency_key", name="uq_enrolment_jobs_user_idempotency_key"
+        ),
+    )
 
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(32))
@@ -144,6 +149,11 @@ class EnrolmentJob(JobMixin, Base):
     activation_reason: Mapped[str | None] = mapped_column(String(500), default=None)
     automatic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """Queued by the service itself (`enrolment.auto_retrain_after`), not asked for."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    """The client's `Idempotency-Key`: a retry with it gets this job, never a second one."""
+    request_digest: Mapped[str | None] = mapped_column(String(64), default=None)
+    """sha256 of what the request asked for (`EnrolmentRequest.digest`), to tell a retry from
+    a different request reusing the key."""
 
 
 class RecordingOrigin(StrEnum):

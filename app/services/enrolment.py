@@ -3,6 +3,7 @@
 import asyncio
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters_store import AdapterStore
@@ -31,7 +32,7 @@ from app.services.recording_checks import (
     checked_transcript,
     decode_recording,
 )
-from app.services.recordings import delete_blobs, store_recordings
+from app.services.recordings import store_recordings, undo_stored
 from app.services.users import get_speaker
 
 __all__ = [
@@ -59,6 +60,10 @@ async def create_enrolment(
     stores nothing), or, with no upload, on the user's stored recordings. The activation gate
     decides either way. `fingerprint`: the served base model's, whose expert bank SAML needs."""
     await get_speaker(session, principal, user_id)
+    if request.idempotency_key is not None:
+        earlier = await _earlier_with_key(EnrolmentRepository(session), user_id, request)
+        if earlier is not None:
+            return earlier
     _check_method(request)
     if request.method == SAML and await active_bank(session, store, fingerprint) is None:
         raise BadRequestError(
@@ -85,8 +90,8 @@ async def create_enrolment(
     )
     try:
         return await _add(jobs, new_job(job_id, user_id, request, recordings), recordings)
-    except Exception:  # files outside the database do not roll back with it
-        await delete_blobs(store, recordings)
+    except Exception:
+        await undo_stored(store, recordings)
         raise
 
 
@@ -98,6 +103,22 @@ async def _retrain(
     jobs = EnrolmentRepository(session)
     await _refuse_while_unfinished(jobs, user_id)
     return await _add(jobs, new_job(new_id(), user_id, request, recordings), recordings)
+
+
+async def _earlier_with_key(
+    jobs: EnrolmentRepository, user_id: str, request: EnrolmentRequest
+) -> EnrolmentJob | None:
+    """The job an earlier request with the same `Idempotency-Key` created (a retry gets it
+    back, whatever became of it); a different request reusing the key is refused."""
+    assert request.idempotency_key is not None
+    earlier = await jobs.by_idempotency_key(user_id, request.idempotency_key)
+    if earlier is not None and earlier.request_digest != request.digest():
+        raise ConflictError(
+            "This Idempotency-Key was already used for a different enrolment request; "
+            "use a new key for a new request.",
+            code="idempotency_key_reused",
+        )
+    return earlier
 
 
 async def _refuse_while_unfinished(jobs: EnrolmentRepository, user_id: str) -> None:
@@ -112,6 +133,13 @@ async def _add(
         return await jobs.add(job, recordings)
     except JobAlreadyQueued as exc:  # another request of the user's got there first
         raise _already_unfinished() from exc
+    except IntegrityError as exc:  # a concurrent request with the same Idempotency-Key won
+        if job.idempotency_key is None:
+            raise
+        raise ConflictError(
+            "A request with this Idempotency-Key is being recorded; retry it to get its job.",
+            code="idempotency_key_in_flight",
+        ) from exc
 
 
 def _already_unfinished() -> ConflictError:

@@ -1,6 +1,7 @@
 """What an enrolment asks for, and the job that records it (shared by the enrolment use cases
 and the auto-retrain policy)."""
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,9 +30,23 @@ class EnrolmentRequest:
     since: datetime | None = None
     """A retraining uses the stored recordings made at or after this time (None: all)."""
 
+    idempotency_key: str | None = None
+    """The client's `Idempotency-Key` header: a retry with it gets the first job back."""
+
     @property
     def retrains(self) -> bool:
         return not self.recordings and not self.transcripts
+
+    def digest(self) -> str:
+        """sha256 of everything the request asks for (files, transcripts, options)."""
+        sha = hashlib.sha256()
+        since = self.since.isoformat() if self.since else ""
+        options = f"{self.method}|{self.rank}|{self.epochs}|{self.seed}|{since}"
+        for part in (options, *self.transcripts):
+            sha.update(hashlib.sha256(part.encode()).digest())
+        for recording in self.recordings:
+            sha.update(hashlib.sha256(recording.data).digest())
+        return sha.hexdigest()
 
 
 def new_job(
@@ -48,9 +63,12 @@ def new_job(
     if request.retrains:
         params["retrain"] = True
         params["since"] = request.since.isoformat() if request.since else None
+    keyed = request.idempotency_key is not None
     return EnrolmentJob(
         id=job_id,
         user_id=user_id,
+        idempotency_key=request.idempotency_key,
+        request_digest=request.digest() if keyed else None,
         method=request.method,
         params=params,
         utterance_count=len(recordings),

@@ -64,8 +64,8 @@ async def add_recording(
     try:
         await RecordingRepository(session).add(recording)
         await queue_if_due(session, user_id, limits)
-    except Exception:  # files outside the database do not roll back with it
-        await delete_blobs(store, [recording])
+    except Exception:
+        await undo_stored(store, [recording])
         raise
     if new.request_id is not None and new.origin is RecordingOrigin.CORRECTION:
         served.count_correction(new.request_id, user_id, transcript)
@@ -146,7 +146,11 @@ async def store_recordings(
     return recordings
 
 
-async def delete_blobs(store: AdapterStore, recordings: list[Recording]) -> None:
+async def undo_stored(store: AdapterStore, recordings: list[Recording]) -> None:
+    """Removes what storing `recordings` wrote outside the database: a transaction that rolls
+    back takes the rest with it (and may no longer be usable)."""
+    if store.joins_transactions:
+        return
     for recording in recordings:
         await store.delete(recording.blob_key)
 

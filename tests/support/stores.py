@@ -19,6 +19,10 @@ class CountingStore:
     reads: list[str] = field(default_factory=list)
     arrived: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
 
+    @property
+    def joins_transactions(self) -> bool:
+        return self.inner.joins_transactions
+
     async def get(self, key: str) -> bytes:
         self.reads.append(key)
         self.arrived.put_nowait(key)

@@ -31,6 +31,13 @@ class EnrolmentRepository(JobRepository[EnrolmentJob]):
             await self._session.flush()
         return job
 
+    async def by_idempotency_key(self, user_id: str, key: str) -> EnrolmentJob | None:
+        return await self._session.scalar(
+            select(EnrolmentJob).where(
+                EnrolmentJob.user_id == user_id, EnrolmentJob.idempotency_key == key
+            )
+        )
+
     async def unfinished_for_user(self, user_id: str) -> EnrolmentJob | None:
         result = await self._session.execute(
             select(EnrolmentJob).where(
