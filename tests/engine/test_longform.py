@@ -11,7 +11,8 @@ from app.engine.text import normalise_text, wer
 from app.engine.types import Transcription, TranscriptionOptions
 from app.engine.whisper import SCANNING, LongformPolicy, WhisperEngine
 from tests.support.adapters import random_adapter
-from tests.support.audio import SAMPLE_RATE, scale_to_dbfs, silence, sine, speech_16k
+from tests.support.audio import SAMPLE_RATE, silence, sine, speech_16k
+from tests.support.speech import ReadAloud, read_aloud
 
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
 TIMED = TranscriptionOptions(language="en", with_timestamps=True)
@@ -32,20 +33,8 @@ SENTENCES = (
 PAUSE_S = 1.5
 
 
-class Recording:
-    """Sentences read one after another with pauses, and when each was said."""
-
-    def __init__(self, level_dbfs: float = -3.0) -> None:
-        parts: list[np.ndarray] = [silence(0.5)]
-        self.spans: list[tuple[float, float]] = []
-        position = len(parts[0])
-        for text, _ in SENTENCES:
-            speech = scale_to_dbfs(speech_16k(text, voice="en-us", speed=130), level_dbfs)
-            self.spans.append((position / SAMPLE_RATE, (position + len(speech)) / SAMPLE_RATE))
-            parts += [speech, silence(PAUSE_S)]
-            position += len(speech) + int(PAUSE_S * SAMPLE_RATE)
-        self.audio = np.concatenate(parts)
-        self.reference = " ".join(text for text, _ in SENTENCES)
+def read_sentences(level_dbfs: float = -3.0) -> ReadAloud:
+    return read_aloud([text for text, _ in SENTENCES], PAUSE_S, level_dbfs)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +45,12 @@ def batched_engine(tiny_en_dir: Path) -> WhisperEngine:
 
 
 @pytest.fixture(scope="module")
-def recording() -> Recording:
-    return Recording()
+def recording() -> ReadAloud:
+    return read_sentences()
 
 
 @pytest.fixture(scope="module")
-def batched(batched_engine: WhisperEngine, recording: Recording) -> Transcription:
+def batched(batched_engine: WhisperEngine, recording: ReadAloud) -> Transcription:
     return batched_engine.transcribe(recording.audio, TIMED)
 
 
@@ -84,7 +73,7 @@ def test_windows_join_regions_up_to_their_length_and_never_split_one() -> None:
 
 
 def test_batched_and_sequential_agree_and_no_sentence_is_lost_or_repeated(
-    nf4_engine: WhisperEngine, recording: Recording, batched: Transcription
+    nf4_engine: WhisperEngine, recording: ReadAloud, batched: Transcription
 ) -> None:
     assert len(recording.audio) / SAMPLE_RATE > 60.0  # several windows either way
     sequential = nf4_engine.transcribe(recording.audio, TIMED)
@@ -98,7 +87,7 @@ def test_batched_and_sequential_agree_and_no_sentence_is_lost_or_repeated(
 
 
 def test_segment_times_place_each_sentence_across_windows(
-    recording: Recording, batched: Transcription
+    recording: ReadAloud, batched: Transcription
 ) -> None:
     starts = [segment.start for segment in batched.segments]
     assert starts == sorted(starts)
@@ -112,7 +101,7 @@ def test_segment_times_place_each_sentence_across_windows(
 
 
 def test_a_request_decodes_its_windows_as_rows_of_one_batch_and_as_it_would_alone(
-    batched_engine: WhisperEngine, recording: Recording
+    batched_engine: WhisperEngine, recording: ReadAloud
 ) -> None:
     alone = batched_engine.transcribe(recording.audio, GREEDY)
     task = batched_engine.open(recording.audio, GREEDY)
@@ -141,14 +130,14 @@ def test_noise_and_music_alone_make_no_text(batched_engine: WhisperEngine) -> No
 
 
 def test_quiet_speech_is_still_transcribed(batched_engine: WhisperEngine) -> None:
-    quiet = Recording(level_dbfs=-40.0)
+    quiet = read_sentences(level_dbfs=-40.0)
     result = batched_engine.transcribe(quiet.audio, GREEDY)
 
     assert wer([quiet.reference], [result.text]) <= 0.2, result.text
 
 
 def test_a_speakers_adapter_gets_windows_of_its_own_length(
-    tiny_en_dir: Path, recording: Recording, batched: Transcription
+    tiny_en_dir: Path, recording: ReadAloud, batched: Transcription
 ) -> None:
     engine = WhisperEngine.load(
         tiny_en_dir,

@@ -1,10 +1,13 @@
-"""Short real speech clips (espeak-ng), encoded as uploads, cached per process."""
+"""Real speech (espeak-ng): short clips encoded as uploads (cached per process), and
+sentences read aloud one after another."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from tests.support.audio import SAMPLE_RATE, silence, speech_16k, to_bytes
+from tests.support.audio import SAMPLE_RATE, scale_to_dbfs, silence, speech_16k, to_bytes
 
 SENTENCES = (
     "Please open the window in the kitchen.",
@@ -27,3 +30,24 @@ def long_wav(seconds: float) -> bytes:
     speech = speech_16k(SENTENCES[0])
     padding = silence(max(seconds - len(speech) / SAMPLE_RATE, 0.0))
     return to_bytes(np.concatenate([speech, padding]), SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class ReadAloud:
+    """Sentences read one after another with pauses, and when each was said (seconds)."""
+
+    audio: np.ndarray
+    spans: list[tuple[float, float]]
+    reference: str
+
+
+def read_aloud(sentences: Sequence[str], pause_s: float, level_dbfs: float = -3.0) -> ReadAloud:
+    parts: list[np.ndarray] = [silence(0.5)]
+    spans: list[tuple[float, float]] = []
+    position = len(parts[0])
+    for text in sentences:
+        speech = scale_to_dbfs(speech_16k(text, voice="en-us", speed=130), level_dbfs)
+        spans.append((position / SAMPLE_RATE, (position + len(speech)) / SAMPLE_RATE))
+        parts += [speech, silence(pause_s)]
+        position += len(speech) + int(pause_s * SAMPLE_RATE)
+    return ReadAloud(np.concatenate(parts), spans, " ".join(sentences))
