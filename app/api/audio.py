@@ -1,4 +1,4 @@
-"""POST /v1/audio/transcriptions, OpenAI-compatible."""
+"""POST /v1/audio/transcriptions and /v1/audio/translations, OpenAI-compatible."""
 
 from typing import Annotated, Literal, get_args
 
@@ -34,64 +34,70 @@ loaded)."""
 MAX_BEAM_SIZE = 8
 
 
-@router.post(
-    "/transcriptions",
-    response_model=TranscriptionJson,
-    responses={
-        **success_response(
-            headers={
-                ADAPTER_HEADER: {
-                    "description": "The id of the adapter applied, or `none`.",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
-                FALLBACK_HEADER: {
-                    "description": "Why the caller's adapter was not applied, when it was not.",
-                    "schema": {"enum": list(get_args(AdapterFallback))},
-                },
+_RESPONSES = {
+    **success_response(
+        headers={
+            ADAPTER_HEADER: {
+                "description": "The id of the adapter applied, or `none`.",
+                "required": True,
+                "schema": {"type": "string"},
             },
-            # The other response formats (`json` and `verbose_json` are JSON).
-            content={"text/plain": {}, "text/vtt": {}, "application/x-subrip": {}},
-        ),
-        **error_responses(400, 401, 403, 404, 413, 422),
-        503: {
-            "model": ErrorResponse,
-            "description": "Too many transcriptions queued; try again later.",
-            "headers": {
-                **REQUEST_ID_HEADER,
-                "Retry-After": {
-                    "description": "Seconds to wait before trying again.",
-                    "required": True,
-                    "schema": {"type": "integer"},
-                },
+            FALLBACK_HEADER: {
+                "description": "Why the caller's adapter was not applied, when it was not.",
+                "schema": {"enum": list(get_args(AdapterFallback))},
+            },
+        },
+        # The other response formats (`json` and `verbose_json` are JSON).
+        content={"text/plain": {}, "text/vtt": {}, "application/x-subrip": {}},
+    ),
+    **error_responses(400, 401, 403, 404, 413, 422),
+    503: {
+        "model": ErrorResponse,
+        "description": "Too many transcriptions queued; try again later.",
+        "headers": {
+            **REQUEST_ID_HEADER,
+            "Retry-After": {
+                "description": "Seconds to wait before trying again.",
+                "required": True,
+                "schema": {"type": "integer"},
             },
         },
     },
-)
+}
+AudioFile = Annotated[UploadFile, File(description="Audio: wav, flac, mp3, ogg, webm, m4a, ...")]
+ModelName = Annotated[str, Form(min_length=1)]
+Prompt = Annotated[Annotated[str, Field(max_length=4000)] | FormOmitted, Form()]
+Format = Annotated[ResponseFormat, Form()]
+Temperature = Annotated[float, Form(ge=0.0, le=1.0)]
+AsUser = Annotated[
+    str | FormOmitted, Form(description="Admin only: transcribe as this user, with their adapter.")
+]
+Personalise = Annotated[
+    bool, Form(description="false: use the base model even if an adapter is active.")
+]
+BeamSize = Annotated[
+    int, Form(ge=1, le=MAX_BEAM_SIZE, description="Beam search width (1: greedy).")
+]
+
+
+@router.post("/transcriptions", response_model=TranscriptionJson, responses=_RESPONSES)
 async def create_transcription(
     request: Request,
     state: StateDep,
     principal: PrincipalDep,
-    file: Annotated[UploadFile, File(description="Audio: wav, flac, mp3, ogg, webm, m4a, ...")],
-    model: Annotated[str, Form(min_length=1)],
+    file: AudioFile,
+    model: ModelName,
     language: Annotated[Annotated[str, Field(max_length=16)] | FormOmitted, Form()] = None,
-    prompt: Annotated[Annotated[str, Field(max_length=4000)] | FormOmitted, Form()] = None,
-    response_format: Annotated[ResponseFormat, Form()] = "json",
-    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    prompt: Prompt = None,
+    response_format: Format = "json",
+    temperature: Temperature = 0.0,
     timestamp_granularities: Annotated[
         list[Literal["word", "segment"]] | FormOmitted, Form(alias="timestamp_granularities[]")
     ] = None,
     stream: Annotated[bool, Form()] = False,
-    user: Annotated[
-        str | FormOmitted,
-        Form(description="Admin only: transcribe as this user, with their adapter."),
-    ] = None,
-    personalise: Annotated[
-        bool, Form(description="false: use the base model even if an adapter is active.")
-    ] = True,
-    beam_size: Annotated[
-        int, Form(ge=1, le=MAX_BEAM_SIZE, description="Beam search width (1: greedy).")
-    ] = 1,
+    user: AsUser = None,
+    personalise: Personalise = True,
+    beam_size: BeamSize = 1,
 ) -> Response:
     transcription_request = TranscriptionRequest(
         audio=await file.read(),
@@ -106,10 +112,48 @@ async def create_transcription(
         personalise=personalise,
         beam_size=beam_size,
     )
-    outcome = await cancel_on_disconnect(
-        request, state.transcription.transcribe(principal, transcription_request)
+    return await _answer(request, state, principal, transcription_request)
+
+
+@router.post(
+    "/translations",
+    response_model=TranscriptionJson,
+    responses=_RESPONSES,
+    description="English text from speech in any language (multilingual models; 400 on an "
+    "English-only one).",
+)
+async def create_translation(
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    file: AudioFile,
+    model: ModelName,
+    prompt: Prompt = None,
+    response_format: Format = "json",
+    temperature: Temperature = 0.0,
+    user: AsUser = None,
+    personalise: Personalise = True,
+    beam_size: BeamSize = 1,
+) -> Response:
+    translation_request = TranscriptionRequest(
+        audio=await file.read(),
+        model=model,
+        response_format=response_format,
+        prompt=prompt,
+        temperature=temperature,
+        user=user,
+        personalise=personalise,
+        beam_size=beam_size,
+        task="translate",
     )
-    return _render(outcome, response_format)
+    return await _answer(request, state, principal, translation_request)
+
+
+async def _answer(
+    request: Request, state: StateDep, principal: PrincipalDep, asked: TranscriptionRequest
+) -> Response:
+    outcome = await cancel_on_disconnect(request, state.transcription.transcribe(principal, asked))
+    return _render(outcome, asked.response_format)
 
 
 def _render(outcome: TranscriptionOutcome, response_format: ResponseFormat) -> Response:

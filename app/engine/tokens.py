@@ -17,6 +17,7 @@ class SpecialTokens:
     no_speech: int
     timestamp_begin: int
     transcribe: int | None
+    translate: int | None
     language_ids: dict[str, int]
     suppress: tuple[int, ...]
     """Never emitted: non-speech symbols and the special tokens that only steer decoding."""
@@ -64,6 +65,7 @@ class SpecialTokens:
             # Older vocabularies lack the timestamp tokens by name; they follow <|notimestamps|>.
             timestamp_begin=token_id("<|0.00|>") or required("<|notimestamps|>") + 1,
             transcribe=token_id("<|transcribe|>"),
+            translate=token_id("<|translate|>"),
             language_ids={name.strip("<|>"): token for name, token in languages.items()},
             suppress=tuple(sorted(suppress)),
             begin_suppress=begin_suppress,

@@ -26,6 +26,8 @@ class TranscriptionOptions:
     beam_size: int = 1
     """Hypotheses kept by beam search at temperature 0 (1: greedy). Fallback temperatures
     sample a single hypothesis, as in Whisper."""
+    task: Literal["transcribe", "translate"] = "transcribe"
+    """`translate`: English text from speech in any language (multilingual models only)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -406,6 +406,8 @@ class WhisperEngine:
         """Starts a request: pins its adapter's slot and starts on its features. None when every
         adapter slot is pinned by requests in flight (open it again after a round). Spooled
         audio is read, never closed, here: its owner closes it once the task is done."""
+        if options.task == "translate" and not self._tokens.multilingual:
+            raise ValueError("translation needs a multilingual model")
         with self._lock:
             if adapter is not None and self._resident is None:
                 raise AdapterFileError("this engine runs without adapter support")
@@ -523,7 +525,7 @@ class WhisperEngine:
         # asked for; batched windows are placed by the speech detector.
         sequential = self._longform.mode == "sequential" or content_frames <= WINDOW_FRAMES
         with_timestamps = options.with_timestamps or (sequential and content_frames > WINDOW_FRAMES)
-        prefix = self._prefix(language, options.prompt, with_timestamps)
+        prefix = self._prefix(language, options, with_timestamps)
         walk = _Walk(audio, mel, prefix, options, encoder_window, with_timestamps, adapted)
         segments = yield from (self._sequential(walk) if sequential else self._batched(walk))
         text = "".join(segment.text for segment in segments).strip()
@@ -600,8 +602,10 @@ class WhisperEngine:
     def _on_device(self, features: Tensor) -> Tensor:
         return features.to(self._loaded.device)
 
-    def _prefix(self, language: str, prompt: str | None, with_timestamps: bool) -> list[int]:
-        tokens = self._tokens
+    def _prefix(
+        self, language: str, options: TranscriptionOptions, with_timestamps: bool
+    ) -> list[int]:
+        tokens, prompt = self._tokens, options.prompt
         prefix: list[int] = []
         if prompt:
             prompt_ids = self._loaded.tokenizer.encode(
@@ -611,8 +615,9 @@ class WhisperEngine:
         prefix.append(tokens.sot)
         if tokens.multilingual:
             prefix.append(tokens.language_ids.get(language, tokens.language_ids["en"]))
-            if tokens.transcribe is not None:
-                prefix.append(tokens.transcribe)
+            task = tokens.translate if options.task == "translate" else tokens.transcribe
+            if task is not None:
+                prefix.append(task)
         if not with_timestamps:
             prefix.append(tokens.no_timestamps)
         return prefix

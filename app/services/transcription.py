@@ -55,6 +55,8 @@ class TranscriptionRequest:
     """False forces the base model."""
     beam_size: int = 1
     """Beam search width at temperature 0 (an extension; 1 is greedy decoding)."""
+    task: Literal["transcribe", "translate"] = "transcribe"
+    """`translate`: English text from speech in any language (`/v1/audio/translations`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,12 @@ class TranscriptionService:
                 "Word-level timestamps are not supported yet; use 'segment'.",
                 param="timestamp_granularities",
             )
+        if request.task == "translate" and not self._recognizer.info.multilingual:
+            raise BadRequestError(
+                f"The model {self.model_id!r} is English-only: translation needs a multilingual "
+                "Whisper (e.g. PQM_MODEL__BUNDLED=base).",
+                param="model",
+            )
         language = request.language.strip().lower() if request.language else None
         if language and not self._recognizer.info.multilingual and language != "en":
             raise BadRequestError(
@@ -214,6 +222,7 @@ class TranscriptionService:
             temperature=request.temperature,
             with_timestamps=request.response_format in ("srt", "vtt", "verbose_json"),
             beam_size=request.beam_size,
+            task=request.task,
         )
 
     async def _decode(self, data: bytes) -> DecodedAudio:
