@@ -129,6 +129,7 @@ class _CorruptingStore:
     reads back other bytes."""
 
     inner: AdapterStore
+    joins_transactions = False
 
     async def put(self, key: str, data: bytes) -> StoredBlob:
         return await self.inner.put(key, data)
