@@ -186,8 +186,8 @@ def compare(
     model_dir: Path, durations: Sequence[float], sources: Sequence[str], threads: int
 ) -> list[dict[str, Any]]:
     transcribers = systems(model_dir, threads)
-    warm = build("espeak", 5.0, _espeak_sentences())
-    for transcribe in transcribers.values():  # one-time costs (the VAD model, first batches)
+    warm = build("espeak", 40.0, _espeak_sentences())
+    for transcribe in transcribers.values():  # one-time costs (the VAD model's first calls)
         transcribe(warm.audio)
     clips = {"espeak": _espeak_sentences, "speechocean": _speechocean_sentences}
     rows = []
