@@ -295,11 +295,32 @@ class _worker:
     async def __aenter__(self) -> None:
         workers = [EnrolmentWorker(self._context)]
         self._task = asyncio.create_task(run_jobs(self._context, workers, self._stop))
+        # procrastinate fetches once, then waits for a notification (or the hourly poll): a job
+        # deferred after that fetch but before its listener ran LISTEN would wait an hour. The
+        # fetch runs on a pooled connection, the listener opens its own: it listens after it.
+        await until(_listening(self._context.sessions), within_s=120, what="LISTEN")
 
     async def __aexit__(self, *_: object) -> None:
         self._stop.set()
         assert self._task is not None
         await asyncio.wait_for(self._task, timeout=120)
+
+
+def _listening(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], Awaitable[bool]]:
+    """Whether procrastinate's listener on this test's database ran LISTEN (its last query for
+    30 s, until its first keep-alive)."""
+
+    async def check() -> bool:
+        async with sessions() as session:
+            listeners = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+                )
+            )
+        return bool(listeners)
+
+    return check
 
 
 def _status_is(
