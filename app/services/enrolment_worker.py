@@ -164,7 +164,10 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
             user_id = (await self._claimed(session, job_id)).user_id
             served_now = await AdapterRepository(session).active_for_user(user_id)
         served_changed = (served_now.id if served_now else None) != plan.served_id
-        choice = choose_method({name: result.metrics["gate"] for name, result in trained.items()})
+        choice = choose_method(
+            {name: result.metrics["gate"] for name, result in trained.items()},
+            unservable=[name for name, form in forms.items() if form.out_of_bounds is not None],
+        )
         news = {
             name: _new_adapter(
                 user_id,

@@ -1,7 +1,7 @@
 """`method=auto`: which of the adapters an enrolment trained (LoRA, then SAML when an expert bank
 exists) the job offers for activation, decided on the activation gate's held-out evidence."""
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,26 +26,32 @@ class MethodChoice:
         }
 
 
-def choose_method(gates: Mapping[str, Mapping[str, Any]]) -> MethodChoice:
+def choose_method(
+    gates: Mapping[str, Mapping[str, Any]], unservable: Collection[str] = ()
+) -> MethodChoice:
     """`gates`: each trained method's gate evidence (`GateEvidence.to_metrics()`), in training
     order. The fewest held-out word errors wins (the folds' adapters on the same recordings);
-    a tie goes to LoRA, the smaller adapter, then to the one trained first."""
+    a tie goes to LoRA, the smaller adapter, then to the one trained first. A method in
+    `unservable` (its adapter is quarantined) wins only when every method is."""
     if not gates:
         raise ValueError("no trained method to choose from")
-    order = list(gates)
-    if len(order) == 1:
+    order = [method for method in gates if method not in unservable] or list(gates)
+    if len(gates) == 1:
         return MethodChoice(order[0], f"{order[0]} was the only method trained", gates)
+    if len(order) == 1:
+        others = ", ".join(method for method in gates if method != order[0])
+        return MethodChoice(order[0], f"not activated: {others} cannot be served", gates)
 
     def rank(method: str) -> tuple[int, bool, int]:
         return int(gates[method]["errors_new"]), method != LORA, order.index(method)
 
     winner = min(order, key=rank)
-    return MethodChoice(winner, _loser_note(winner, gates), gates)
+    return MethodChoice(winner, _loser_note(winner, order, gates), gates)
 
 
-def _loser_note(winner: str, gates: Mapping[str, Mapping[str, Any]]) -> str:
+def _loser_note(winner: str, order: list[str], gates: Mapping[str, Mapping[str, Any]]) -> str:
     errors = int(gates[winner]["errors_new"])
-    others = [method for method in gates if method != winner]
+    others = [method for method in order if method != winner]
     if all(int(gates[method]["errors_new"]) == errors for method in others):
         return (
             f"not activated: {winner} made as many held-out word errors ({errors}) "

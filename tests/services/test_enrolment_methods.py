@@ -3,6 +3,7 @@ bank) against real SQLite and PostgreSQL databases, training replaced by a stand
 evidence each test sets: both adapters are stored, at most the better one is activated, and the
 job records the choice."""
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from adapters_store.sql import SqlBlobStore
 from app.config import Settings
 from app.db.enrolment_status import EnrolmentStatus
-from app.db.models import Adapter
+from app.db.models import Adapter, AdapterStatus
 from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.training import TrainingRequest, TrainingResult
 from app.engine.whisper import WhisperEngine
 from app.main import new_scheduler
@@ -63,9 +65,12 @@ def _stand_in(
     engine: WhisperEngine,
     gates: dict[str, dict[str, Any]],
     bank: tuple[str, bytes] | None,
+    *,
+    lora_out_of_bounds: bool = False,
 ) -> list[TrainingRequest]:
-    """Training that returns each method's adapter with the gate evidence in `gates`; the
-    requests it was given are appended to the list returned."""
+    """Training that returns each method's adapter with the gate evidence in `gates` (the LoRA
+    adapter's scale out of bounds if asked); the requests it was given are appended to the list
+    returned."""
     requests: list[TrainingRequest] = []
 
     async def active_bank(*_: object) -> tuple[str, bytes] | None:
@@ -74,11 +79,11 @@ def _stand_in(
     def train(request: TrainingRequest, *_: object) -> TrainingResult:
         requests.append(request)
         method = request.config.method
-        adapter = (
-            random_adapter(engine, 1)
-            if method == "lora"
-            else random_saml(engine, 2, router="depthwise")
-        )
+        adapter: AnyAdapter = random_saml(engine, 2, router="depthwise")
+        if method == "lora":
+            adapter = random_adapter(engine, 1)
+            if lora_out_of_bounds:
+                adapter = dataclasses.replace(adapter, alpha=1e38)
         return TrainingResult(adapter=adapter, metrics={"gate": gates[method]})
 
     monkeypatch.setattr(enrolment_worker, "active_bank", active_bank)
@@ -138,6 +143,27 @@ async def test_auto_with_a_bank_stores_both_and_activates_at_most_the_better(
     assert (choice["winner"], choice["gates"]) == (winner, {"lora": lora, "saml": saml})
     assert adapters["saml"].metrics["expert_bank"] == BANK[0]
     assert all(row.enrolment_id == job_id for row in adapters.values())
+
+
+async def test_auto_activates_the_other_adapter_when_the_better_one_is_quarantined(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    nf4_engine: WhisperEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gates = {"lora": _gate(7), "saml": _gate(9)}
+    _stand_in(monkeypatch, nf4_engine, gates, BANK, lora_out_of_bounds=True)
+    job_id = await _queued(sessions, "auto")
+    assert await EnrolmentWorker(context, "worker-1").run_once()
+
+    job = await stored_job(sessions, job_id)
+    adapters = await _adapters(sessions)
+    assert (job.adapter_id, job.activated) == (adapters["saml"].id, True)
+    assert adapters["lora"].status == AdapterStatus.QUARANTINED
+    assert adapters["lora"].note is not None
+    assert adapters["lora"].note.startswith("quarantined: out of bounds")
+    assert job.metrics is not None
+    assert job.metrics["method_choice"]["reason"] == "not activated: lora cannot be served"
 
 
 async def test_auto_without_a_bank_trains_lora_alone(

@@ -54,3 +54,13 @@ def test_the_metrics_hold_the_winner_and_every_gate() -> None:
     metrics = choose_method(gates).to_metrics()
     assert (metrics["winner"], metrics["gates"]) == ("saml", gates)
     assert metrics["reason"].startswith("not activated: saml")
+
+
+def test_a_quarantined_adapter_loses_to_one_that_can_be_served() -> None:
+    choice = choose_method({"lora": _gate(7), "saml": _gate(9)}, unservable=["lora"])
+    assert (choice.winner, choice.loser_note) == ("saml", "not activated: lora cannot be served")
+
+
+def test_when_every_adapter_is_quarantined_the_evidence_decides() -> None:
+    gates = {"lora": _gate(7), "saml": _gate(9)}
+    assert choose_method(gates, unservable=["lora", "saml"]).winner == "lora"
