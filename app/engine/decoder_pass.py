@@ -15,7 +15,8 @@ dequantised once while the engine is busy (not once per token, nor once per requ
 `release`); each group preallocates the self-attention cache it can need.
 """
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -136,6 +137,9 @@ class _Joining:
     encoded: Tensor
     """[frames, d_model]"""
     adapter: RowAdapter
+    heads: Mapping[int, list[int]]
+    """Per layer, the cross-attention heads whose weights are kept in `attention`."""
+    attention: list[Tensor] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -184,7 +188,39 @@ class DecodeBatch:
         """A request joins as one row at the end of the batch: runs its prefix and returns the
         logits at prefix positions `wanted` ([n, vocab]). `capacity`: most tokens it may add.
         `encoded`: its window's encoder output [frames, d_model]; `adapter`: its adapter."""
-        shape = (1, self._heads, len(prefix) + capacity, encoded.shape[1] // self._heads)
+        joining = self._joining(encoded, len(prefix) + capacity, adapter)
+        hidden = self._forward(torch.tensor([prefix], device=encoded.device), [], joining)
+        self._groups.append(joining.group)
+        self._lora = None
+        picked = hidden[0, torch.tensor(wanted, device=encoded.device)]
+        logits: Tensor = self._head(self._decoder.layer_norm(picked)[None])[0]
+        return logits
+
+    def cross_attention(
+        self,
+        encoded: Tensor,
+        tokens: list[int],
+        adapter: RowAdapter,
+        heads: Sequence[tuple[int, int]],
+    ) -> Tensor:
+        """The cross-attention weights of `heads` ((layer, head) pairs) over `encoded`'s frames
+        while `tokens` run through the decoder with `adapter`: [len(heads), len(tokens),
+        frames], float32. The batch is left as it was."""
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in heads:
+            by_layer.setdefault(layer, []).append(head)
+        joining = self._joining(encoded, len(tokens), adapter, by_layer)
+        self._forward(torch.tensor([tokens], device=encoded.device), [], joining)
+        return torch.cat(joining.attention)
+
+    def _joining(
+        self,
+        encoded: Tensor,
+        length: int,
+        adapter: RowAdapter,
+        heads: Mapping[int, list[int]] | None = None,
+    ) -> "_Joining":
+        shape = (1, self._heads, length, encoded.shape[1] // self._heads)
         group = _Group(
             rows=1,
             length=0,
@@ -194,13 +230,7 @@ class DecodeBatch:
             cross_v=[],
             factors=[],
         )
-        tokens = torch.tensor([prefix], device=encoded.device)
-        hidden = self._forward(tokens, [group], _Joining(group, encoded, adapter))
-        self._groups.append(group)
-        self._lora = None
-        picked = hidden[0, torch.tensor(wanted, device=encoded.device)]
-        logits: Tensor = self._head(self._decoder.layer_norm(picked)[None])[0]
-        return logits
+        return _Joining(group, encoded, adapter, heads or {})
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feeds one token per row ([rows]); returns the next logits [rows, vocab]."""
@@ -254,7 +284,10 @@ class DecodeBatch:
         self, tokens: Tensor, groups: list[_Group], joining: _Joining | None = None
     ) -> Tensor:
         """`tokens` [rows, new] through the decoder layers: the prefix pass of the one group
-        `joining`, or one step of every group. Returns hidden states [rows, new, d]."""
+        `joining` (`groups` is then ignored), or one step of every group. Returns hidden
+        states [rows, new, d]."""
+        if joining is not None:
+            groups = [joining.group]
         decoder = self._decoder
         weights = self._dense_weights()
         new = tokens.shape[1]
@@ -276,6 +309,10 @@ class DecodeBatch:
                 self._join_cross(joining, layer, index, h)
                 spans = self._spans(groups, index, joining)
             q = self._split(layer_weights["cross_q"](h, lora=spans["cross_q"]))
+            if joining is not None and index in joining.heads:
+                joining.attention.append(
+                    self._attention_weights(q, joining.group, index, joining.heads[index])
+                )
             attended = self._cross_attention(q, groups, index)
             hidden = hidden + layer_weights["cross_out"](attended, lora=spans["cross_out"])
             h = layer.final_layer_norm(hidden)
@@ -343,6 +380,14 @@ class DecodeBatch:
             )
             first += group.rows
         return self._merge(torch.cat(outputs) if len(outputs) > 1 else outputs[0])
+
+    def _attention_weights(self, q: Tensor, group: _Group, index: int, heads: list[int]) -> Tensor:
+        """[len(heads), tokens, frames]: a one-row group's attention weights in layer `index`."""
+        selected = torch.tensor(heads, device=q.device)
+        keys = group.cross_k[index][0, selected].float()
+        scores = q[0, selected].float() @ keys.transpose(-1, -2)
+        weights: Tensor = (scores * self._scaling).softmax(dim=-1)
+        return weights
 
     def _split(self, x: Tensor) -> Tensor:
         """[rows, tokens, d_model] -> [rows, heads, tokens, head_dim]"""

@@ -83,6 +83,7 @@ class BatchDecoder:
         self._head = OutputHead(model, dtype)
         self._rules = LogitRules(tokens, model.config.vocab_size, model.device)
         self._batch = DecodeBatch(model, self._head, dtype)
+        self._alignment_heads = alignment_heads(model)
         self._encoder_weights: EncoderWeights | None = None
         self._live: list[tuple[int, _Decode]] = []
         """Requests in the batch, in its group order, with their handles."""
@@ -139,6 +140,12 @@ class BatchDecoder:
             logits = batch.add(output, [self._tokens.sot], adapter, 0, [0])[0]
             found.append(codes[int(logits[ids].argmax())])
         return found
+
+    @torch.inference_mode()
+    def alignment(self, encoded: Tensor, tokens: list[int], adapter: RowAdapter) -> Tensor:
+        """The alignment heads' cross-attention weights while `tokens` run through the decoder
+        with `adapter`: [heads, len(tokens), frames] (the batch in flight is left alone)."""
+        return self._batch.cross_attention(encoded, tokens, adapter, self._alignment_heads)
 
     @torch.inference_mode()
     def start(self, row: DecodeRow) -> int:
@@ -238,6 +245,18 @@ class BatchDecoder:
             no_speech_prob=decode.no_speech,
             temperature=decode.row.temperature,
         )
+
+
+def alignment_heads(model: WhisperForConditionalGeneration) -> list[tuple[int, int]]:
+    """The (layer, head) pairs of the decoder's cross-attention that follow the audio, from the
+    checkpoint's generation config; without them, every head of the last half of the layers
+    (CTranslate2's choice)."""
+    heads = getattr(model.generation_config, "alignment_heads", None)
+    if heads:
+        return [(int(layer), int(head)) for layer, head in heads]
+    config = model.config
+    layers, per_layer = config.decoder_layers, config.decoder_attention_heads
+    return [(layer, head) for layer in range(layers // 2, layers) for head in range(per_layer)]
 
 
 def _require_finite(adapter: RowAdapter, values: Tensor, what: str) -> None:

@@ -28,6 +28,15 @@ class TranscriptionOptions:
     sample a single hypothesis, as in Whisper."""
     task: Literal["transcribe", "translate"] = "transcribe"
     """`translate`: English text from speech in any language (multilingual models only)."""
+    word_timestamps: bool = False
+    """Times every word (`word_timing`): one more decoder pass per window."""
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    word: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,8 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: list[Word] | None = None
+    """With `TranscriptionOptions.word_timestamps`: the segment's words, timed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ from app.engine.speech_regions import (
 )
 from app.engine.tokens import SpecialTokens
 from app.engine.types import ModelInfo, Precision, Segment, Transcription, TranscriptionOptions
+from app.engine.word_timing import Wording, token_times, with_words
 
 __all__ = [
     "SCANNING",
@@ -147,6 +148,9 @@ class WindowJob:
     beam_size: int = 1
     max_tokens: int = MAX_TEXT_TOKENS
     encoded: Tensor | None = None
+    align: list[int] | None = None
+    """Only the alignment heads' cross-attention while these tokens run is wanted (see
+    `word_timing`); answered with the weights [heads, tokens, frames]."""
 
 
 class Scanning:
@@ -468,6 +472,11 @@ class WhisperEngine:
                     task.advance(language)  # its first decode starts next round
                     self._release_if_done(task)
                     continue
+                if jobs[0].align is not None:
+                    weights = [self._align(job, task.adapter) for job in jobs]
+                    task.advance(weights if isinstance(task.job, list) else weights[0])
+                    self._release_if_done(task)
+                    continue
                 for index, job in enumerate(jobs):
                     handle = self._decoder.start(self._row(task.adapter, job))
                     task.pending[handle] = index
@@ -493,6 +502,10 @@ class WhisperEngine:
             encoded = self._decoder.encode([job.mel for job in missing], [adapter] * len(missing))
             for job, output in zip(missing, encoded, strict=True):
                 job.encoded = output
+
+    def _align(self, job: WindowJob, adapter: RowAdapter) -> Tensor:
+        assert job.align is not None
+        return self._decoder.alignment(_encoded(job), job.align, adapter)
 
     def _row(self, adapter: RowAdapter, job: WindowJob) -> DecodeRow:
         return DecodeRow(
@@ -526,7 +539,9 @@ class WhisperEngine:
         sequential = self._longform.mode == "sequential" or content_frames <= WINDOW_FRAMES
         with_timestamps = options.with_timestamps or (sequential and content_frames > WINDOW_FRAMES)
         prefix = self._prefix(language, options, with_timestamps)
-        walk = _Walk(audio, mel, prefix, options, encoder_window, with_timestamps, adapted)
+        walk = _Walk(
+            audio, mel, prefix, options, encoder_window, with_timestamps, adapted, language
+        )
         segments = yield from (self._sequential(walk) if sequential else self._batched(walk))
         text = "".join(segment.text for segment in segments).strip()
         return Transcription(
@@ -547,11 +562,13 @@ class WhisperEngine:
                 seek += chunk
                 continue
             window = self._window(walk, seek, chunk)
-            [result] = yield from self._decode_with_fallback(walk, [window])
+            [(result, job)] = yield from self._decode_with_fallback(walk, [window])
             if self._is_silence(result, audio, seek, chunk):
                 seek += self._advance_past_silence(result, chunk)
                 continue
             new_segments, advance = self._split(result, seek, chunk, with_timestamps)
+            if walk.options.word_timestamps:
+                [new_segments] = yield from self._timed(walk, [(job, seek, chunk, new_segments)])
             segments.extend(_renumber(new_segments, start_id=len(segments)))
             seek += advance
         return segments
@@ -574,13 +591,50 @@ class WhisperEngine:
                 for w in group
             ]
             views = [self._window(walk, seek, frames) for seek, frames in spans]
-            results = yield from self._decode_with_fallback(walk, views)
-            for (seek, frames), result in zip(spans, results, strict=True):
-                if self._is_silence(result, walk.audio, seek, frames):
-                    continue
-                new_segments, _ = self._split(result, seek, frames, walk.with_timestamps)
+            decoded = yield from self._decode_with_fallback(walk, views)
+            spoken: list[_Decoded] = []
+            for (seek, frames), (result, job) in zip(spans, decoded, strict=True):
+                if not self._is_silence(result, walk.audio, seek, frames):
+                    new_segments, _ = self._split(result, seek, frames, walk.with_timestamps)
+                    spoken.append((job, seek, frames, new_segments))
+            found = [new_segments for *_, new_segments in spoken]
+            if walk.options.word_timestamps:
+                found = yield from self._timed(walk, spoken)
+            for new_segments in found:
                 segments.extend(_renumber(new_segments, start_id=len(segments)))
         return segments
+
+    def _timed(
+        self, walk: "_Walk", windows: list["_Decoded"]
+    ) -> Generator[list[WindowJob], Any, list[list[Segment]]]:
+        """Each window's segments with their words timed (`word_timing`), all windows'
+        alignments in one step."""
+        tokens = self._tokens
+        start = walk.prefix.index(tokens.sot)
+        sot_sequence = [t for t in walk.prefix[start:] if t != tokens.no_timestamps]
+        texts = [
+            [t for segment in segments for t in self._text_tokens(segment.tokens)]
+            for _, _, _, segments in windows
+        ]
+        aligned = [i for i, text in enumerate(texts) if text]
+        jobs = [
+            replace(
+                windows[i][0],
+                align=[*sot_sequence, tokens.no_timestamps, *texts[i], tokens.eot],
+            )
+            for i in aligned
+        ]
+        weights: list[Tensor] = (yield jobs) if jobs else []
+        timed = [segments for *_, segments in windows]
+        for i, attention in zip(aligned, weights, strict=True):
+            _, seek, frames, segments = windows[i]
+            timed[i] = with_words(
+                segments,
+                token_times(attention[:, len(sot_sequence) : -1], frames // 2),
+                seek * SECONDS_PER_FRAME,
+                Wording(self._loaded.tokenizer.decode, self._tokens.eot, walk.language),
+            )
+        return timed
 
     def _window(self, walk: "_Walk", seek: int, frames: int) -> tuple[Tensor, int]:
         """The model's input for `frames` mel frames from `seek`, and its decode's token bound."""
@@ -624,12 +678,13 @@ class WhisperEngine:
 
     def _decode_with_fallback(
         self, walk: "_Walk", windows: list[tuple[Tensor, int]]
-    ) -> Generator[list[WindowJob], Any, list[DecodeResult]]:
+    ) -> Generator[list[WindowJob], Any, list[tuple[DecodeResult, WindowJob]]]:
         """Decodes each (window, token limit) greedily (or with beams, or at the requested
         temperature), re-sampling hotter the windows that failed, all windows as rows of one
         batch; a window is encoded once for all its attempts, and decodes as it would alone.
         When every attempt fails, the most confident one that is not a repetition loop is kept
-        (as faster-whisper does), not the last and hottest one."""
+        (as faster-whisper does), not the last and hottest one. Returns each window's result
+        and its job (which holds its encoder output)."""
         policy, options = self._policy, walk.options
         temperatures = [options.temperature] + [
             t for t in policy.fallback_temperatures if t > options.temperature
@@ -664,7 +719,7 @@ class WhisperEngine:
         for index in failing:
             fluent = [r for r in attempts[index] if self._compression_ratio(r) <= threshold]
             final[index] = max(fluent or attempts[index], key=lambda r: r.avg_logprob)
-        return [final[index] for index in range(len(jobs))]
+        return [(final[index], jobs[index]) for index in range(len(jobs))]
 
     def _needs_fallback(self, result: DecodeResult) -> bool:
         policy = self._policy
@@ -786,6 +841,12 @@ class _Walk:
     with_timestamps: bool
     adapted: bool
     """A speaker's adapter is applied (batched windows are then `adapter_window_s` long)."""
+    language: str
+
+
+_Decoded = tuple[WindowJob, int, int, list[Segment]]
+"""A decoded window: its job, where it starts and how many mel frames of audio it holds, and
+its segments."""
 
 
 def _is_stationary(window: np.ndarray, range_db: float) -> bool:

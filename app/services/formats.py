@@ -12,13 +12,22 @@ def to_json(transcription: Transcription) -> dict[str, Any]:
 
 
 def to_verbose_json(transcription: Transcription) -> dict[str, Any]:
-    return {
+    """With word timestamps (asked for with `timestamp_granularities[]=word`), `words` lists
+    every segment's words in order, as OpenAI's API does."""
+    body: dict[str, Any] = {
         "task": "transcribe",
         "language": _language_name(transcription.language),
         "duration": round(transcription.duration, 3),
         "text": transcription.text,
         "segments": [_segment_json(segment) for segment in transcription.segments],
     }
+    if any(segment.words is not None for segment in transcription.segments):
+        body["words"] = [
+            {"word": word.word.strip(), "start": word.start, "end": word.end}
+            for segment in transcription.segments
+            for word in segment.words or []
+        ]
+    return body
 
 
 def to_text(transcription: Transcription) -> str:

@@ -198,11 +198,6 @@ class TranscriptionService:
                 "timestamp_granularities requires response_format=verbose_json.",
                 param="timestamp_granularities",
             )
-        if "word" in request.timestamp_granularities:
-            raise BadRequestError(
-                "Word-level timestamps are not supported yet; use 'segment'.",
-                param="timestamp_granularities",
-            )
         if request.task == "translate" and not self._recognizer.info.multilingual:
             raise BadRequestError(
                 f"The model {self.model_id!r} is English-only: translation needs a multilingual "
@@ -223,6 +218,7 @@ class TranscriptionService:
             with_timestamps=request.response_format in ("srt", "vtt", "verbose_json"),
             beam_size=request.beam_size,
             task=request.task,
+            word_timestamps="word" in request.timestamp_granularities,
         )
 
     async def _decode(self, data: bytes) -> DecodedAudio:

@@ -171,10 +171,23 @@ async def test_unsupported_options_are_clear_400s(
     german = assert_openai_error(await transcribe(client, fox_wav, language="de"), 400)
     assert german["param"] == "language"
     assert (await transcribe(client, fox_wav, language="en")).status_code == 200
-    words = await transcribe(
+    words = await transcribe(client, fox_wav, form={"timestamp_granularities[]": "word"})
+    assert assert_openai_error(words, 400)["param"] == "timestamp_granularities"
+
+
+async def test_verbose_json_carries_timed_words_when_asked(
+    client: httpx.AsyncClient, fox_wav: bytes
+) -> None:
+    response = await transcribe(
         client, fox_wav, response_format="verbose_json", form={"timestamp_granularities[]": "word"}
     )
-    assert_openai_error(words, 400)
+    body = response.json()
+    words = body["words"]
+    assert " ".join(w["word"] for w in words) == body["text"].strip()
+    assert all(0 <= w["start"] <= w["end"] <= body["duration"] for w in words)
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    plain = await transcribe(client, fox_wav, response_format="verbose_json")
+    assert "words" not in plain.json()
 
 
 async def test_unknown_model_is_404(client: httpx.AsyncClient, fox_wav: bytes) -> None:
