@@ -9,6 +9,7 @@ in a batch, with and without a LoRA adapter; and the language, task and timestam
 ids openai-whisper numbers them with. Real weights are tested on tiny.en and base elsewhere.
 """
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -214,6 +215,25 @@ def test_the_prompt_uses_the_language_and_task_tokens_openai_whisper_numbers(
     assert opened is not None
     [job] = opened.jobs()
     assert job.prefix == _openai_prompt(family, ids, language, task, previous)
+
+
+def test_without_a_generation_config_the_prompt_still_uses_the_checkpoints_ids(
+    family: Family, model_dir: Path, noise: np.ndarray, tmp_path: Path
+) -> None:
+    """Checkpoints saved before transformers wrote generation configs have only the tokenizer to
+    say which languages there are."""
+    bare = shutil.copytree(model_dir, tmp_path / family.name)
+    (bare / "generation_config.json").unlink()
+    engine = WhisperEngine.load(bare, precision="fp32", device="cpu", lora=False)
+    language = family.languages[-1] if family.multilingual else "en"
+
+    opened = engine.open(noise, TranscriptionOptions(language=language, with_timestamps=False))
+
+    assert opened is not None
+    [job] = opened.jobs()
+    ids = openai_special_ids(family)
+    assert job.prefix == _openai_prompt(family, ids, language, "transcribe", previous=[])[1:]
+    assert engine.info.multilingual == family.multilingual
 
 
 def test_the_decoder_agrees_with_transformers_forward(

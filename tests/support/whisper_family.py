@@ -218,7 +218,9 @@ def _renumbered(ids: list[int], source: dict[str, Any], derived: dict[str, Any])
 # --------------------------------------------------------------------------- checkpoint
 
 
-def _model_config(family: Family, tokenizer: WhisperTokenizerFast) -> WhisperConfig:
+def _model_config(
+    family: Family, tokenizer: WhisperTokenizerFast, suppress: list[int], begin: list[int]
+) -> WhisperConfig:
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     encoder_layers, decoder_layers = family.scaled_layers
     return WhisperConfig(
@@ -235,6 +237,8 @@ def _model_config(family: Family, tokenizer: WhisperTokenizerFast) -> WhisperCon
         eos_token_id=eot,
         pad_token_id=eot,
         decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+        suppress_tokens=suppress,
+        begin_suppress_tokens=begin,
     )
 
 
@@ -287,7 +291,7 @@ def build_checkpoint(family: Family, out_dir: Path, *, seed: int = 0) -> Path:
     begin = _renumbered(ct2_config["suppress_ids_begin"], source, tokenizer_json)
 
     torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(_model_config(family, tokenizer))
+    model = WhisperForConditionalGeneration(_model_config(family, tokenizer, suppress, begin))
     model.generation_config = _generation_config(family, tokenizer, suppress, begin)
     model.save_pretrained(out_dir)
     WhisperFeatureExtractor(feature_size=family.n_mels).save_pretrained(out_dir)
