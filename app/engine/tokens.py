@@ -1,11 +1,15 @@
 """Whisper's special token ids, looked up by name so English-only and multilingual vocabularies
 (which number them differently) are both handled."""
 
+import re
 from dataclasses import dataclass
 
 from transformers import GenerationConfig, WhisperTokenizerFast
 
-__all__ = ["SpecialTokens"]
+__all__ = ["MULTILINGUAL_MIN_VOCAB", "SpecialTokens"]
+
+MULTILINGUAL_MIN_VOCAB = 51865
+"""openai/whisper: `is_multilingual = n_vocab >= 51865` (English-only vocabularies have 51864)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,12 @@ class SpecialTokens:
             return found
 
         languages: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
-        multilingual = bool(getattr(generation, "is_multilingual", False)) and bool(languages)
+        if not languages:  # a checkpoint saved without a full generation config
+            languages = _language_tokens(tokenizer, required("<|startoftranscript|>"))
+        flagged = getattr(generation, "is_multilingual", None)
+        if not isinstance(flagged, bool):
+            flagged = len(tokenizer) >= MULTILINGUAL_MIN_VOCAB
+        multilingual = flagged and bool(languages)
         steering = [
             token_id("<|translate|>"),
             token_id("<|transcribe|>"),
@@ -74,3 +83,15 @@ class SpecialTokens:
             ),
             multilingual=multilingual,
         )
+
+
+def _language_tokens(tokenizer: WhisperTokenizerFast, sot: int) -> dict[str, int]:
+    """`<|xx|>` -> id of the language tokens, which follow `<|startoftranscript|>` in every
+    Whisper vocabulary (99 of them, or 100 from v3 on)."""
+    languages: dict[str, int] = {}
+    for token_id in range(sot + 1, len(tokenizer)):
+        name = tokenizer.convert_ids_to_tokens(token_id)
+        if not isinstance(name, str) or not re.fullmatch(r"<\|[a-z]{2,3}\|>", name):
+            break
+        languages[name] = token_id
+    return languages
