@@ -155,6 +155,21 @@ def test_decoding_ends_within_its_bound_and_batching_changes_nothing(
         assert max(tokens) < engine.loaded.model.config.vocab_size
 
 
+def test_words_are_timed_with_the_checkpoints_alignment_heads(
+    engine: WhisperEngine, noise: np.ndarray
+) -> None:
+    """Arbitrary tokens still align: every word gets a time inside the audio, in order, the same
+    alone and in a batch."""
+    words = TranscriptionOptions(language="en", word_timestamps=True)
+    alone = engine.transcribe(noise, words)
+    [batched, _] = _batched(engine, [(noise, words, None), (noise[:RATE], PLAIN, None)])
+    timed = [word for segment in alone.segments for word in segment.words or []]
+    assert timed, "arbitrary text is words"
+    assert batched == alone
+    assert all(0 <= w.start <= w.end <= len(noise) / RATE + 0.02 for w in timed)
+    assert [w.start for w in timed] == sorted(w.start for w in timed)
+
+
 def _reference_greedy(
     engine: WhisperEngine, ids: dict[str, int], mel: torch.Tensor, prefix: list[int], limit: int
 ) -> list[int]:
