@@ -77,6 +77,20 @@ async def test_openai_client_transcribes_the_fox(
     assert raw.headers["x-adapter-id"] == "none"
 
 
+async def test_openai_client_gets_word_timestamps(app: FastAPI, fox_wav: bytes) -> None:
+    openai = openai_client(app, ADMIN_KEY)
+    result = await openai.audio.transcriptions.create(
+        model="whisper-1",
+        file=("fox.wav", fox_wav),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
+    assert result.words is not None
+    assert result.segments is not None
+    assert [w.word for w in result.words] == result.text.split()
+    assert result.words[-1].end <= result.duration
+
+
 async def test_openai_client_sees_openai_errors(app: FastAPI, fox_wav: bytes) -> None:
     openai = openai_client(app, ADMIN_KEY)
     with pytest.raises(NotFoundError) as not_found:
