@@ -14,5 +14,10 @@ router = APIRouter(prefix="/v1", tags=["models"])
     responses={**success_response(), **error_responses(401)},
 )
 async def list_models(state: StateDep, _: PrincipalDep) -> ModelList:
-    names = state.transcription.model_names
-    return ModelList(data=[ModelCard(id=name, created=state.started_at) for name in names])
+    service = state.transcription
+    return ModelList(
+        data=[
+            ModelCard(id=name, created=state.started_at, description=service.model_description)
+            for name in service.model_names
+        ]
+    )

@@ -37,6 +37,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "pqm"
+    description: str | None = None
+    """What the served weights are (an extension of OpenAI's model object)."""
 
 
 class ModelList(BaseModel):

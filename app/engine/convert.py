@@ -81,6 +81,9 @@ class ModelManifest:
     multilingual: bool
     fingerprint: str
     """sha256 hex of the fp32 weights file(s)."""
+    source_quantisation: str | None = None
+    """`int8` when the source held CTranslate2 int8 weights (dequantised here): quantising them
+    again for serving rounds them twice."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -240,6 +243,8 @@ class _Variables:
     def __init__(self, variables: dict[str, np.ndarray]) -> None:
         self._variables = variables
         self._used: set[str] = set()
+        self.dequantised = False
+        """Whether an int8 tensor was read (see `weights`)."""
 
     def get(self, name: str) -> np.ndarray:
         if name not in self._variables:
@@ -255,6 +260,7 @@ class _Variables:
             return np.ascontiguousarray(array, dtype=np.float32)
         if array.dtype != np.int8:
             raise ModelImportError(f"{name}: cannot read {array.dtype} weights")
+        self.dequantised = True
         scale = self.get(f"{name}_scale").astype(np.float32)
         rows = scale.reshape(-1, *([1] * (array.ndim - 1))) if scale.ndim else scale
         return np.ascontiguousarray(array.astype(np.float32) / rows)
@@ -644,6 +650,7 @@ def convert_ct2_whisper(
     dims = _infer_dims(variables)
     tokenizer, special = _prepare_tokenizer(ct2_dir, dims.vocab_size)
     tensors, tied = _build_state_dict(variables, dims)
+    quantisation = "int8" if variables.dequantised else None
     del variables
 
     weights = out_dir / WEIGHTS_NAME
@@ -663,5 +670,6 @@ def convert_ct2_whisper(
         source=source,
         multilingual=dims.multilingual,
         fingerprint=sha256_file(weights),
+        source_quantisation=quantisation,
     )
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")

@@ -147,11 +147,29 @@ def _manifest_from(data: Any, where: Path) -> ModelManifest:
     for key, kind in fields.items():
         if not isinstance(data.get(key), kind):
             raise ModelLoadError(f"{where}: {key!r} is missing or not a {kind.__name__}")
+    if not isinstance(data.get("source_quantisation") or "", str):
+        raise ModelLoadError(f"{where}: 'source_quantisation' is not a string")
     return ModelManifest(
         model_id=data["model_id"],
         source=data["source"],
         multilingual=data["multilingual"],
         fingerprint=data["fingerprint"],
+        source_quantisation=data.get("source_quantisation"),
+    )
+
+
+def model_description(manifest: ModelManifest, precision: str) -> str:
+    """What an operator should know about the served weights: a source CTranslate2 rounded to
+    int8 is rounded again by NF4 or int8 serving."""
+    text = f"Whisper {manifest.model_id} ({manifest.source}), served {precision}"
+    rounded = manifest.source_quantisation
+    if rounded is None:
+        return text
+    if precision == "fp32":
+        return f"{text}; dequantised from {rounded} weights, whose rounding stays"
+    return (
+        f"{text}; its weights were {rounded} and are quantised again ({rounded}, then "
+        f"{precision}): prefer a float16 or float32 CTranslate2 model"
     )
 
 

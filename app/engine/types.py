@@ -75,3 +75,5 @@ class ModelInfo:
     """sha256 of the full-precision base checkpoint (independent of the serving precision)."""
     weight_bytes: int
     """Bytes held by parameters and buffers as loaded (4-bit weights count as packed bytes)."""
+    description: str = ""
+    """What an operator should know about the served weights (`model_description`)."""

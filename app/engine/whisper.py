@@ -56,7 +56,7 @@ from app.engine.features import (
 )
 from app.engine.loading import LoadedModel, load_model, weight_bytes
 from app.engine.memory import release_free_memory
-from app.engine.model_import import describe_model_dir
+from app.engine.model_import import describe_model_dir, model_description
 from app.engine.speech_regions import (
     SpeechDetector,
     SpeechScan,
@@ -279,7 +279,10 @@ class WhisperEngine:
             device=str(loaded.device),
             fingerprint=manifest.fingerprint,
             weight_bytes=weight_bytes(loaded.model),
+            description=model_description(manifest, precision),
         )
+        if manifest.source_quantisation and precision != "fp32":
+            logger.warning("model quantised twice", extra={"model": info.description})
         return cls(
             loaded,
             info,

@@ -95,6 +95,10 @@ class TranscriptionService:
         self.served = ServedTranscripts(metrics, max_audio_seconds=correctable_seconds)
 
     @property
+    def model_description(self) -> str:
+        return self._recognizer.info.description
+
+    @property
     def model_names(self) -> tuple[str, ...]:
         """Every `model` a client may send: the served model's id and OpenAI's alias."""
         return (self.model_id, OPENAI_MODEL_ALIAS)

@@ -1,6 +1,7 @@
 """`PQM_MODEL__PATH` may name a CTranslate2 (faster-whisper) model directory: it is converted
 into the data directory once, atomically, and again only when its weights change."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from app.engine.model_import import (
     import_ct2_dir,
     is_ct2_dir,
     locate_bundled,
+    read_model_manifest,
 )
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine
@@ -50,6 +52,7 @@ def test_a_ct2_dir_is_served_as_the_same_model_once_converted(
     assert manifest.model_id == "faster-whisper-tiny.en"
     # The same weights as the bundled import: adapters trained on one serve on the other.
     assert manifest.fingerprint == describe_model_dir(tiny_en_dir).fingerprint
+    assert manifest.source_quantisation is None  # float16 weights: rounded once, by NF4
     monkeypatch.setattr(model_import, "convert_ct2_whisper", _no_conversion)
     assert resolve_model_dir(settings) == served
 
@@ -82,8 +85,12 @@ def test_a_ct2_dir_without_its_tokenizer_is_refused_by_name(
 
 
 def test_an_int8_ct2_model_is_dequantised_within_its_rounding_and_transcribes(
-    tiny_en_dir: Path, tmp_path: Path, quick_brown_fox_16k: np.ndarray
+    tiny_en_dir: Path,
+    tmp_path: Path,
+    quick_brown_fox_16k: np.ndarray,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """It says it was int8 wherever it is described, and warns when quantised again."""
     import ctranslate2
     from faster_whisper import WhisperModel
 
@@ -110,3 +117,12 @@ def test_an_int8_ct2_model_is_dequantised_within_its_rounding_and_transcribes(
     reference = WhisperModel(str(int8_dir), device="cpu", compute_type="float32")
     segments, _ = reference.transcribe(quick_brown_fox_16k, beam_size=1, language="en")
     assert text.strip() == "".join(segment.text for segment in segments).strip()
+
+    assert read_model_manifest(served).source_quantisation == "int8"
+    assert "whose rounding stays" in engine.info.description
+    with caplog.at_level(logging.WARNING, logger="app.engine.whisper"):
+        nf4 = WhisperEngine.load(served, precision="nf4", device="cpu", threads=2)
+    assert "quantised again (int8, then nf4)" in nf4.info.description
+    assert [r.message for r in caplog.records if r.name == "app.engine.whisper"] == [
+        "model quantised twice"
+    ]
