@@ -1,6 +1,5 @@
 """POST /v1/audio/transcriptions through the ASGI app, with the real NF4 tiny.en and real audio."""
 
-import json
 import random
 import re
 import time
