@@ -271,12 +271,11 @@ class Cluster:
     def registered_workers(self) -> int:
         """procrastinate workers with a recent heartbeat: each live `pqm worker` once it
         listens (a killed one's row stays until another prunes it)."""
-        with psycopg.connect(self.postgres.url) as db:
-            row = db.execute(
-                "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat > now() - %s",
-                (timedelta(seconds=WORKER_HEARTBEAT_FRESH_S),),
-            ).fetchone()
-        return int(row[0]) if row else 0
+        count = self.fetch_value(
+            "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat > now() - %s",
+            timedelta(seconds=WORKER_HEARTBEAT_FRESH_S),
+        )
+        return int(str(count))
 
     async def revive(self, replica: Replica) -> None:
         """Starts a stopped replica again on its port (nginx knows it by that)."""
@@ -290,16 +289,20 @@ class Cluster:
         self.workers[index] = self._spawn_worker(worker.name)
         await until(self._all_ready, START_WITHIN_S, f"{worker.name} ready again")
 
+    def fetch_value(self, sql: str, *params: object) -> object:
+        """The first column of the first row of a query on the cluster's database, or None."""
+        with psycopg.connect(self.postgres.url) as db:
+            row = db.execute(sql, params).fetchone()
+        return row[0] if row else None
+
     def worker_running(self, job_id: str) -> Process | None:
         """The worker process that holds the enrolment job now (its id names its pid)."""
-        with psycopg.connect(self.postgres.url) as db:
-            row = db.execute(
-                "SELECT worker_id FROM enrolment_jobs WHERE id = %s AND status = 'running'",
-                (job_id,),
-            ).fetchone()
-        if row is None or row[0] is None:
+        worker_id = self.fetch_value(
+            "SELECT worker_id FROM enrolment_jobs WHERE id = %s AND status = 'running'", job_id
+        )
+        if worker_id is None:
             return None
-        pid = int(str(row[0]).split(":")[1])
+        pid = int(str(worker_id).split(":")[1])
         return next(worker for worker in self.workers if worker.popen.pid == pid)
 
     def serving_replica(self, request_id: str) -> Replica:

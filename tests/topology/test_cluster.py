@@ -295,16 +295,7 @@ async def test_a_worker_killed_while_training_leaves_no_job_running_and_no_orpha
     # Long enough that an orphaned training process would still be training at the deadline.
     job_id = await enrol(cluster.url, bob, recordings, epochs=ORPHAN_EPOCHS)
     worker = await running_on(cluster, job_id)
-    trainer: list[psutil.Process] = []
-
-    async def training() -> bool:
-        children = psutil.Process(worker.popen.pid).children(recursive=True)
-        # multiprocessing's "spawn" children (not its resource tracker).
-        trainer[:] = [c for c in children if "--multiprocessing-fork" in c.cmdline()]
-        # Progress comes from the training process once it trains (not while it imports).
-        return bool(trainer) and float(str((await job(cluster.url, job_id))["progress"])) > 0
-
-    await until(training, 120, "the training process training")
+    trainer = await training_process(cluster.url, worker, job_id)
     killed_at = time.monotonic()
     worker.kill()
     await until(lambda: _gone(trainer), ORPHAN_GONE_WITHIN_S, "training gone with its worker")
@@ -323,6 +314,62 @@ async def test_a_worker_killed_while_training_leaves_no_job_running_and_no_orpha
             weights = await http.get(f"{cluster.url}{path}", headers=bob.headers)
             assert weights.status_code == 200, weights.text  # verified against its checksum
     await cluster.revive_worker(worker)
+
+
+async def test_a_user_deleted_while_their_job_runs_leaves_nothing_behind(
+    cluster: Cluster, recordings: list[tuple[bytes, str]]
+) -> None:
+    carol = await create_speaker(cluster.url, "carol")
+    job_id = await enrol(cluster.url, carol, recordings, epochs=ORPHAN_EPOCHS)
+    worker = await running_on(cluster, job_id)
+    trainer = await training_process(cluster.url, worker, job_id)
+    async with httpx.AsyncClient(timeout=60) as http:
+        deleted = await http.delete(f"{cluster.url}/v1/users/{carol.id}", headers=ADMIN)
+    assert deleted.status_code == 204, deleted.text
+    deleted_at = time.monotonic()
+    await until(lambda: _gone(trainer), ORPHAN_GONE_WITHIN_S, "training stopped")
+    stopped_s = time.monotonic() - deleted_at
+
+    async def queue_job_ended() -> bool:
+        status = await asyncio.to_thread(_queue_job_status, cluster, job_id)
+        return status not in ("todo", "doing")
+
+    await until(queue_job_ended, 60, "the job's procrastinate job ended")
+    report(training_stopped_after_delete_s=stopped_s)
+    # procrastinate's name for a job cancelled while it ran.
+    assert _queue_job_status(cluster, job_id) == "aborted"
+    for table in ("users", "recordings", "adapters", "enrolment_jobs"):
+        column = "id" if table == "users" else "user_id"
+        count = cluster.fetch_value(f"SELECT count(*) FROM {table} WHERE {column} = %s", carol.id)
+        assert count == 0, table
+    blobs = cluster.fetch_value(
+        "SELECT count(*) FROM adapter_blobs WHERE key LIKE %s", f"users/{carol.id}/%"
+    )
+    assert blobs == 0
+    assert worker.alive
+
+
+def _queue_job_status(cluster: Cluster, job_id: str) -> str:
+    status = cluster.fetch_value(
+        "SELECT status FROM procrastinate_jobs WHERE args->>'job_id' = %s ORDER BY id DESC",
+        job_id,
+    )
+    return str(status)
+
+
+async def training_process(url: str, worker: Process, job_id: str) -> list[psutil.Process]:
+    """Waits until the worker's training process trains; that process."""
+    trainer: list[psutil.Process] = []
+
+    async def training() -> bool:
+        children = psutil.Process(worker.popen.pid).children(recursive=True)
+        # multiprocessing's "spawn" children (not its resource tracker).
+        trainer[:] = [c for c in children if "--multiprocessing-fork" in c.cmdline()]
+        # Progress comes from the training process once it trains (not while it imports).
+        return bool(trainer) and float(str((await job(url, job_id))["progress"])) > 0
+
+    await until(training, 120, "the training process training")
+    return trainer
 
 
 async def _gone(processes: list[psutil.Process]) -> bool:
