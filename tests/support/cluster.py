@@ -1,11 +1,12 @@
 """The deployed topology as real processes on 127.0.0.1: a PostgreSQL cluster of its own (initdb
-in a temporary directory, so stopping it disturbs nothing else), API replicas (`pqm serve`),
-job workers (`pqm worker`) and nginx with docker/nginx/pqm.conf.template, the file compose
-mounts. Used by tests/topology and bench/cluster.py."""
+in a temporary directory, so stopping it disturbs nothing else), API replicas, job workers and
+nginx, run with docker-compose.yml's commands, environment and nginx config file (only addresses,
+paths and the database are this machine's). Used by tests/topology and bench/cluster.py."""
 
 import asyncio
 import os
 import pwd
+import re
 import shutil
 import signal
 import string
@@ -16,22 +17,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
+import yaml
 
 from tests.support.live import free_port
 from tests.support.waiting import until
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-NGINX_TEMPLATE = REPOSITORY / "docker" / "nginx" / "pqm.conf.template"
+COMPOSE_FILE = REPOSITORY / "docker-compose.yml"
 ADMIN_KEY = "cluster-admin-key-0123456789abcdef"
 START_WITHIN_S = 300.0
 STOP_WITHIN_S = 30.0
 WORKER_HEARTBEAT_FRESH_S = 5.0
 
-# What every process of the cluster is given besides its own database and port: small enough
-# for a 2-core machine, quick to notice a worker gone.
+# What the service processes are given besides compose's environment and their own database
+# and directories: small enough for a 2-core machine, quick to notice a worker gone.
 SERVICE_ENVIRONMENT = {
     "PQM_ADMIN_KEY": ADMIN_KEY,
     "PQM_LOG_JSON": "true",
@@ -59,10 +62,46 @@ def postgres_bin(name: str) -> str:
     return str(candidates[-1])
 
 
+def compose_service(name: str) -> dict[str, Any]:
+    service: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())["services"][name]
+    return service
+
+
+def compose_command(name: str, **options: str) -> list[str]:
+    """The service's command as compose runs it, from this checkout: `pqm` is the console
+    script of `app.cli`; `options` replace the values of its options (`host="..."` for
+    `--host`)."""
+    command = [str(part) for part in compose_service(name)["command"]]
+    assert command[0] == "pqm", command
+    for option, value in options.items():
+        command[command.index(f"--{option}") + 1] = value
+    return [sys.executable, "-m", "app.cli", *command[1:]]
+
+
+COMPOSE_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def compose_environment(name: str) -> dict[str, str]:
+    """The service's environment in compose, each `${NAME:-default}` at its default; values
+    compose requires from the operator (`${NAME:?...}`) are left to the caller."""
+    environment: dict[str, object] = compose_service(name).get("environment", {})
+    resolved = {key: COMPOSE_DEFAULT.sub(r"\2", str(value)) for key, value in environment.items()}
+    return {key: value for key, value in resolved.items() if "${" not in value}
+
+
+def nginx_template() -> Path:
+    """The config template compose mounts into the nginx image."""
+    for volume in compose_service("nginx")["volumes"]:
+        source, target = str(volume).split(":")[:2]
+        if target.startswith("/etc/nginx/templates/"):
+            return REPOSITORY / source
+    raise AssertionError("compose mounts no nginx template")
+
+
 def render_nginx_config(values: Mapping[str, str]) -> str:
     """The template as the nginx image's entrypoint renders it: envsubst of the named variables
     only (nginx's own `$variables` stay)."""
-    return string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(values)
+    return string.Template(nginx_template().read_text()).safe_substitute(values)
 
 
 @dataclass
@@ -202,41 +241,39 @@ class Cluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.nginx_port}"
 
-    def _service_env(self, name: str, **extra: str) -> dict[str, str]:
+    def _service_env(self, service: str, name: str) -> dict[str, str]:
         return {
+            **compose_environment(service),
             **SERVICE_ENVIRONMENT,
             "PQM_DATABASE_URL": self.postgres.url,
             "PQM_DATA_DIR": str(self.workdir / name),
             "PQM_MODEL__PATH": str(self.model_dir),
-            **extra,
         }
 
     def _spawn_replica(self, name: str, port: int) -> Replica:
-        # As compose runs it: `pqm serve` (the console script is app.cli:main); jobs are the
-        # workers' alone.
-        command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
-        env = self._service_env(name, PQM_ENROLMENT__WORKER="false")
-        return Replica(spawn(name, [*command, "--port", str(port)], self.logs, env), port)
+        command = compose_command("api", host="127.0.0.1", port=str(port))
+        return Replica(spawn(name, command, self.logs, self._service_env("api", name)), port)
 
     def _spawn_worker(self, name: str) -> Process:
-        command = [sys.executable, "-m", "app.cli", "worker"]
-        return spawn(name, command, self.logs, self._service_env(name))
+        command = compose_command("worker")
+        return spawn(name, command, self.logs, self._service_env("worker", name))
 
     def _spawn_nginx(self) -> Process:
         prefix = self.workdir / "nginx"
         prefix.mkdir(exist_ok=True)
+        nginx_env = compose_environment("nginx")
+        # Compose names one server, `api:8000`, which Docker's DNS resolves to every replica.
         servers = " ".join(
-            f"server 127.0.0.1:{replica.port} max_fails=1 fail_timeout=5s;"
+            nginx_env["PQM_NGINX_SERVERS"].replace("api:8000", f"127.0.0.1:{replica.port}")
             for replica in self.replicas
         )
         pqm_conf = prefix / "pqm.conf"
         pqm_conf.write_text(
             render_nginx_config(
                 {
+                    **nginx_env,
                     "PQM_NGINX_LISTEN": f"127.0.0.1:{self.nginx_port}",
                     "PQM_NGINX_SERVERS": servers,
-                    "PQM_MAX_UPLOAD_BYTES": str(25 * 2**20),
-                    "PQM_QUEUE__RETRY_AFTER_S": "2",
                 }
             )
         )
