@@ -3,6 +3,7 @@
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -78,6 +79,14 @@ class Load:
     def every_client_served_since(self, moment: float) -> bool:
         served = {outcome.client for outcome in self.answered_since(moment) if outcome.ok}
         return len(served) == self.clients
+
+    def served_since(self, moment: float) -> Callable[[], Awaitable[bool]]:
+        """A check for `until`: every client got a success answered after `moment`."""
+
+        async def check() -> bool:
+            return self.every_client_served_since(moment)
+
+        return check
 
     def all_served_again_after(self, moment: float) -> float:
         """Seconds from `moment` until the last client got its first success after it."""

@@ -227,10 +227,10 @@ async def test_a_replica_killed_under_load_loses_no_transcription(
     home = await serving_replica(cluster, alice.headers)
     async with Load(cluster.url, alice.key, clip, clients=8) as load:
         started = time.monotonic()
-        await until(lambda: _served(load, started), 300, "every client served")
+        await until(load.served_since(started), 300, "every client served")
         killed_at = time.monotonic()
         home.process.kill()
-        await until(lambda: _served(load, killed_at), 300, "every client served after the kill")
+        await until(load.served_since(killed_at), 300, "every client served after the kill")
     try:
         failed = [o for o in load.outcomes if not o.ok]
         assert not failed, failed
@@ -251,16 +251,12 @@ async def test_a_replica_killed_under_load_loses_no_transcription(
     assert (await serving_replica(cluster, alice.headers)).port == home.port
 
 
-async def _served(load: Load, since: float) -> bool:
-    return load.every_client_served_since(since)
-
-
 async def test_database_stopped_under_load_answers_503_then_recovers(
     cluster: Cluster, alice: Speaker, clip: bytes
 ) -> None:
     async with Load(cluster.url, alice.key, clip, clients=8) as load:
         started = time.monotonic()
-        await until(lambda: _served(load, started), 300, "every client served")
+        await until(load.served_since(started), 300, "every client served")
         stopped_at = time.monotonic()
         await asyncio.to_thread(cluster.postgres.stop)
         await until(lambda: _refused(load, stopped_at), 60, "a 503 while the database is down")
@@ -268,7 +264,7 @@ async def test_database_stopped_under_load_answers_503_then_recovers(
         await asyncio.sleep(max(0.0, stopped_at + 10 - time.monotonic()))
         await asyncio.to_thread(cluster.postgres.start)
         restarted_at = time.monotonic()  # accepting connections again
-        await until(lambda: _served(load, restarted_at), 300, "every client served again")
+        await until(load.served_since(restarted_at), 300, "every client served again")
     statuses = [o.status for o in load.outcomes]
     assert set(statuses) <= {200, 503}, statuses
     refused = [o for o in load.outcomes if o.status == 503]
