@@ -42,6 +42,7 @@ __all__ = [
     "BankRequest",
     "GatedTraining",
     "TrainingRequest",
+    "die_with_parent",
     "lower_priority",
     "run_in_subprocess",
 ]
@@ -186,7 +187,7 @@ def _stop(child: BaseProcess, grace_seconds: float) -> None:
 
 def _child_main(request: TrainingRequest | BankRequest, sender: Connection) -> None:
     """Entry point of the training process."""
-    _die_with_parent()
+    die_with_parent()
     lower_priority(request.priority)
     _limit_threads(request.config.threads)
 
@@ -253,7 +254,7 @@ def _build(request: BankRequest, progress: Callable[[TrainingProgress], None]) -
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel kills this process when the one that started it dies (even `kill -9`),
     rather than leave it training for nobody until its next progress report finds the pipe
     closed. The thread that started it blocks until it ends, so it outlives it."""
