@@ -252,8 +252,11 @@ async def test_a_replica_killed_under_load_loses_no_transcription(
 
 
 async def test_database_stopped_under_load_answers_503_then_recovers(
-    cluster: Cluster, alice: Speaker, clip: bytes
+    cluster: Cluster, alice: Speaker, clip: bytes, recordings: list[tuple[bytes, str]]
 ) -> None:
+    dave = await create_speaker(cluster.url, "dave")
+    job_id = await enrol(cluster.url, dave, recordings, epochs=ORPHAN_EPOCHS)
+    await running_on(cluster, job_id)  # the outage hits it mid-run
     async with Load(cluster.url, alice.key, clip, clients=8) as load:
         started = time.monotonic()
         await until(load.served_since(started), 300, "every client served")
@@ -278,6 +281,10 @@ async def test_database_stopped_under_load_answers_503_then_recovers(
         recovered_s=load.all_served_again_after(restarted_at),
     )
     assert all(process.alive for process in cluster.processes)
+    # No job lost: the one running through the outage ends, and says how.
+    done = await finished_job(cluster.url, job_id)
+    print("topology: the job that ran through the outage:", done["status"], done["error"])
+    assert done["status"] == EnrolmentStatus.SUCCEEDED, done
 
 
 async def _refused(load: Load, since: float) -> bool:
