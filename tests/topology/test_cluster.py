@@ -21,7 +21,7 @@ from tests.support.cluster import ADMIN_KEY, Cluster, Process, Replica, postgres
 from tests.support.load import Load
 from tests.support.waiting import until
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = pytest.mark.slow
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # A German voice reading English: tiny.en gets it wrong, so an adapter has work to do.
