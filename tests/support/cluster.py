@@ -260,27 +260,9 @@ class Cluster:
 
     def _spawn_nginx(self) -> Process:
         prefix = self.workdir / "nginx"
-        prefix.mkdir(exist_ok=True)
-        nginx_env = compose_environment("nginx")
-        # Compose names one server, `api:8000`, which Docker's DNS resolves to every replica.
-        servers = " ".join(
-            nginx_env["PQM_NGINX_SERVERS"].replace("api:8000", f"127.0.0.1:{replica.port}")
-            for replica in self.replicas
-        )
-        pqm_conf = prefix / "pqm.conf"
-        pqm_conf.write_text(
-            render_nginx_config(
-                {
-                    **nginx_env,
-                    "PQM_NGINX_LISTEN": f"127.0.0.1:{self.nginx_port}",
-                    "PQM_NGINX_SERVERS": servers,
-                }
-            )
-        )
-        main_conf = prefix / "nginx.conf"
-        main_conf.write_text(_nginx_main_config(prefix, pqm_conf))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        command = [nginx, "-p", str(prefix), "-c", str(main_conf), "-g", "daemon off;"]
+        ports = [replica.port for replica in self.replicas]
+        main_conf = write_nginx_config(prefix, self.nginx_port, ports)
+        command = [nginx_bin(), "-p", str(prefix), "-c", str(main_conf), "-g", "daemon off;"]
         return spawn("nginx", command, self.logs, {})
 
     async def start(self) -> None:
@@ -370,6 +352,28 @@ class Cluster:
 
     async def __aexit__(self, *_: object) -> None:
         await asyncio.to_thread(self.close)
+
+
+def nginx_bin() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def write_nginx_config(prefix: Path, port: int, replica_ports: list[int]) -> Path:
+    """Compose's nginx template rendered with compose's environment for nginx on 127.0.0.1:`port`
+    in front of the replicas on `replica_ports`, inside a main config for `prefix`; its path."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    environment = compose_environment("nginx")
+    # Compose names one server, `api:8000`, which Docker's DNS resolves to every replica.
+    servers = " ".join(
+        environment["PQM_NGINX_SERVERS"].replace("api:8000", f"127.0.0.1:{replica}")
+        for replica in replica_ports
+    )
+    values = {**environment, "PQM_NGINX_LISTEN": f"127.0.0.1:{port}", "PQM_NGINX_SERVERS": servers}
+    pqm_conf = prefix / "pqm.conf"
+    pqm_conf.write_text(render_nginx_config(values))
+    main_conf = prefix / "nginx.conf"
+    main_conf.write_text(_nginx_main_config(prefix, pqm_conf))
+    return main_conf
 
 
 def _nginx_main_config(prefix: Path, pqm_conf: Path) -> str:
