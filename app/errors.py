@@ -101,6 +101,12 @@ class ServiceUnavailableError(AppError):
     default_code = "overloaded"
 
 
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The database cannot be reached (stopped, restarting, unreachable): it passes."""
+
+    default_code = "database_unavailable"
+
+
 class ClientDisconnectedError(AppError):
     """The client went away before its result was computed; nothing is sent back."""
 

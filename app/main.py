@@ -13,6 +13,7 @@ import app as app_package
 from app.api import (
     adapters,
     audio,
+    auth_check,
     enrolments,
     expert_banks,
     health,
@@ -93,6 +94,7 @@ def create_app(
     install_error_handlers(app)
     routers = (
         audio.router,
+        auth_check.router,
         models.router,
         users.router,
         me.router,
@@ -119,7 +121,9 @@ def create_app(
     # The last added is the outermost: ids and logs around everything, then authentication,
     # which must come before anything reads the body.
     app.add_middleware(AuthenticateFirstMiddleware)
-    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    app.add_middleware(
+        AccessLogMiddleware, metrics=metrics, retry_after_s=settings.queue.retry_after_s
+    )
     return app
 
 

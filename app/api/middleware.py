@@ -13,7 +13,15 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import PRINCIPAL_SCOPE_KEY, authenticate_header
-from app.errors import AppError, UploadTooLarge, app_error_body, error_body, server_error_body
+from app.db.session import database_unreachable
+from app.errors import (
+    AppError,
+    DatabaseUnavailableError,
+    UploadTooLarge,
+    app_error_body,
+    error_body,
+    server_error_body,
+)
 from app.logging import current_request_id
 from app.metrics import Metrics
 from app.state import ServiceState
@@ -133,21 +141,25 @@ class AccessLogMiddleware:
     """The outermost layer: gives each request an id, logs and counts it, and answers any
     exception nothing inside handled.
 
-    The id is sent as `X-Request-Id` on every response, written in the access line and set on
-    every log record made while the request runs. An unhandled exception becomes a JSON 500
-    carrying the id; it is not re-raised, because the server drops the connection of a request
-    whose application raised, even after a complete response.
+    The id is the request's own `X-Request-Id` when it sends a well-formed one (a proxy in
+    front passes its id on, so one id names the request in both logs), else a new one. It is
+    sent as `X-Request-Id` on every response, written in the access line and set on every log
+    record made while the request runs. A database that cannot be reached becomes a 503 with
+    `Retry-After` (it passes; the client should come back); any other unhandled exception a
+    JSON 500 carrying the id. Neither is re-raised, because the server drops the connection of
+    a request whose application raised, even after a complete response.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, retry_after_s: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex[:16]
+        request_id = _offered_request_id(scope) or uuid.uuid4().hex[:16]
         context = current_request_id.set(request_id)
         started = time.perf_counter()
         status = 0
@@ -164,15 +176,27 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            logger.exception("unhandled error", extra={"path": scope["path"]})
+        except Exception as exc:
             # Once a response has started it cannot be replaced; left incomplete, the server
             # closes the connection, which is all a client can be told then.
-            if status == 0:
-                await send_json(send_with_id, 500, server_error_body(request_id))
+            if database_unreachable(exc):
+                logger.warning("database unreachable", extra={"path": scope["path"]})
+                if status == 0:
+                    await self._send_unavailable(send_with_id)
+            else:
+                logger.exception("unhandled error", extra={"path": scope["path"]})
+                if status == 0:
+                    await send_json(send_with_id, 500, server_error_body(request_id))
         finally:
             self._record(scope, request_id, status, time.perf_counter() - started)
             current_request_id.reset(context)
+
+    async def _send_unavailable(self, send: Send) -> None:
+        error = DatabaseUnavailableError(
+            "The service cannot reach its database right now; try again shortly.",
+            headers={"Retry-After": str(self.retry_after_s)},
+        )
+        await send_json(send, error.status_code, app_error_body(error), headers=error.headers)
 
     def _record(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
@@ -188,6 +212,16 @@ class AccessLogMiddleware:
                 "duration_ms": round(elapsed * 1000, 1),
             },
         )
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+"""What an offered `X-Request-Id` may be: long enough to be unique, nothing a log line or a
+header could be confused by."""
+
+
+def _offered_request_id(scope: Scope) -> str | None:
+    offered = Headers(scope=scope).get("x-request-id", "")
+    return offered if REQUEST_ID.fullmatch(offered) else None
 
 
 def _content_length(scope: Scope) -> int | None:

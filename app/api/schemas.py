@@ -118,7 +118,8 @@ REQUEST_ID_HEADER: dict[str, object] = {
         "schema": {"type": "string"},
     }
 }
-"""Sent with every response (`AccessLogMiddleware`)."""
+"""Sent with every response (`AccessLogMiddleware`): the request's own, when it offers a
+well-formed one (8 to 64 of `A-Za-z0-9._-`), else a new one."""
 
 FormOmitted = SkipJsonSchema[None]
 """The default of an optional form field, which a client gets by leaving the field out: a

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -88,3 +89,11 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
     """One unit of work: commits on success, rolls back on any error."""
     async with sessions() as session, session.begin():
         yield session
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is out of reach (stopped, restarting, the network, a
+    connection it closed) rather than that a statement is wrong."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated

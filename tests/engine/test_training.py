@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -47,7 +48,7 @@ from app.engine.training.data import (
 )
 from app.engine.training.gate import GateConfig
 from app.engine.training.kld import regularised_loss_sum
-from app.engine.training.process import lower_priority
+from app.engine.training.process import die_with_parent, lower_priority
 from app.engine.training.trainer import (
     EVALUATION_OPTIONS,
     ServedNow,
@@ -58,6 +59,7 @@ from app.engine.types import TrainingPriority
 from app.engine.whisper import WhisperEngine
 from tests.support.adapters import random_adapter
 from tests.support.audio import speech_16k
+from tests.support.waiting import until
 
 SENTENCES = (
     "Please call me back after the meeting this afternoon.",
@@ -404,6 +406,38 @@ def test_the_training_process_yields_the_cpu_to_serving(
         expected = (policy, max(niceness, inherited))
         assert child.submit(_scheduling_after, priority).result() == expected
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def _train_forever(pids: "multiprocessing.Queue[int]") -> None:
+    """A training process that never reports progress: only its parent's death can end it."""
+    die_with_parent()
+    pids.put(os.getpid())
+    time.sleep(3600)
+
+
+def _start_training(pids: "multiprocessing.Queue[int]") -> None:
+    trainer = multiprocessing.get_context("fork").Process(target=_train_forever, args=(pids,))
+    trainer.start()
+    trainer.join()
+
+
+async def test_the_training_process_dies_with_its_parent_even_by_sigkill() -> None:
+    context = multiprocessing.get_context("fork")
+    pids: multiprocessing.Queue[int] = context.Queue()
+    parent = context.Process(target=_start_training, args=(pids,))
+    parent.start()
+    trainer = psutil.Process(pids.get(timeout=60))
+    try:
+        parent.kill()
+        parent.join()
+
+        async def gone() -> bool:
+            return not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE
+
+        await until(gone, 30, "the orphaned training process gone")
+    finally:
+        if trainer.is_running():
+            trainer.kill()
 
 
 def test_the_gate_scores_every_utterance_held_out_then_trains_on_all(

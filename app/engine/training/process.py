@@ -7,9 +7,11 @@ back over a pipe; the adapter or bank comes back as safetensors bytes (`dump_any
 pickled tensors. Cancellation terminates the child (SIGTERM, then SIGKILL after a grace period).
 """
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -40,6 +42,7 @@ __all__ = [
     "BankRequest",
     "GatedTraining",
     "TrainingRequest",
+    "die_with_parent",
     "lower_priority",
     "run_in_subprocess",
 ]
@@ -184,6 +187,7 @@ def _stop(child: BaseProcess, grace_seconds: float) -> None:
 
 def _child_main(request: TrainingRequest | BankRequest, sender: Connection) -> None:
     """Entry point of the training process."""
+    die_with_parent()
     lower_priority(request.priority)
     _limit_threads(request.config.threads)
 
@@ -245,6 +249,23 @@ def _build(request: BankRequest, progress: Callable[[TrainingProgress], None]) -
         progress=progress,
     )
     return TrainingResult(adapter=built.bank, metrics=built.metrics)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this process when the one that started it dies (even `kill -9`),
+    rather than leave it training for nobody until its next progress report finds the pipe
+    closed. The thread that started it blocks until it ends, so it outlives it."""
+    parent = multiprocessing.parent_process()
+    with suppress(OSError, AttributeError):  # not Linux: the closed pipe ends it later
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            return
+    # The parent may have died before the request was made.
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
 
 
 def lower_priority(priority: TrainingPriority) -> None:
