@@ -41,9 +41,9 @@ async def create_enrolment(
     method: Annotated[
         str,
         Form(
-            description="`lora` (the default), `saml` (needs an active expert bank) or `auto` "
-            "(LoRA, and SAML too when an expert bank exists: the one with fewer held-out word "
-            "errors is offered for activation). `rank` shapes LoRA only: SAML takes the "
+            description="`auto` (the default: LoRA, and SAML too when an expert bank is active; "
+            "the one with fewer held-out word errors is offered for activation), `lora` or "
+            "`saml` (needs an active expert bank). `rank` shapes LoRA only: SAML takes the "
             "bank's experts."
         ),
     ] = DEFAULT_METHOD,

@@ -201,13 +201,13 @@ async def test_saml_without_an_expert_bank_is_refused_naming_the_remedy(
 
 
 @pytest.mark.slow
-async def test_auto_without_an_expert_bank_trains_lora_alone(
+async def test_the_default_auto_without_an_expert_bank_trains_lora_alone(
     live_client: httpx.AsyncClient, recordings: list[tuple[bytes, str]]
 ) -> None:
     alice = await create_user(live_client, "alice")
     as_alice = bearer(alice["api_key"])
     few = recordings[:4]  # the fewest an enrolment takes here: the job stays small
-    response = await enrol(live_client, alice, few, method="auto", epochs="1")
+    response = await enrol(live_client, alice, few, epochs="1")  # no method: `auto`
     assert response.status_code == 202, response.text
     assert response.json()["method"] == "auto"
 
