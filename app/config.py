@@ -121,6 +121,9 @@ class EnrolmentSettings(SettingsGroup):
     heartbeat) is older than this lost its worker and is recovered."""
     max_attempts: int = Field(default=2, ge=1)
     """Runs of a job that a stopped worker may cost; then it fails, saying so."""
+    queue_jobs_kept_h: int = Field(default=168, ge=1)
+    """PostgreSQL: procrastinate's own record of a finished job (its dispatch; the job row
+    stays) is deleted this many hours after it ended, by each worker's hourly sweep."""
     auto_retrain_after: int = Field(default=0, ge=0)
     """Off at 0 (the default). Otherwise, once a user has added this many recordings on their
     own (`POST /v1/users/{id}/recordings`: corrections and prompts read one at a time, not the

@@ -10,6 +10,7 @@ used its attempts (`JobWorker.recover_stalled_dispatch`).
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,9 +23,11 @@ from app.db.job_queue import QUEUE
 from app.db.models import JobMixin
 from app.services.job_worker import JobWorker
 
-__all__ = ["JobFailed", "queue_app", "recover", "run_procrastinate_worker"]
+__all__ = ["JobFailed", "prune_finished", "queue_app", "recover", "run_procrastinate_worker"]
 
 logger = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 3600.0
 
 
 async def run_procrastinate_worker(
@@ -132,15 +135,32 @@ async def recover(app: App, by_task: Mapping[str, JobWorker[Any]], stalled_after
         await worker.housekeeping()
 
 
+async def prune_finished(app: App, kept_h: int) -> None:
+    """Deletes procrastinate's records of this queue's jobs that ended over `kept_h` hours ago
+    (the job rows, which say what happened, stay)."""
+    await app.job_manager.delete_old_jobs(
+        nb_hours=kept_h,
+        queue=QUEUE,
+        include_failed=True,
+        include_cancelled=True,
+        include_aborted=True,
+    )
+
+
 async def _sweep(
     app: App,
     by_task: Mapping[str, JobWorker[Any]],
     settings: EnrolmentSettings,
     stop: asyncio.Event,
 ) -> None:
+    pruned_at: float | None = None
     while not stop.is_set():
         try:
             await recover(app, by_task, settings.stale_after_s)
+            # Hourly: procrastinate's query scans every finished job.
+            if pruned_at is None or time.monotonic() - pruned_at >= PRUNE_INTERVAL_S:
+                await prune_finished(app, settings.queue_jobs_kept_h)
+                pruned_at = time.monotonic()
         except Exception:  # the sweep must outlive any single failure
             logger.exception("job sweep failed")
         with contextlib.suppress(TimeoutError):

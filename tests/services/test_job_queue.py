@@ -20,7 +20,8 @@ from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
 from app.engine.training import TrainingCancelled, TrainingRequest, TrainingResult
 from app.engine.whisper import WhisperEngine
-from app.queue.dispatch import run_jobs
+from app.queue.dispatch import queue_conninfo, run_jobs
+from app.queue.procrastinate_worker import prune_finished, queue_app
 from app.services import enrolment_worker
 from app.services.enrolment_worker import EnrolmentWorker
 from app.services.expert_banks import BankBuild, record_bank
@@ -225,6 +226,43 @@ async def test_a_failed_job_fails_its_queue_job(
 
     assert (await stored_job(sessions, job.id)).error == "RuntimeError: boom"
     assert [row["status"] for row in await _queue_jobs(sessions)] == ["failed"]
+
+
+async def test_procrastinates_records_of_long_finished_jobs_are_pruned(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fails(*_: object) -> TrainingResult:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(enrolment_worker, "run_in_subprocess", fails)
+    async with _worker(context):
+        async with transaction(sessions) as session:
+            old = await _queue_job(session)
+        await until(_status_is(sessions, old.id, S.FAILED), within_s=120)
+        async with transaction(sessions) as session:
+            recent = await _queue_job(session, old.user_id)
+        await until(_status_is(sessions, recent.id, S.FAILED), within_s=120)
+    async with transaction(sessions) as session:
+        waiting = await _queue_job(session, old.user_id)
+        # The failed job and the one still waiting look a day old.
+        await session.execute(
+            text(
+                "UPDATE procrastinate_events SET at = at - interval '25 hours' "
+                "WHERE job_id IN (:old, :waiting)"
+            ),
+            {"old": old.queue_job_id, "waiting": waiting.queue_job_id},
+        )
+
+    app = queue_app(queue_conninfo(context) or "", {})
+    async with app.open_async():
+        await prune_finished(app, kept_h=24)
+
+    left = {row["id"] for row in await _queue_jobs(sessions)}
+    assert left == {recent.queue_job_id, waiting.queue_job_id}
+    async with sessions() as session:  # the job rows stay
+        assert await EnrolmentRepository(session).get(old.id) is not None
 
 
 async def test_a_running_job_is_cancelled(
