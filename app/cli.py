@@ -126,6 +126,25 @@ def _worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain_adapters(_: argparse.Namespace) -> int:
+    _run_offline()
+    _private_files()
+    import asyncio
+
+    from app.services.model_change import retrain_served_model
+
+    settings = Settings()
+    if not _model_path_usable(settings):
+        return 1
+    outcome = asyncio.run(retrain_served_model(settings))
+    print(f"queued {len(outcome.queued)} retraining job(s), skipped {len(outcome.skipped)}")
+    for user_id, job_id in outcome.queued.items():
+        print(f"  {user_id}: job {job_id}")
+    for user_id, reason in outcome.skipped.items():
+        print(f"  {user_id}: skipped: {reason}")
+    return 0
+
+
 def _admin_key(_: argparse.Namespace) -> int:
     settings = Settings()
     if settings.admin_key is not None:
@@ -248,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_import.add_argument("--force", action="store_true", help="convert again")
     model_import.set_defaults(handler=_import_model)
+
+    adapters = commands.add_parser("adapters", help="manage users' adapters")
+    adapters_commands = adapters.add_subparsers(dest="adapters_command", required=True)
+    retrain = adapters_commands.add_parser(
+        "retrain",
+        help="after changing the served model: queue a retraining, from their stored "
+        "recordings, for every user whose active adapter was trained for another model",
+    )
+    retrain.set_defaults(handler=_retrain_adapters)
     _add_experts_commands(commands)
     return parser
 
