@@ -34,10 +34,7 @@ from app.api.middleware import (
 from app.config import MIB, Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
-from app.engine.batching import BatchScheduler
-from app.engine.compute_thread import in_fresh_thread
 from app.engine.recognizer import SpeechRecognizer
-from app.engine.whisper import TranscriptionTask
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.private_files import private_dir
@@ -47,7 +44,7 @@ from app.services.auth import load_or_create_admin_key
 from app.services.enrolment_worker import EnrolmentWorker
 from app.services.expert_bank_worker import ExpertBankWorker
 from app.services.job_worker import JobWorker, WorkerContext, default_worker_id
-from app.services.model_loading import load_recognizer
+from app.services.model_loading import load_engine
 from app.services.stores import adapter_store_for
 from app.services.transcription import TranscriptionService
 from app.state import ServiceState
@@ -82,7 +79,7 @@ def create_app(
             stop.set()
             if worker is not None:
                 await worker
-            state.scheduler.shutdown()
+            state.engine.shutdown()
             await state.db_engine.dispose()
 
     app = FastAPI(
@@ -139,20 +136,16 @@ async def _start(
         settings.admin_key.get_secret_value() if settings.admin_key else None,
         settings.admin_key_file,
     )
-    if recognizer is None:
-        recognizer = await asyncio.to_thread(in_fresh_thread, lambda: load_recognizer(settings))
-    scheduler = new_scheduler(settings, recognizer, metrics)
+    engine = await load_engine(settings, recognizer, metrics)
     adapter_store = adapter_store_for(settings, sessions)
     adapters = ActiveAdapters(
         adapter_store,
-        recognizer,
+        engine,
         capacity_bytes=settings.adapters.host_cache_mb * MIB,
         metrics=metrics,
-        runner=scheduler,
     )
     transcription = TranscriptionService(
-        recognizer,
-        scheduler,
+        engine,
         sessions,
         adapters,
         metrics,
@@ -161,7 +154,7 @@ async def _start(
         model_id=settings.model.id,
         correctable_seconds=settings.enrolment.max_file_seconds,
     )
-    info = recognizer.info
+    info = engine.info
     logger.info(
         "service ready",
         extra={
@@ -176,8 +169,7 @@ async def _start(
         db_engine=db_engine,
         sessions=sessions,
         admin_key=admin_key,
-        recognizer=recognizer,
-        scheduler=scheduler,
+        engine=engine,
         transcription=transcription,
         adapter_store=adapter_store,
         started_at=int(time.time()),
@@ -186,9 +178,7 @@ async def _start(
 
 
 def _worker_context(state: ServiceState) -> WorkerContext:
-    return WorkerContext.create(
-        state.settings, state.sessions, state.adapter_store, state.recognizer, state.scheduler
-    )
+    return WorkerContext.create(state.settings, state.sessions, state.adapter_store, state.engine)
 
 
 def job_workers(context: WorkerContext) -> list[JobWorker[Any]]:
@@ -196,17 +186,3 @@ def job_workers(context: WorkerContext) -> list[JobWorker[Any]]:
     enrolments first, as a user waits for theirs."""
     worker_id = default_worker_id()
     return [EnrolmentWorker(context, worker_id), ExpertBankWorker(context, worker_id)]
-
-
-def new_scheduler(
-    settings: Settings, recognizer: SpeechRecognizer, metrics: Metrics | None = None
-) -> BatchScheduler[TranscriptionTask]:
-    queue = settings.queue
-    return BatchScheduler(
-        recognizer,
-        max_batch_size=queue.max_batch_size,
-        max_wait_s=queue.max_wait_ms / 1000,
-        max_pending=queue.max_pending,
-        max_pending_audio_s=queue.max_pending_audio_s,
-        observer=metrics,
-    )

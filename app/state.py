@@ -6,9 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from adapters_store import AdapterStore
 from app.config import Settings
-from app.engine.batching import BatchScheduler
-from app.engine.recognizer import SpeechRecognizer
-from app.engine.whisper import TranscriptionTask
+from app.engine.facade import SpeechEngine
 from app.metrics import Metrics
 from app.services.transcription import TranscriptionService
 
@@ -19,8 +17,7 @@ class ServiceState:
     db_engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     admin_key: str
-    recognizer: SpeechRecognizer
-    scheduler: BatchScheduler[TranscriptionTask]
+    engine: SpeechEngine
     transcription: TranscriptionService
     adapter_store: AdapterStore
     metrics: Metrics

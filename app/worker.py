@@ -9,11 +9,10 @@ import signal
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
-from app.engine.compute_thread import in_fresh_thread
-from app.main import job_workers, new_scheduler
+from app.main import job_workers
 from app.queue.dispatch import run_jobs
 from app.services.job_worker import WorkerContext
-from app.services.model_loading import load_recognizer
+from app.services.model_loading import load_engine
 from app.services.stores import adapter_store_for
 
 logger = logging.getLogger(__name__)
@@ -24,10 +23,9 @@ async def run_worker(settings: Settings) -> None:
     await asyncio.to_thread(upgrade_to_head, database_url)
     db_engine = create_engine(database_url)
     sessions = create_sessionmaker(db_engine)
-    recognizer = await asyncio.to_thread(in_fresh_thread, lambda: load_recognizer(settings))
-    scheduler = new_scheduler(settings, recognizer)
+    engine = await load_engine(settings)
     store = adapter_store_for(settings, sessions)
-    context = WorkerContext.create(settings, sessions, store, recognizer, scheduler)
+    context = WorkerContext.create(settings, sessions, store, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -35,5 +33,5 @@ async def run_worker(settings: Settings) -> None:
     try:
         await run_jobs(context, job_workers(context), stop)
     finally:
-        scheduler.shutdown()
+        engine.shutdown()
         await db_engine.dispose()

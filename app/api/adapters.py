@@ -47,12 +47,11 @@ async def import_adapter(
     adapter = await adapter_transfer.import_adapter(
         session,
         state.adapter_store,
-        state.recognizer,
+        state.engine,
         principal,
         user_id,
         AdapterUpload(data=await file.read(limit + 1), activate=activate),
         limit,
-        state.scheduler,
     )
     return AdapterPublic.model_validate(adapter)
 
@@ -106,7 +105,7 @@ async def export_adapter(
         user_id,
         adapter_id,
         form,
-        state.recognizer.info,
+        state.engine.info,
     )
     return Response(
         exported.data,
@@ -138,6 +137,6 @@ async def activate_adapter(
     user_id: str, adapter_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> AdapterPublic:
     adapter = await adapters.activate_adapter(
-        session, principal, user_id, adapter_id, state.recognizer.info.fingerprint
+        session, principal, user_id, adapter_id, state.engine.info.fingerprint
     )
     return AdapterPublic.model_validate(adapter)

@@ -80,7 +80,7 @@ async def create_enrolment(
         request,
         state.settings.enrolment,
         state.settings.quotas,
-        state.recognizer.info.fingerprint,
+        state.engine.info.fingerprint,
     )
     return EnrolmentJobPublic.model_validate(job)
 

@@ -46,7 +46,7 @@ async def create_bank(
     """Queues a build from the stored recordings of every user with
     `contribute_recordings=true` (at least 2 of them)."""
     build = BankBuild(experts=body.experts, epochs=body.epochs, expert_epochs=body.expert_epochs)
-    fingerprint = state.recognizer.info.fingerprint
+    fingerprint = state.engine.info.fingerprint
     return _public(await expert_banks.request_build(session, principal, fingerprint, build))
 
 
@@ -80,7 +80,7 @@ async def activate_bank(
 ) -> ExpertBankPublic:
     """New SAML adapters start from this bank; 409 unless it was built for the served base
     model and learned from no one who withdrew."""
-    fingerprint = state.recognizer.info.fingerprint
+    fingerprint = state.engine.info.fingerprint
     return _public(await expert_banks.activate_bank(session, principal, bank_id, fingerprint))
 
 

@@ -19,7 +19,5 @@ router = APIRouter(tags=["observability"])
     },
 )
 async def metrics(state: StateDep, session: SessionDep, principal: PrincipalDep) -> Response:
-    text = await render_metrics(
-        session, principal, state.metrics, state.scheduler, state.recognizer
-    )
+    text = await render_metrics(session, principal, state.metrics, state.engine)
     return Response(text, media_type=CONTENT_TYPE_LATEST)

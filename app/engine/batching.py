@@ -38,9 +38,7 @@ __all__ = [
     "BatchObserver",
     "BatchScheduler",
     "BatchingEngine",
-    "EngineRunner",
     "QueueFullError",
-    "ThreadRunner",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,19 +78,6 @@ class BatchingEngine(Protocol[TaskT]):
         nothing has run for a while (`idle` True): give back free memory, and when idle also
         what is only kept to be fast while busy (compute weights)."""
         ...
-
-
-class EngineRunner(Protocol):
-    """Runs engine work (anything computing with torch) where it belongs."""
-
-    async def run(self, function: Callable[[], T]) -> T: ...
-
-
-class ThreadRunner:
-    """An `EngineRunner` for code without a scheduler (tools, tests): a worker thread."""
-
-    async def run(self, function: Callable[[], T]) -> T:
-        return await asyncio.to_thread(function)
 
 
 class BatchObserver(Protocol):

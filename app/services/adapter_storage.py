@@ -1,8 +1,8 @@
 """The one way an adapter is stored, whether an enrolment trained it or a user imported it.
 
-`checked_form` gives the file to store and what it parses back to, checked against the served
-base model and the bounds (torch work: the inference thread's); `store_adapter` writes that
-file, reads it back to verify it, and records the adapter, in the caller's transaction.
+The engine's `SpeechEngine.checked` gives the file to store and what it parses back to,
+checked against the served base model and the bounds; `store_adapter` writes that file, reads
+it back to verify it, and records the adapter, in the caller's transaction.
 """
 
 import contextlib
@@ -15,38 +15,11 @@ from adapters_store import AdapterStore
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter, AdapterStatus, new_id
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adaptation.files import dump_any, load_any
-from app.engine.adaptation.lora.file import AdapterFileError
-from app.engine.adaptation.residency import AnyAdapter
-from app.engine.recognizer import SpeechRecognizer
+from app.engine.facade import CheckedAdapter
 from app.errors import DataIntegrityError
 from app.services.blob_keys import adapter_key
 
-__all__ = ["CheckedAdapter", "NewAdapter", "checked_form", "store_adapter", "write_verified"]
-
-
-@dataclass(frozen=True, slots=True)
-class CheckedAdapter:
-    data: bytes
-    """The file to store, in the form its method's `dump` writes."""
-    weights: AnyAdapter
-    """What `data` parses back to: exactly what will be served."""
-    out_of_bounds: str | None
-    """Why the adapter must never serve (its updates are out of bounds); None: it may."""
-
-
-def checked_form(adapter: AnyAdapter, recognizer: SpeechRecognizer) -> CheckedAdapter:
-    """Raises `AdapterFileError` (or `BaseModelMismatchError`) unless the adapter fits the
-    served base model; an adapter out of bounds is returned, marked (torch work, in proportion
-    to the tensors' data: run it on the inference thread)."""
-    data = dump_any(adapter)
-    weights = load_any(data)
-    recognizer.check_adapter(weights)
-    try:
-        recognizer.check_adapter_bounds(weights)
-    except AdapterFileError as exc:
-        return CheckedAdapter(data, weights, out_of_bounds=str(exc))
-    return CheckedAdapter(data, weights, out_of_bounds=None)
+__all__ = ["NewAdapter", "store_adapter", "write_verified"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,17 +18,16 @@ from adapters_store import AdapterStore, BlobNotFoundError, StoreError
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adaptation.files import load_any, read_any_header
+from app.engine.adaptation.files import read_any_header
 from app.engine.adaptation.lora.config import METHOD as LORA
 from app.engine.adaptation.lora.file import AdapterFileError, BaseModelMismatchError
 from app.engine.adaptation.lora.peft_zip import from_peft, is_zip, to_peft
 from app.engine.adaptation.saml.file import SAML_FORMAT
-from app.engine.batching import EngineRunner
-from app.engine.recognizer import SpeechRecognizer
+from app.engine.facade import SpeechEngine
 from app.engine.tensor_file import TensorFile
 from app.engine.types import ModelInfo
 from app.errors import BadRequestError, DataIntegrityError, NotFoundError, PayloadTooLargeError
-from app.services.adapter_storage import CheckedAdapter, NewAdapter, checked_form, store_adapter
+from app.services.adapter_storage import NewAdapter, store_adapter
 from app.services.auth import Principal
 from app.services.users import get_user
 
@@ -122,12 +121,11 @@ def _integrity_failure(adapter: Adapter, problem: str, kind: str = "corrupt") ->
 async def import_adapter(
     session: AsyncSession,
     store: AdapterStore,
-    recognizer: SpeechRecognizer,
+    engine: SpeechEngine,
     principal: Principal,
     user_id: str,
     upload: AdapterUpload,
     max_bytes: int,
-    runner: EngineRunner,
 ) -> Adapter:
     """Validates the file whole, then stores it, records it and (if asked) activates it in the
     session's transaction: a refused file leaves nothing behind."""
@@ -138,9 +136,16 @@ async def import_adapter(
         )
     # The header is checked first, off the inference thread (and a PEFT zip unpacked there):
     # a hostile file is refused without delaying anyone's transcription.
-    fingerprint = recognizer.info.fingerprint
+    fingerprint = engine.info.fingerprint
     file = await asyncio.to_thread(_checked_header, upload.data, fingerprint, max_bytes)
-    form = await runner.run(lambda: _canonical(file, recognizer))
+    try:
+        form = await engine.checked(file)
+    except BaseModelMismatchError as exc:
+        raise _refused(exc, "base_model_mismatch") from exc
+    except AdapterFileError as exc:
+        raise _refused(exc, "invalid_adapter") from exc
+    if form.out_of_bounds is not None:
+        raise _refused(form.out_of_bounds, "invalid_adapter")
     new = NewAdapter(user_id=user_id, form=form, source="import", activate=upload.activate)
     return await store_adapter(session, store, new)
 
@@ -164,23 +169,6 @@ def _checked_header(data: bytes, fingerprint: str, max_bytes: int) -> TensorFile
             "invalid_adapter",
         )
     return file
-
-
-def _canonical(file: TensorFile, recognizer: SpeechRecognizer) -> CheckedAdapter:
-    """The file to store and its weights: torch work for the inference thread, in proportion
-    to the tensors' data. The upload itself is checked first, so that nothing in it is
-    silently converted (such as float16 tensors to float32); one out of bounds is refused."""
-    try:
-        uploaded = load_any(file)
-        recognizer.check_adapter(uploaded)
-        form = checked_form(uploaded, recognizer)
-    except BaseModelMismatchError as exc:
-        raise _refused(exc, "base_model_mismatch") from exc
-    except AdapterFileError as exc:
-        raise _refused(exc, "invalid_adapter") from exc
-    if form.out_of_bounds is not None:
-        raise _refused(form.out_of_bounds, "invalid_adapter")
-    return form
 
 
 def _refused(problem: AdapterFileError | str, code: str) -> BadRequestError:

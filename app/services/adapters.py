@@ -12,12 +12,10 @@ from adapters_store import AdapterStore, StoreError
 from adapters_store.base import sha256_hex
 from app.db.models import Adapter, AdapterStatus
 from app.db.repositories.adapters import AdapterRepository
-from app.engine.adaptation.files import load_any, read_any_header
+from app.engine.adaptation.files import read_any_header
 from app.engine.adaptation.lora.file import AdapterFileError
 from app.engine.adaptation.residency import AnyAdapter
-from app.engine.batching import EngineRunner, ThreadRunner
-from app.engine.memory import release_free_memory
-from app.engine.recognizer import SpeechRecognizer
+from app.engine.facade import SpeechEngine
 from app.engine.tensor_file import TensorFile
 from app.errors import ConflictError, NotFoundError
 from app.metrics import Metrics
@@ -110,15 +108,12 @@ class ActiveAdapters:
     def __init__(
         self,
         store: AdapterStore,
-        recognizer: SpeechRecognizer,
+        engine: SpeechEngine,
         capacity_bytes: int = 64 * 2**20,
         metrics: Metrics | None = None,
-        runner: EngineRunner | None = None,
     ) -> None:
         self._store = store
-        self._recognizer = recognizer
-        self._runner = runner or ThreadRunner()
-        """Where checked adapter files become weights (torch work: the inference thread)."""
+        self._engine = engine
         self._capacity_bytes = capacity_bytes
         self._metrics = metrics
         self._cache: OrderedDict[tuple[str, str], tuple[str, AnyAdapter]] = OrderedDict()
@@ -178,7 +173,7 @@ class ActiveAdapters:
         self._cached_bytes -= _size(weights)
         if self._cached_for.get(user_id) == key:
             del self._cached_for[user_id]
-        self._recognizer.forget(weights)
+        self._engine.forget(weights)
 
     async def _weights(self, row: Adapter) -> AnyAdapter | None:
         key = (row.id, row.sha256)
@@ -260,7 +255,7 @@ class ActiveAdapters:
             # Checksum and header are checked off the inference thread (and the event loop):
             # a damaged or hostile blob delays nobody's transcription.
             file = await asyncio.to_thread(_checked_file, data, row.size_bytes, row.sha256)
-            weights = await self._runner.run(lambda: self._parse(file))
+            weights = await self._engine.prepare_adapter(file)
             if (weights.base_fingerprint, weights.method) != (row.base_fingerprint, row.method):
                 raise AdapterFileError("file and database disagree on the base model or method")
         except (StoreError, AdapterFileError) as exc:
@@ -269,16 +264,6 @@ class ActiveAdapters:
                 extra={"adapter_id": row.id, "user_id": row.user_id, "reason": str(exc)},
             )
             return None
-        return weights
-
-    def _parse(self, file: TensorFile) -> AnyAdapter:
-        weights = load_any(file)
-        self._recognizer.check_adapter(weights)
-        # A cold load follows an eviction (or soon will): under a stream of new users the
-        # freed adapters and blobs would otherwise pile up in the heap between the engine's
-        # own tidy-ups (one run over 300 users: 149 instead of 178 MiB peak growth; ~5 ms per
-        # cold load, on the inference thread).
-        release_free_memory()
         return weights
 
 

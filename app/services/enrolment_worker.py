@@ -15,6 +15,7 @@ from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.session import transaction
 from app.engine.adaptation.files import dump_any
 from app.engine.adaptation.saml.config import METHOD as SAML
+from app.engine.facade import CheckedAdapter
 from app.engine.training import (
     GateConfig,
     GatedTraining,
@@ -25,12 +26,7 @@ from app.engine.training import (
     run_in_subprocess,
 )
 from app.services.active_bank import NO_ACTIVE_BANK, active_bank
-from app.services.adapter_storage import (
-    CheckedAdapter,
-    NewAdapter,
-    checked_form,
-    store_adapter,
-)
+from app.services.adapter_storage import NewAdapter, store_adapter
 from app.services.adapters import ActiveAdapters, ResolvedAdapter
 from app.services.auto_retrain import queue_waiting
 from app.services.enrolment_jobs import AUTO
@@ -67,7 +63,7 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
     def __init__(self, context: WorkerContext, worker_id: str | None = None) -> None:
         super().__init__(context, worker_id)
         self._active_adapters = ActiveAdapters(
-            context.store, context.recognizer, capacity_bytes=16 * 2**20, runner=context.scheduler
+            context.store, context.engine, capacity_bytes=16 * 2**20
         )
 
     def _jobs(self, session: AsyncSession) -> EnrolmentRepository:
@@ -134,7 +130,7 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
         """The expert bank a SAML adapter of this job starts from (None: no SAML to train)."""
         if method not in (SAML, AUTO):
             return None
-        bank = await active_bank(session, self._ctx.store, self._ctx.recognizer.info.fingerprint)
+        bank = await active_bank(session, self._ctx.store, self._ctx.engine.info.fingerprint)
         if bank is None and method == SAML:
             raise NoActiveBank(NO_ACTIVE_BANK)
         return bank
@@ -194,8 +190,7 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
         )
 
     async def _checked(self, result: TrainingResult) -> CheckedAdapter:
-        recognizer = self._ctx.recognizer
-        return await self._ctx.scheduler.run(lambda: checked_form(result.adapter, recognizer))
+        return await self._ctx.engine.checked(result.adapter)
 
     async def _commit_adapters(
         self, job_id: str, news: Sequence[NewAdapter], chosen: NewAdapter, metrics: dict[str, Any]

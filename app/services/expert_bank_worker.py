@@ -50,7 +50,7 @@ class ExpertBankWorker(JobWorker[ExpertBank]):
         return ExpertBankRepository(session)
 
     async def _work(self, job: ExpertBank) -> None:
-        served = self._ctx.recognizer.info.fingerprint
+        served = self._ctx.engine.info.fingerprint
         if job.base_fingerprint != served:
             raise OtherBaseModel(
                 f"the bank was asked for base model {job.base_fingerprint[:12]}; "

@@ -36,11 +36,9 @@ from app.db.enrolment_status import EnrolmentStatus
 from app.db.models import JobMixin
 from app.db.repositories.jobs import JobRepository
 from app.db.session import transaction
-from app.engine.batching import BatchScheduler
-from app.engine.recognizer import SpeechRecognizer
+from app.engine.facade import SpeechEngine
 from app.engine.training import ServingNumerics, TrainingCancelled, TrainingProgress
 from app.engine.types import Precision
-from app.engine.whisper import TranscriptionTask
 from app.services.model_loading import resolve_model_dir
 
 __all__ = [
@@ -68,9 +66,8 @@ class WorkerContext:
 
     sessions: async_sessionmaker[AsyncSession]
     store: AdapterStore
-    recognizer: SpeechRecognizer
-    scheduler: BatchScheduler[TranscriptionTask]
-    """Where adapters are checked before they are stored (the inference thread)."""
+    engine: SpeechEngine
+    """The served model: adapters are checked against it before they are stored."""
     model_dir: Path
     precision: Precision
     numerics: ServingNumerics
@@ -83,14 +80,12 @@ class WorkerContext:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         store: AdapterStore,
-        recognizer: SpeechRecognizer,
-        scheduler: BatchScheduler[TranscriptionTask],
+        engine: SpeechEngine,
     ) -> "WorkerContext":
         return cls(
             sessions=sessions,
             store=store,
-            recognizer=recognizer,
-            scheduler=scheduler,
+            engine=engine,
             model_dir=resolve_model_dir(settings),
             precision=settings.model.precision,
             numerics=ServingNumerics(

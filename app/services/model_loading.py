@@ -1,8 +1,12 @@
 """Resolves which base model to serve from the settings, importing the bundled one if needed."""
 
+import asyncio
 from pathlib import Path
 
 from app.config import Settings
+from app.engine.batching import BatchObserver
+from app.engine.compute_thread import in_fresh_thread
+from app.engine.facade import QueueLimits, SpeechEngine
 from app.engine.model_import import (
     check_model_dir,
     import_bundled_model,
@@ -49,3 +53,23 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
             batch_windows=settings.longform.batch_windows,
         ),
     )
+
+
+async def load_engine(
+    settings: Settings,
+    recognizer: SpeechRecognizer | None = None,
+    observer: BatchObserver | None = None,
+) -> SpeechEngine:
+    """The engine serving `settings`' model behind its queue (`recognizer`: a model already
+    loaded, shared by tests). The model loads on a thread of its own that ends with the load
+    (see `compute_thread`)."""
+    if recognizer is None:
+        recognizer = await asyncio.to_thread(in_fresh_thread, lambda: load_recognizer(settings))
+    queue = settings.queue
+    limits = QueueLimits(
+        max_batch_size=queue.max_batch_size,
+        max_wait_s=queue.max_wait_ms / 1000,
+        max_pending=queue.max_pending,
+        max_pending_audio_s=queue.max_pending_audio_s,
+    )
+    return SpeechEngine(recognizer, limits, observer)

@@ -11,11 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.session import transaction
 from app.engine.adaptation.residency import AnyAdapter
 from app.engine.audio import DecodedAudio, decode_audio_spooled
-from app.engine.batching import BatchScheduler, QueueFullError
+from app.engine.batching import QueueFullError
 from app.engine.errors import AdapterNumericError, AudioDecodeError
-from app.engine.recognizer import SpeechRecognizer
+from app.engine.facade import SpeechEngine
 from app.engine.types import Transcription, TranscriptionOptions
-from app.engine.whisper import TranscriptionTask
 from app.errors import (
     BadRequestError,
     InvalidAudioError,
@@ -71,8 +70,7 @@ class TranscriptionOutcome:
 class TranscriptionService:
     def __init__(
         self,
-        recognizer: SpeechRecognizer,
-        scheduler: BatchScheduler[TranscriptionTask],
+        engine: SpeechEngine,
         sessions: async_sessionmaker[AsyncSession],
         adapters: ActiveAdapters,
         metrics: Metrics,
@@ -84,19 +82,18 @@ class TranscriptionService:
     ) -> None:
         """`correctable_seconds`: the longest audio a correction may hold (the recordings'
         per-file limit); what was served for such requests is remembered (`served`)."""
-        self._recognizer = recognizer
-        self._scheduler = scheduler
+        self._engine = engine
         self._sessions = sessions
         self._adapters = adapters
         self._metrics = metrics
         self._max_audio_seconds = max_audio_seconds
         self._retry_after_s = retry_after_s
-        self.model_id = model_id or recognizer.info.model_id
+        self.model_id = model_id or engine.info.model_id
         self.served = ServedTranscripts(metrics, max_audio_seconds=correctable_seconds)
 
     @property
     def model_description(self) -> str:
-        return self._recognizer.info.description
+        return self._engine.info.description
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -161,7 +158,7 @@ class TranscriptionService:
         self, audio: DecodedAudio, options: TranscriptionOptions, weights: AnyAdapter | None
     ) -> Transcription:
         try:
-            return await self._scheduler.transcribe(audio, options, weights)
+            return await self._engine.transcribe(audio, options, weights)
         except QueueFullError as exc:
             self._metrics.transcriptions.labels("overloaded", str(weights is not None)).inc()
             raise ServiceUnavailableError(
@@ -202,14 +199,14 @@ class TranscriptionService:
                 "timestamp_granularities requires response_format=verbose_json.",
                 param="timestamp_granularities",
             )
-        if request.task == "translate" and not self._recognizer.info.multilingual:
+        if request.task == "translate" and not self._engine.info.multilingual:
             raise BadRequestError(
                 f"The model {self.model_id!r} is English-only: translation needs a multilingual "
                 "Whisper (e.g. PQM_MODEL__BUNDLED=base).",
                 param="model",
             )
         language = request.language.strip().lower() if request.language else None
-        if language and not self._recognizer.info.multilingual and language != "en":
+        if language and not self._engine.info.multilingual and language != "en":
             raise BadRequestError(
                 f"The model {self.model_id!r} is English-only; language {language!r} "
                 "is not supported.",

@@ -60,7 +60,7 @@ async def inference_thread_blocked(state: ServiceState) -> AsyncIterator[None]:
         started.set()
         release.wait()
 
-    blocking = state.scheduler.call(block)
+    blocking = state.engine.scheduler.call(block)
     try:
         assert await asyncio.to_thread(started.wait, HANG_GUARD_S)
         yield
@@ -132,7 +132,7 @@ async def test_a_stored_hostile_file_is_never_served_and_refused_off_the_inferen
     make: Callable[[], bytes] = NAMED[case][0]
     user_id, _ = await new_user(client)
     await _stored_before_these_checks(state, nf4_engine, user_id, make())
-    adapters = ActiveAdapters(state.adapter_store, nf4_engine, runner=state.scheduler)
+    adapters = ActiveAdapters(state.adapter_store, state.engine)
 
     resolved = await asyncio.wait_for(_weights_for(adapters, state, user_id), HANG_GUARD_S)
 

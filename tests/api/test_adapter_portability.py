@@ -118,7 +118,7 @@ async def test_a_peft_export_imports_back_to_the_same_stored_bytes(
     files = zip_members(exported.content)
     assert sorted(files) == [CONFIG_NAME, WEIGHTS_NAME]
     config = json.loads(files[CONFIG_NAME])
-    assert config["base_model_name_or_path"] == state.recognizer.info.model_id
+    assert config["base_model_name_or_path"] == state.engine.info.model_id
     assert (config["r"], config["lora_alpha"]) == (weights.rank, weights.alpha)
 
     imported = await upload(client, bob["id"], exported.content, as_bob)
@@ -148,7 +148,7 @@ async def test_a_peft_zip_from_elsewhere_is_stamped_with_the_served_model(
     imported = await upload(client, carol["id"], rezipped(foreign), as_carol)
 
     assert imported.status_code == 201, imported.text
-    assert imported.json()["base_fingerprint"] == state.recognizer.info.fingerprint
+    assert imported.json()["base_fingerprint"] == state.engine.info.fingerprint
     stored = await client.get(weights_path(carol["id"], imported.json()["id"]), headers=as_carol)
     assert load_adapter(stored.content).encoder_window == "full"
 

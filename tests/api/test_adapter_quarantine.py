@@ -216,7 +216,7 @@ async def test_a_quarantined_adapter_leaves_the_host_tier(
 ) -> None:
     user = await create_user(client, "carol")
     adapter_id = await install_adapter(state, user["id"], random_adapter(nf4_engine, 23))
-    adapters = ActiveAdapters(state.adapter_store, nf4_engine, metrics=Metrics())
+    adapters = ActiveAdapters(state.adapter_store, state.engine, metrics=Metrics())
     async with state.sessions() as session:
         resolved = await adapters.resolve(session, user["id"])
     assert resolved is not None

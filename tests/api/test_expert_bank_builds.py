@@ -55,7 +55,7 @@ async def _ask_for_tiny_build(client: httpx.AsyncClient, state: ServiceState) ->
 
 def _worker(state: ServiceState) -> ExpertBankWorker:
     context = WorkerContext.create(
-        state.settings, state.sessions, state.adapter_store, state.recognizer, state.scheduler
+        state.settings, state.sessions, state.adapter_store, state.engine
     )
     return ExpertBankWorker(context, "worker-1")
 
@@ -78,7 +78,7 @@ async def test_a_bank_asked_for_is_built_activated_and_then_the_active_bank(
     activated = await client.post(f"{BANKS}/{bank_id}/activate", headers=ADMIN)
     assert activated.status_code == 200, activated.text
     assert activated.json()["active"] is True
-    fingerprint = state.recognizer.info.fingerprint
+    fingerprint = state.engine.info.fingerprint
     async with state.sessions() as session:
         active = await active_bank(session, state.adapter_store, fingerprint)
     assert active is not None

@@ -96,7 +96,7 @@ async def test_the_host_cache_counts_a_saml_adapters_bytes(
 ) -> None:
     bob = await create_user(client, "bob")
     adapter_id = await install_adapter(state, bob["id"], saml)
-    adapters = ActiveAdapters(state.adapter_store, nf4_engine)
+    adapters = ActiveAdapters(state.adapter_store, state.engine)
     async with state.sessions() as session:
         resolved = await adapters.resolve(session, bob["id"])
     assert resolved is not None

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from adapters_store.sql import SqlBlobStore
 from app.config import Settings
 from app.engine.whisper import WhisperEngine
-from app.main import new_scheduler
 from app.services.job_worker import WorkerContext
+from app.services.model_loading import load_engine
 from tests.support.enrolments import migrated_sessions
 
 
@@ -24,10 +24,8 @@ async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncS
 async def context(
     settings: Settings, sessions: async_sessionmaker[AsyncSession], nf4_engine: WhisperEngine
 ) -> AsyncIterator[WorkerContext]:
-    scheduler = new_scheduler(settings, nf4_engine)
+    engine = await load_engine(settings, nf4_engine)
     try:
-        yield WorkerContext.create(
-            settings, sessions, SqlBlobStore(sessions), nf4_engine, scheduler
-        )
+        yield WorkerContext.create(settings, sessions, SqlBlobStore(sessions), engine)
     finally:
-        scheduler.shutdown()
+        engine.shutdown()

@@ -49,7 +49,7 @@ async def test_the_host_tier_stays_within_its_byte_budget(
     one = _size(random_adapter(nf4_engine, 0))
     store = CountingStore(state.adapter_store)
     metrics = Metrics()
-    adapters = ActiveAdapters(store, nf4_engine, capacity_bytes=int(4.5 * one), metrics=metrics)
+    adapters = ActiveAdapters(store, state.engine, capacity_bytes=int(4.5 * one), metrics=metrics)
 
     for user_id, adapter_id in users:
         assert await _resolve(adapters, state, user_id) == adapter_id
@@ -73,7 +73,7 @@ async def test_concurrent_first_requests_share_one_load(
 ) -> None:
     [(user_id, adapter_id)] = await _users_with_adapters(client, state, nf4_engine, 1)
     store = CountingStore(state.adapter_store, delay_s=0.2)
-    adapters = ActiveAdapters(store, nf4_engine)
+    adapters = ActiveAdapters(store, state.engine)
 
     resolved = await asyncio.gather(*(_resolve(adapters, state, user_id) for _ in range(8)))
 
@@ -86,7 +86,7 @@ async def test_a_change_made_elsewhere_drops_the_old_adapter_from_every_tier(
     client: httpx.AsyncClient, state: ServiceState, nf4_engine: WhisperEngine, change: str
 ) -> None:
     [(user_id, adapter_id)] = await _users_with_adapters(client, state, nf4_engine, 1)
-    adapters = ActiveAdapters(state.adapter_store, nf4_engine)
+    adapters = ActiveAdapters(state.adapter_store, state.engine)
     assert await _resolve(adapters, state, user_id) == adapter_id
     cached = adapters.cached_bytes
     assert cached > 0

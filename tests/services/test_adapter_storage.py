@@ -18,9 +18,10 @@ from app.engine.adaptation.lora.file import (
     BaseModelMismatchError,
     dump_adapter,
 )
+from app.engine.facade import CheckedAdapter
 from app.engine.whisper import WhisperEngine
 from app.errors import DataIntegrityError
-from app.services.adapter_storage import CheckedAdapter, NewAdapter, checked_form, store_adapter
+from app.services.adapter_storage import NewAdapter, store_adapter
 from app.services.blob_keys import adapter_key
 from app.state import ServiceState
 from tests.conftest import create_user
@@ -33,7 +34,7 @@ def weights(nf4_engine: WhisperEngine) -> AdapterWeights:
 
 
 async def _checked(state: ServiceState, weights: AdapterWeights) -> CheckedAdapter:
-    return await state.scheduler.run(lambda: checked_form(weights, state.recognizer))
+    return await state.engine.checked(weights)
 
 
 async def _rows(state: ServiceState, user_id: str) -> list[Adapter]:

@@ -21,10 +21,10 @@ from app.db.session import transaction
 from app.engine.adaptation.residency import AnyAdapter
 from app.engine.training import TrainingRequest, TrainingResult
 from app.engine.whisper import WhisperEngine
-from app.main import new_scheduler
 from app.services import enrolment_worker
 from app.services.enrolment_worker import EnrolmentWorker
 from app.services.job_worker import WorkerContext
+from app.services.model_loading import load_engine
 from tests.conftest import make_settings
 from tests.support.adapters import random_adapter, random_saml
 from tests.support.enrolments import new_job, stored_job
@@ -44,13 +44,11 @@ async def context(
     settings: Settings = make_settings(
         tmp_path / "data", model={"path": tiny_en_dir}, enrolment={"worker": False}
     )
-    scheduler = new_scheduler(settings, nf4_engine)
+    engine = await load_engine(settings, nf4_engine)
     try:
-        yield WorkerContext.create(
-            settings, sessions, SqlBlobStore(sessions), nf4_engine, scheduler
-        )
+        yield WorkerContext.create(settings, sessions, SqlBlobStore(sessions), engine)
     finally:
-        scheduler.shutdown()
+        engine.shutdown()
 
 
 async def _queued(sessions: async_sessionmaker[AsyncSession], method: str) -> str:

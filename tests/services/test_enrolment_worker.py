@@ -22,10 +22,9 @@ from app.db.repositories.enrolments import EnrolmentRepository
 from app.db.repositories.recordings import RecordingRepository
 from app.db.repositories.users import UserRepository
 from app.db.session import transaction
-from app.engine.batching import BatchScheduler
-from app.engine.recognizer import SpeechRecognizer
+from app.engine.facade import SpeechEngine
 from app.engine.training import TrainingCancelled, TrainingRequest, TrainingResult
-from app.engine.whisper import TranscriptionTask, WhisperEngine
+from app.engine.whisper import WhisperEngine
 from app.services import enrolment_worker
 from app.services.auto_retrain import queue_if_due
 from app.services.enrolment_worker import EnrolmentWorker
@@ -241,8 +240,7 @@ async def test_a_user_held_back_by_the_cap_is_queued_when_room_frees(
         settings.model_copy(update={"enrolment": limits}),
         sessions,
         SqlBlobStore(sessions),
-        cast(SpeechRecognizer, None),
-        cast(BatchScheduler[TranscriptionTask], None),
+        cast(SpeechEngine, None),
     )
     alice = await _user_adds_recordings(sessions, "alice", limits)
     bob = await _user_adds_recordings(sessions, "bob", limits)

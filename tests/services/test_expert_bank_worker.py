@@ -82,7 +82,7 @@ async def _queued_bank(
     ]
     build = BankBuild(experts=2, epochs=1, expert_epochs=1)
     async with transaction(context.sessions) as session:
-        fingerprint = fingerprint or context.recognizer.info.fingerprint
+        fingerprint = fingerprint or context.engine.info.fingerprint
         return (await record_bank(session, fingerprint, build, contributors)).id
 
 

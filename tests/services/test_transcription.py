@@ -30,10 +30,9 @@ async def test_requests_waiting_for_cold_adapters_hold_no_database_connection(
     gate = asyncio.Event()
     store = CountingStore(state.adapter_store, gate=gate)
     service = TranscriptionService(
-        nf4_engine,
-        state.scheduler,
+        state.engine,
         state.sessions,
-        ActiveAdapters(store, nf4_engine),
+        ActiveAdapters(store, state.engine),
         Metrics(),
         max_audio_seconds=60,
         retry_after_s=1,
