@@ -51,3 +51,27 @@ def read_aloud(sentences: Sequence[str], pause_s: float, level_dbfs: float = -3.
         parts += [speech, silence(pause_s)]
         position += len(speech) + int(pause_s * SAMPLE_RATE)
     return ReadAloud(np.concatenate(parts), spans, " ".join(sentences))
+
+
+def speechocean_on_disk() -> bool:
+    from bench.speechocean import speechocean_dir
+
+    return (speechocean_dir() / "manifest.tsv").is_file()
+
+
+def real_reading(speaker: str, pause_s: float = 0.8) -> ReadAloud:
+    """Every recording of a speechocean762 pool-half speaker, read one after another."""
+    from bench.speakers import load
+    from bench.speechocean import build_suite
+
+    data = build_suite("pool", [speaker]).speakers[speaker]
+    parts: list[np.ndarray] = []
+    spans: list[tuple[float, float]] = []
+    position = 0
+    for utterance in [*data.train, *data.dev, *data.test]:
+        speech = load(utterance)
+        spans.append((position / SAMPLE_RATE, (position + len(speech)) / SAMPLE_RATE))
+        parts += [speech, silence(pause_s)]
+        position += len(speech) + int(pause_s * SAMPLE_RATE)
+    text = " ".join(u.text for u in [*data.train, *data.dev, *data.test])
+    return ReadAloud(np.concatenate(parts), spans, text)
