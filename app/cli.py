@@ -65,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not _model_path_usable(settings):
         return 1
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    if not _database_reachable(settings):
+        return 1
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -73,6 +75,19 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _database_reachable(settings: Settings) -> bool:
+    """Waits up to `PQM_DATABASE_WAIT_S` for the database; says in one line why not (rather
+    than a start-up traceback)."""
+    from app.db.wait import DatabaseUnreachable, wait_for_database
+
+    try:
+        wait_for_database(settings.resolved_database_url, settings.database_wait_s)
+    except DatabaseUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _private_files() -> None:
@@ -122,6 +137,8 @@ def _worker(_: argparse.Namespace) -> int:
     if not _model_path_usable(settings):
         return 1
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    if not _database_reachable(settings):
+        return 1
     asyncio.run(run_worker(settings))
     return 0
 

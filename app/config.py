@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = None
     """SQLAlchemy URL; unset means a SQLite file in the data directory."""
+    database_wait_s: float = Field(default=60.0, ge=0)
+    """How long `pqm serve` and `pqm worker` wait at start for a database server that does not
+    accept connections yet (retrying with growing pauses, one log line each) before they exit
+    non-zero; 0 tries once. Not used with SQLite."""
     admin_key: SecretStr | None = None
     """Unset: one is generated on first start, stored (mode 0600) in the data directory."""
     max_upload_bytes: int = Field(default=25 * MIB, ge=1)
