@@ -30,7 +30,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,37 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "saml-e4": {"method": "saml", "epochs": 4},
     "saml-e16": {"method": "saml", "epochs": 16},
     "saml-dw": {"method": "saml"},
+    "saml-dw-routers": {"method": "saml", "saml_trained": "routers"},
+    "saml-dw-experts": {"method": "saml", "saml_trained": "experts"},
+    "saml-dw-e20": {"method": "saml"},
+    "saml-dw-pool10": {"method": "saml"},
+    "saml-dw-r2": {"method": "saml"},
 }
-BANK_ROUTERS = {"saml": "conv", "saml-e4": "conv", "saml-e16": "conv", "saml-dw": "depthwise"}
-"""The router of the bank each SAML config starts from (the rows were made so)."""
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """The bank a SAML config starts from (the rows were made so)."""
+
+    router: str = "depthwise"
+    experts: int = 10
+    rank: int = 1
+    pool: int | None = None
+    """How many of the pool speakers not tuned on it learns from (None: all of them)."""
+
+
+CONVOLUTION = BankSpec(router="conv")
+BANKS = {
+    "saml": CONVOLUTION,
+    "saml-e4": CONVOLUTION,
+    "saml-e16": CONVOLUTION,
+    "saml-dw": BankSpec(),
+    "saml-dw-routers": BankSpec(),
+    "saml-dw-experts": BankSpec(),
+    "saml-dw-e20": BankSpec(experts=20),
+    "saml-dw-pool10": BankSpec(pool=10),
+    "saml-dw-r2": BankSpec(rank=2),
+}
 DEFAULT_OUT = RESULTS_DIR / "tune-enrolment.jsonl"
 
 
@@ -100,19 +128,19 @@ def base_errors(engine: Any, speaker: SpeakerData, cache: Path) -> list[int]:
     return errors
 
 
-def pool_bank(model_dir: Path, tuned: Sequence[str], router: str, cache: Path) -> Path:
-    """The expert bank of every pool speaker not in `tuned` (built once; cached)."""
+def pool_bank(model_dir: Path, tuned: Sequence[str], spec: BankSpec, cache: Path) -> Path:
+    """The expert bank of the pool speakers not in `tuned` (built once; cached)."""
     from app.engine.adaptation.files import dump_any
     from app.engine.training import Utterance
     from app.engine.training.bank import BankConfig, PoolSpeaker, build_bank
 
     names = sorted(speechocean.pool_speakers(10_000))
-    others = [name for name in names if name not in set(tuned)]
+    others = [name for name in names if name not in set(tuned)][: spec.pool]
     suite = speechocean.build_suite("pool", others)
     stamp = hashlib.sha256(
-        f"{sorted(others)}|{router}|{_engine_source_digest()}".encode()
+        f"{sorted(others)}|{_bank_key(spec)}|{_engine_source_digest()}".encode()
     ).hexdigest()[:16]
-    path = cache / f"bank-{router}-{stamp}.safetensors"
+    path = cache / f"bank-{spec.router}-{stamp}.safetensors"
     if path.exists():
         return path
     speakers = [
@@ -120,13 +148,23 @@ def pool_bank(model_dir: Path, tuned: Sequence[str], router: str, cache: Path) -
         for name, data in suite.speakers.items()
     ]
     started = time.perf_counter()
-    config = BankConfig(threads=2, router="depthwise" if router == "depthwise" else "conv")
+    config = BankConfig(
+        threads=2,
+        router="depthwise" if spec.router == "depthwise" else "conv",
+        experts=spec.experts,
+        rank=spec.rank,
+    )
     result = build_bank(model_dir, speakers, config)
     path.write_bytes(dump_any(result.bank))
     report = {**result.metrics, "wall_seconds": round(time.perf_counter() - started, 1)}
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(f"bank from {len(speakers)} speakers: {report}", file=sys.stderr, flush=True)
     return path
+
+
+def _bank_key(spec: BankSpec) -> str:
+    """The router alone for the authors' shape (the key older cached banks were made with)."""
+    return spec.router if spec == BankSpec(router=spec.router) else repr(spec)
 
 
 def _engine_source_digest() -> str:
@@ -268,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache.mkdir(exist_ok=True)
     tuned = speechocean.pool_speakers(args.speakers)
     banks = {
-        config: pool_bank(model_dir, tuned, BANK_ROUTERS[config], cache)
+        config: pool_bank(model_dir, tuned, BANKS[config], cache)
         for config in configs
         if CONFIGS[config].get("method") == "saml"
     }

@@ -2,19 +2,27 @@
 from a pool of speakers. Tiny shapes: the loop, not the accuracy (that is bench/enrolment.py)."""
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
 
 from app.engine.adaptation.files import dump_any, load_any
+from app.engine.adaptation.saml.config import SamlConfig
 from app.engine.adaptation.saml.file import load_saml
 from app.engine.adaptation.saml.weights import SamlWeights
 from app.engine.training.bank import BankConfig, PoolSpeaker, build_bank
 from app.engine.training.config import TrainingConfig
 from app.engine.training.data import Utterance
 from app.engine.training.gate import GateConfig
-from app.engine.training.trainer import ServedNow, ServingNumerics, train_with_gate
+from app.engine.training.trainer import (
+    ServedNow,
+    ServingNumerics,
+    train_adapter,
+    train_with_gate,
+)
 from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 from tests.support.adapters import random_saml
@@ -114,3 +122,34 @@ def test_a_bank_starts_each_expert_from_one_speaker_then_trains_the_mixture(
     assert progress[-1] == 1.0
     b = next(t for n, t in bank.tensors.items() if n.endswith("experts_B"))
     assert not torch.equal(b[0], b[1]), "each expert learned its own speaker"
+
+
+@pytest.mark.parametrize("trained", ["routers", "experts"])
+def test_a_speaker_may_adapt_the_routers_or_the_experts_alone(
+    tiny_en_dir: Path, nf4_engine: WhisperEngine, trained: Literal["routers", "experts"]
+) -> None:
+    bank = random_saml(nf4_engine, 4, experts=3, window="fit")
+
+    result = train_adapter(
+        tiny_en_dir, voice("de")[:2], [], replace(TINY_SAML, saml_trained=trained), bank=bank
+    )
+
+    moved = {n for n in bank.tensors if not torch.equal(bank.tensors[n], result.adapter.tensors[n])}
+    assert moved
+    assert all(n.startswith("routers.") == (trained == "routers") for n in moved)
+
+
+def test_a_bank_of_rank_two_experts_keeps_samls_scale(
+    tiny_en_dir: Path, nf4_engine: WhisperEngine
+) -> None:
+    speakers = [PoolSpeaker("german", voice("de")[:2]), PoolSpeaker("french", voice("fr")[:2])]
+
+    result = build_bank(
+        tiny_en_dir, speakers, BankConfig(experts=2, rank=2, expert_epochs=1, epochs=1)
+    )
+
+    bank = load_saml(dump_any(result.bank))
+    assert (bank.config.rank, bank.config.scale) == (2, SamlConfig().scale)
+    a = next(t for n, t in bank.tensors.items() if n.endswith("experts_A"))
+    assert a.shape[:2] == (2, 2)
+    nf4_engine.check_adapter(bank)

@@ -45,6 +45,8 @@ class PoolSpeaker:
 @dataclass(frozen=True, slots=True)
 class BankConfig:
     experts: int = 10
+    rank: int = 1
+    """Of each expert (the authors' are rank 1); SAML's scale stays alpha / rank = 4."""
     """At most this many (one per speaker, the speakers with the most recordings first)."""
     router: RouterKind = "depthwise"
     """As `SamlConfig.router` (docs/tuning/saml.md)."""
@@ -56,7 +58,13 @@ class BankConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.experts < 2 or self.expert_epochs < 1 or self.epochs < 1 or self.threads < 1:
+        if (
+            self.experts < 2
+            or self.rank < 1
+            or self.expert_epochs < 1
+            or self.epochs < 1
+            or self.threads < 1
+        ):
             raise ValueError("a bank needs >= 2 experts and >= 1 epoch of each stage")
 
 
@@ -133,10 +141,10 @@ def build_bank(
 
 
 def _expert_config(config: BankConfig) -> TrainingConfig:
-    """Each expert: a rank-1 LoRA with SAML's scale on every attention projection."""
-    shape = SamlConfig()
+    """Each expert: a LoRA of the bank's rank with SAML's scale on every attention projection."""
+    shape = _shape(config, experts=2)
     return TrainingConfig(
-        rank=1,
+        rank=shape.rank,
         alpha=shape.alpha,
         dropout=shape.dropout,
         targets=ATTENTION_TARGETS,
@@ -149,10 +157,17 @@ def _expert_config(config: BankConfig) -> TrainingConfig:
 def _mixture_config(config: BankConfig, experts: int) -> TrainingConfig:
     return TrainingConfig(
         method="saml",
-        saml=SamlConfig(experts=experts, router=config.router),
+        saml=_shape(config, experts),
         epochs=config.epochs,
         seed=config.seed,
         threads=config.threads,
+    )
+
+
+def _shape(config: BankConfig, experts: int) -> SamlConfig:
+    scale = SamlConfig().scale
+    return SamlConfig(
+        experts=experts, rank=config.rank, alpha=scale * config.rank, router=config.router
     )
 
 

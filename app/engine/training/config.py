@@ -53,6 +53,9 @@ class TrainingConfig:
     """SAML's experts."""
     epoch_decay: float = 0.9
     """SAML's learning rates are multiplied by this after every epoch."""
+    saml_trained: Literal["both", "routers", "experts"] = "both"
+    """What a SAML adaptation updates: the authors adapt routers and experts in turn; routers
+    alone keep the bank's experts (fewer free parameters for a small enrolment)."""
     language: str = "en"
     """Language token of the decoder prefix (multilingual models only)."""
 

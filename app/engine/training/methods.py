@@ -117,10 +117,7 @@ class SamlAdaptation:
     def optimisers(self, steps_per_epoch: int) -> list[tuple[torch.optim.Optimizer, Schedule]]:
         config = self._config
         built: list[tuple[torch.optim.Optimizer, Schedule]] = []
-        for parameters, rate in (
-            (list(self._model.router_parameters()), config.router_learning_rate),
-            (list(self._model.expert_parameters()), config.expert_learning_rate),
-        ):
+        for parameters, rate in self._groups():
             optimiser = torch.optim.AdamW(parameters, lr=rate, weight_decay=config.weight_decay)
             # Each optimiser takes every other step: its schedule decays once per epoch.
             period = max(1, steps_per_epoch // 2)
@@ -129,7 +126,22 @@ class SamlAdaptation:
         return built
 
     def parameters(self) -> list[Tensor]:
-        return [*self._model.router_parameters(), *self._model.expert_parameters()]
+        return [parameter for parameters, _ in self._groups() for parameter in parameters]
+
+    def _groups(self) -> list[tuple[list[Tensor], float]]:
+        """The parameters trained, each group with its learning rate."""
+        config, model = self._config, self._model
+        routers: list[Tensor] = list(model.router_parameters())
+        experts: list[Tensor] = list(model.expert_parameters())
+        groups = {
+            "both": [
+                (routers, config.router_learning_rate),
+                (experts, config.expert_learning_rate),
+            ],
+            "routers": [(routers, config.router_learning_rate)],
+            "experts": [(experts, config.expert_learning_rate)],
+        }
+        return groups[config.saml_trained]
 
     def set_dropout(self, active: bool) -> None:
         self._model.set_dropout(active)
