@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from app.config import Settings
+from app.engine.memory_plan import SlotSizing
 from app.engine.model_import import (
     check_model_dir,
     import_bundled_model,
@@ -11,6 +12,9 @@ from app.engine.model_import import (
 )
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.whisper import LongformPolicy, WhisperEngine
+
+MAX_ROWS_PER_REQUEST = 8
+"""The API's largest beam (`api.audio.MAX_BEAM_SIZE`) and the default long-form batch."""
 
 
 def check_model_path(settings: Settings) -> None:
@@ -32,6 +36,15 @@ def resolve_model_dir(settings: Settings) -> Path:
     return path
 
 
+def resident_slots(settings: Settings) -> int | SlotSizing:
+    """The configured adapter pool, or how to size it: every request of a full batch may run
+    `MAX_ROWS_PER_REQUEST` decoder rows (beams, or windows of batched long-form)."""
+    if settings.adapters.resident_slots is not None:
+        return settings.adapters.resident_slots
+    batch = settings.queue.max_batch_size
+    return SlotSizing(rows=batch * MAX_ROWS_PER_REQUEST, minimum=batch)
+
+
 def load_recognizer(settings: Settings) -> SpeechRecognizer:
     return WhisperEngine.load(
         resolve_model_dir(settings),
@@ -39,7 +52,7 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
         device=settings.model.device,
         threads=settings.model.threads,
         lora=settings.adapters.enabled,
-        resident_slots=settings.adapters.resident_slots,
+        resident_slots=resident_slots(settings),
         dtype=settings.model.compute_dtype,
         base_window=settings.model.encoder_window,
         longform=LongformPolicy(
