@@ -74,7 +74,7 @@ GPU_PLAN = Plan(
     adapter_counts=(1, 32, 256),
     requests=256,
     batch=64,
-    clip_s=4.0,
+    clip_s=3.0,
     train_utterances=16,
     train_epochs=2,
 )
@@ -247,15 +247,19 @@ def device_memory(engine: Any) -> dict[str, int]:
     }
 
 
-def throughput(engine: Any, plan: Plan) -> dict[str, Any]:
+def throughput(engine: Any, plan: Plan, report: Report) -> dict[str, Any]:
+    """Each load in turn, saved after each (a timeout keeps them), while time is left."""
     audio = [bursts(plan.clip_s, seed) for seed in range(plan.requests)]
     serve(engine, audio[: plan.batch], [None] * plan.batch, plan.batch)  # warm-up
     loads: dict[str, list[Any]] = {"base": [None] * plan.requests}
     for count in plan.adapter_counts:
         distinct = lora_adapters(engine, count)
         loads[f"lora x{count}"] = [distinct[i % count] for i in range(plan.requests)]
-    results = {}
+    results: dict[str, Any] = {}
     for name, adapters in loads.items():
+        if not report.in_time():
+            results[name] = {"skipped": "out of time (--budget-s)"}
+            continue
         wall = serve(engine, audio, adapters, plan.batch)
         stats = engine.slot_stats()
         results[name] = {
@@ -266,6 +270,7 @@ def throughput(engine: Any, plan: Plan) -> dict[str, Any]:
             "memory": device_memory(engine),
         }
         log(f"{name}: {plan.requests / wall:.2f} requests/s")
+        report.put("throughput", results)
     return results
 
 
@@ -311,50 +316,87 @@ def faster_whisper(plan: Plan) -> dict[str, Any]:
     return {"model": "tiny.en", "compute_type": compute, "requests_per_s": plan.requests / wall}
 
 
-def step(report: dict[str, Any], name: str, work: Callable[[], Any]) -> Any:
-    """Runs one step; a failure is recorded and the next step still runs."""
-    started = time.perf_counter()
-    try:
-        value = work()
-    except Exception as exc:
-        traceback.print_exc()
-        report["steps"][name] = {"error": f"{type(exc).__name__}: {exc}"}
-        return None
-    report["steps"][name] = {"ok": True, "seconds": round(time.perf_counter() - started, 2)}
-    return value
+class Report:
+    """The JSON report, written again after every step (a step cut off by a timeout leaves the
+    earlier ones)."""
+
+    def __init__(self, out: Path, data: dict[str, Any], budget_s: float | None) -> None:
+        self.out = out
+        self.data = data
+        self._deadline = None if budget_s is None else time.monotonic() + budget_s
+
+    def in_time(self) -> bool:
+        return self._deadline is None or time.monotonic() < self._deadline
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        write_json(self.out, self.data)
+
+    def step(self, name: str, work: Callable[[], Any]) -> Any:
+        """Runs one step; a failure is recorded and the next step still runs."""
+        if not self.in_time():
+            self.data["steps"][name] = {"skipped": "out of time (--budget-s)"}
+            write_json(self.out, self.data)
+            return None
+        started = time.perf_counter()
+        try:
+            value = work()
+        except Exception as exc:
+            traceback.print_exc()
+            self.data["steps"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            value = None
+        else:
+            seconds = round(time.perf_counter() - started, 2)
+            self.data["steps"][name] = {"ok": True, "seconds": seconds}
+        write_json(self.out, self.data)
+        return value
 
 
-def run(plan: Plan, files: Path, work_dir: Path, only: set[str]) -> dict[str, Any]:
+def run(plan: Plan, files: Path, work_dir: Path, only: set[str], report: Report) -> dict[str, Any]:
     shape = served_shape(plan.shape, files)
-    report: dict[str, Any] = {
+    data: dict[str, Any] = {
         "benchmark": "gpu_bench",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
         "plan": {**asdict(plan), "shape": asdict(shape)},
         "steps": {},
     }
-    model_dir = step(
-        report, "checkpoint", lambda: random_checkpoint(files, shape, work_dir / "model")
+    report.data.update(data)
+    data = report.data
+    model_dir = report.step(
+        "checkpoint", lambda: random_checkpoint(files, shape, work_dir / "model")
     )
     if model_dir is None:
-        return report
+        return data
     if "throughput" in only:
-        engine = step(report, "load", lambda: load_engine(model_dir, plan.device, plan.batch))
+        engine = report.step("load", lambda: load_engine(model_dir, plan.device, plan.batch))
         if engine is not None:
-            report["memory_plan"] = {
+            data["memory_plan"] = {
                 "nf4_weight_bytes": nf4_weight_bytes(shape),
                 "loaded_weight_bytes": engine.info.weight_bytes,
                 "lora_slot_bytes": lora_slot_bytes(shape, 8),
                 "resident_slots": engine.slot_stats().capacity,
                 "after_load": device_memory(engine),
             }
-            report["throughput"] = step(report, "throughput", lambda: throughput(engine, plan))
-            del engine
+            report.step("throughput", lambda: throughput(engine, plan, report))
+            del engine  # its device memory goes back before training loads its own
+            _release_device_memory()
     if "training" in only:
-        report["training"] = step(report, "training", lambda: training(model_dir, plan))
+        report.put("training", report.step("training", lambda: training(model_dir, plan)))
     if "faster_whisper" in only:
-        report["faster_whisper"] = step(report, "faster_whisper", lambda: faster_whisper(plan))
-    return report
+        fw = report.step("faster_whisper", lambda: faster_whisper(plan))
+        report.put("faster_whisper", fw)
+    return data
+
+
+def _release_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def served_shape(shape: WhisperShape, files: Path) -> WhisperShape:
@@ -400,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shape", choices=[s.name for s in SHAPES], help="GPU: large-v3-turbo")
     parser.add_argument("--steps", default="throughput,training,faster_whisper")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--budget-s", type=float, help="start no step nor load after this")
     args = parser.parse_args(argv)
     if args.export_model_files:
         model_files(args.export_model_files)
@@ -409,10 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = replace(plan, shape=next(s for s in SHAPES if s.name == args.shape))
     with tempfile.TemporaryDirectory() as scratch:
         files = args.model_files or model_files(Path(scratch) / "files")
-        report = run(plan, files, Path(scratch), set(args.steps.split(",")))
-    write_json(args.out, report)
-    print_table(["load", "requests/s", "audio s/s", "vs base"], summary(report))
-    failed = [name for name, s in report["steps"].items() if "error" in s]
+        report = Report(args.out, {"steps": {}}, args.budget_s)
+        run(plan, files, Path(scratch), set(args.steps.split(",")), report)
+    print_table(["load", "requests/s", "audio s/s", "vs base"], summary(report.data))
+    failed = [name for name, step in report.data["steps"].items() if "error" in step]
     if failed:
         log(f"failed steps: {', '.join(failed)}")
     return 1 if failed else 0
