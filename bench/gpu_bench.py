@@ -129,7 +129,9 @@ def random_checkpoint(files: Path, shape: WhisperShape, dest: Path) -> Path:
     )
     config.pop("quantization_config", None)
     torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(WhisperConfig(**config)).to(torch.float16)
+    # Initialised on the GPU where there is one: a large model's random init is minutes on a CPU.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = WhisperForConditionalGeneration(WhisperConfig(**config)).to(torch.float16)
     model.save_pretrained(dest)
     return dest
 

@@ -65,7 +65,7 @@ PY
     export PQM_GPU_MODEL_FILES=$PWD/.whl/tiny.en
     BENCH_ARGS=(--model-files .whl/tiny.en)
     PYTEST_SECONDS=140
-    BENCH_SECONDS=230
+    BENCH_SECONDS=220
 else
     export PYTHONPATH=$PWD
     BENCH_ARGS=(--cpu-smoke)
