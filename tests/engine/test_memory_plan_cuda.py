@@ -13,12 +13,16 @@ from app.engine.adaptation.lora.bank import LoraBanks
 from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.adaptation.lora.layer import inject_lora
 from app.engine.adaptation.registry import adaptable_projections
+from app.engine.adaptation.rows import BASE_ROW
+from app.engine.decoder_pass import DecodeBatch, OutputHead
 from app.engine.dense import compute_dtype
-from app.engine.device_slots import resident_slots_for, slot_costs
+from app.engine.device_slots import KV_BYTES, resident_slots_for, slot_costs
 from app.engine.loading import load_model, weight_bytes
 from app.engine.memory_plan import (
     SlotSizing,
     WhisperShape,
+    kv_cross_bytes,
+    kv_token_bytes,
     lora_slot_bytes,
     nf4_weight_bytes,
     size_resident_slots,
@@ -89,3 +93,24 @@ def test_the_pool_is_sized_from_free_device_memory(checkpoint: tuple[Path, Whisp
 
     assert slots == size_resident_slots(free, slot_costs(shape, dtype), sizing)
     assert sizing.minimum <= slots <= sizing.maximum
+
+
+def test_a_decoder_rows_kv_on_the_device_matches_the_plan(
+    checkpoint: tuple[Path, WhisperShape],
+) -> None:
+    model_dir, shape = checkpoint
+    model: Any = load_model(model_dir, precision="nf4", device="cuda").model
+    dtype = compute_dtype("nf4", torch.device("cuda"), "auto")
+    batch = DecodeBatch(model, OutputHead(model, dtype), dtype)
+    encoded = torch.randn(shape.source_positions, shape.d_model, device="cuda")
+    prefix, capacity = [50257, 50362], 100
+    batch.add(encoded, prefix, BASE_ROW, capacity, [1])  # builds the compute weights once
+
+    before = _allocated()
+    logits = batch.add(encoded, prefix, BASE_ROW, capacity, [1])
+    del logits
+    held = _allocated() - before
+
+    planned = kv_token_bytes(shape, KV_BYTES) * (len(prefix) + capacity)
+    planned += kv_cross_bytes(shape, KV_BYTES)
+    assert held == pytest.approx(planned, rel=TOLERANCE)
