@@ -13,8 +13,8 @@ from app.engine.model_import import (
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.whisper import LongformPolicy, WhisperEngine
 
-MAX_ROWS_PER_REQUEST = 8
-"""The API's largest beam (`api.audio.MAX_BEAM_SIZE`) and the default long-form batch."""
+MAX_BEAM_ROWS = 8
+"""The API's largest beam (`api.audio.MAX_BEAM_SIZE`): a request's decoder rows."""
 
 
 def check_model_path(settings: Settings) -> None:
@@ -38,11 +38,12 @@ def resolve_model_dir(settings: Settings) -> Path:
 
 def resident_slots(settings: Settings) -> int | SlotSizing:
     """The configured adapter pool, or how to size it: every request of a full batch may run
-    `MAX_ROWS_PER_REQUEST` decoder rows (beams, or windows of batched long-form)."""
+    its widest beam's rows or its batched long-form windows at once."""
     if settings.adapters.resident_slots is not None:
         return settings.adapters.resident_slots
     batch = settings.queue.max_batch_size
-    return SlotSizing(rows=batch * MAX_ROWS_PER_REQUEST, minimum=batch)
+    rows = max(MAX_BEAM_ROWS, settings.longform.batch_windows)
+    return SlotSizing(rows=batch * rows, minimum=batch)
 
 
 def load_recognizer(settings: Settings) -> SpeechRecognizer:

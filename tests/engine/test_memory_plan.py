@@ -25,7 +25,7 @@ from app.engine.memory_plan import (
     size_resident_slots,
 )
 from app.engine.whisper import WhisperEngine
-from app.services.model_loading import MAX_ROWS_PER_REQUEST, resident_slots
+from app.services.model_loading import MAX_BEAM_ROWS, resident_slots
 from bench.memory_report import SHAPES
 from tests.support.adapters import random_adapter, random_saml
 from tests.support.whisper_family import FAMILIES
@@ -138,14 +138,17 @@ def test_the_cpu_keeps_a_fixed_pool(nf4_engine: WhisperEngine) -> None:
 
 def test_settings_size_the_pool_unless_they_set_it(tmp_path: Path) -> None:
     open_pool = Settings(data_dir=tmp_path, queue={"max_batch_size": 4})
-    assert resident_slots(open_pool) == SlotSizing(rows=4 * MAX_ROWS_PER_REQUEST, minimum=4)
+    assert resident_slots(open_pool) == SlotSizing(rows=4 * 8, minimum=4)
+    long_batches = Settings(
+        data_dir=tmp_path, queue={"max_batch_size": 4}, longform={"batch_windows": 12}
+    )
+    assert resident_slots(long_batches) == SlotSizing(rows=4 * 12, minimum=4)
 
     fixed = Settings(data_dir=tmp_path, adapters={"resident_slots": 12})
     assert resident_slots(fixed) == 12
 
 
-def test_rows_per_request_cover_the_widest_beam_and_long_form_batch() -> None:
+def test_beam_rows_are_the_apis_widest_beam() -> None:
     from app.api.audio import MAX_BEAM_SIZE
-    from app.config import LongformSettings
 
-    assert max(MAX_BEAM_SIZE, LongformSettings().batch_windows) == MAX_ROWS_PER_REQUEST
+    assert MAX_BEAM_ROWS == MAX_BEAM_SIZE
