@@ -2,7 +2,7 @@
 # Fills .whl/ (git-ignored) with what the lent GPU machine lacks, for bench/gpu_check.sh:
 #   * the wheels of bench/gpu_wheels.txt for CPython 3.12 on x86-64 Linux, without their
 #     dependencies (the machine has the rest: torch, transformers, numpy, pytest, ...);
-#   * bitsandbytes slimmed to its CPU and CUDA 13 libraries (43 MB -> about 3 MB; the machine's
+#   * bitsandbytes slimmed to its CPU and CUDA 13 libraries (43 MB -> 7 MB; the machine's
 #     torch is built for CUDA 13.0), its RECORD rewritten to match;
 #   * .whl/tiny.en/: the bundled tiny.en's configuration and tokenizer without its weights (the
 #     75 MB model package does not fit in a call's 64 MiB; bench.gpu_bench builds random
