@@ -76,9 +76,11 @@ class AdapterCacheSettings(SettingsGroup):
 
     enabled: bool = True
     """Serve personalised adapters at all; `false` runs the bare base model (no LoRA banks)."""
-    resident_slots: int = Field(default=16, ge=1)
-    """Adapters held in the model's LoRA banks (device memory), least recently used evicted;
-    at least `queue.max_batch_size`, so that a full batch of different users fits."""
+    resident_slots: int | None = Field(default=None, ge=1)
+    """Adapters held in the model's banks (device memory), least recently used evicted; at
+    least `queue.max_batch_size`, so that a full batch of different users fits. Unset: 16 on
+    the CPU; on CUDA, as many as fit in the device memory left free once the model is loaded,
+    beside the KV caches of a full batch (`engine.memory_plan`)."""
     host_cache_mb: int = Field(default=128, ge=1)
     """Budget for deserialised adapters in host memory, least recently used evicted; adapter
     loads in flight (the file and its parsed copy) count against it too."""
@@ -187,7 +189,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _slots_fit_a_batch(self) -> "Settings":
-        if self.adapters.resident_slots < self.queue.max_batch_size:
+        slots = self.adapters.resident_slots
+        if slots is not None and slots < self.queue.max_batch_size:
             raise ValueError(
                 "adapters.resident_slots must be at least queue.max_batch_size "
                 f"({self.adapters.resident_slots} < {self.queue.max_batch_size})"

