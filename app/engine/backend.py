@@ -5,11 +5,15 @@ The passes and the engine ask their backend, never the device type, for:
 * a weight prepared for many small products (`pack`): on the CPU, oneDNN's blocked layout,
   which a decoder step would otherwise pay for at every call; on CUDA nothing (cuBLAS reads
   the plain weight);
-* how a decode batch adds its rows' adapters (`row_adapters`): per request on the CPU, where
-  it measured faster at the batch sizes a CPU serves and keeps every row's bits independent of
-  its batch (`docs/benchmarks/adapter_matmul.json`); gathered into batched matmuls on CUDA;
-* giving freed memory back when the engine goes idle: glibc's heap on the CPU (`memory`), the
-  caching allocator's free blocks on CUDA (for a training process on the same GPU).
+* how a decode batch adds its rows' adapters (`row_adapters`): gathered into batched matmuls
+  on CUDA; per request on the CPU. On a CPU gathered measured faster per step at one request
+  and mostly from four, slower at two, and far dearer whenever the batch's rows change
+  (`docs/benchmarks/adapter_matmul.json`); but there a row's bits vary with the batch's row
+  count and padded rank (shape cases counted in the same file), and the CPU promises a request
+  the very bits it gets alone, which per request keeps: a request's own shapes in any batch;
+* giving freed memory back: glibc's heap on the CPU (`memory`), also while busy; on CUDA the
+  caching allocator's free blocks once the engine goes idle (for a training process on the
+  same GPU).
 """
 
 from dataclasses import dataclass
@@ -50,7 +54,8 @@ class ComputeBackend(Protocol):
 
     def row_adapters(self) -> RowAdapters: ...
 
-    def release_free_memory(self) -> None: ...
+    def release_free_memory(self, *, idle: bool) -> None:
+        """Between rounds now and then, and once when the engine goes `idle`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,7 @@ class CpuBackend:
     def row_adapters(self) -> RowAdapters:
         return row_adapters(self.adapter_rows, self.device)
 
-    def release_free_memory(self) -> None:
+    def release_free_memory(self, *, idle: bool) -> None:
         release_free_memory()
 
 
@@ -126,8 +131,9 @@ class CudaBackend:
     def row_adapters(self) -> RowAdapters:
         return row_adapters(self.adapter_rows, self.device)
 
-    def release_free_memory(self) -> None:
-        torch.cuda.empty_cache()
+    def release_free_memory(self, *, idle: bool) -> None:
+        if idle:  # while busy, the freed blocks are about to be used again
+            torch.cuda.empty_cache()
 
 
 def backend_for(

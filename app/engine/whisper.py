@@ -466,7 +466,7 @@ class WhisperEngine:
         with self._lock:
             if idle and not self._decoder.active:
                 self._decoder.release()
-            self._backend.release_free_memory()
+            self._backend.release_free_memory(idle=idle)
 
     def _start_jobs(self, tasks: list[TranscriptionTask]) -> None:
         new = [t for t in tasks if t.job is not None and not t.decoding and not t.done]

@@ -73,6 +73,8 @@ class WorkerContext:
     """Where adapters are checked before they are stored (the inference thread)."""
     model_dir: Path
     precision: Precision
+    device: str
+    """The served model's device setting (`auto`, `cpu`, `cuda`): training runs there too."""
     numerics: ServingNumerics
     """How serving computes: the gate transcribes the same way."""
     settings: EnrolmentSettings
@@ -93,6 +95,7 @@ class WorkerContext:
             scheduler=scheduler,
             model_dir=resolve_model_dir(settings),
             precision=settings.model.precision,
+            device=settings.model.device,
             numerics=ServingNumerics(
                 compute_dtype=settings.model.compute_dtype,
                 base_window=settings.model.encoder_window,
