@@ -4,10 +4,11 @@ The batch is a sequence of *groups*: the rows of one request (its beam hypothese
 joined together and so share a prefix length, a cache length and an encoder length. Every
 step feeds one token per row. The projections, nearly all of the work, run over all rows at
 once, each row with its adapter's low-rank factors (a LoRA adapter's, or a SAML adapter's mixture,
-resolved while the request's prefix runs); attention runs per group, so no row ever sees
-padding or another row's lengths. With row-independent matmuls (see `projections`), a row's
-logits are the same bits whether it is decoded alone or with others, whenever it joined:
-batching never changes a transcript.
+resolved while the request's prefix runs, then added as the backend's `row_adapters` add them);
+attention runs per group, so no row ever sees padding or another row's lengths. On the CPU,
+with row-independent matmuls (see `projections`), a row's logits are the same bits whether it
+is decoded alone or with others, whenever it joined: batching never changes a transcript. On
+CUDA they are the same within a bound (`tests/engine/test_cuda.py` states and tests it).
 
 A request joins with a prefix pass over its own rows (`add`), leaves when its search ends
 (`keep` drops its rows, or reorders them for beam search). The decoder's weights are

@@ -13,7 +13,8 @@ Row independence (the transcript of a request must not depend on its neighbours)
   request's own pass, as `RowSpan`s here;
 * attention (in the passes) runs per group of rows with identical shapes.
 Rows are views at offsets that are multiples of the model width (a multiple of 16 floats in
-every Whisper), so every row starts as aligned as a tensor of its own.
+every Whisper), so every row starts as aligned as a tensor of its own. (On CUDA these rules do
+not make a row's bits independent of its batch: cuBLAS picks kernels by shape.)
 """
 
 from collections.abc import Callable, Sequence
