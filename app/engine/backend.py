@@ -5,6 +5,8 @@ The passes and the engine ask their backend, never the device type, for:
 * a weight prepared for many small products (`pack`): on the CPU, oneDNN's blocked layout,
   which a decoder step would otherwise pay for at every call; on CUDA nothing (cuBLAS reads
   the plain weight);
+* how many rows of different requests one matmul may take (`max_rows`): on the CPU as many as
+  oneDNN keeps independent of each other (`dense.INVARIANT_ROWS`), on CUDA all of them;
 * how a decode batch adds its rows' adapters (`row_adapters`): gathered into batched matmuls
   on CUDA; per request on the CPU. On a CPU gathered measured faster per step at one request
   and mostly from four, slower at two, and far dearer whenever the batch's rows change
@@ -22,6 +24,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from app.engine.dense import INVARIANT_ROWS
 from app.engine.memory import release_free_memory
 from app.engine.row_adapters import AdapterRowsKind, RowAdapters, row_adapters
 
@@ -48,6 +51,10 @@ class ComputeBackend(Protocol):
     def device(self) -> torch.device: ...
 
     def fast_bf16(self) -> bool: ...
+
+    @property
+    def max_rows(self) -> int | None:
+        """Most rows of different requests one base matmul may take (None: any)."""
 
     def pack(self, weight: Tensor) -> PackedWeight | None:
         """`weight` [out, in] prepared for repeated products with few rows, or None."""
@@ -107,6 +114,10 @@ class CpuBackend:
     def fast_bf16(self) -> bool:
         return torch.cpu._is_avx512_bf16_supported()
 
+    @property
+    def max_rows(self) -> int | None:
+        return INVARIANT_ROWS  # what keeps oneDNN's rows independent of each other
+
     def pack(self, weight: Tensor) -> PackedWeight | None:
         return OneDnnWeight.of(weight)
 
@@ -124,6 +135,10 @@ class CudaBackend:
 
     def fast_bf16(self) -> bool:
         return bool(torch.cuda.is_bf16_supported())
+
+    @property
+    def max_rows(self) -> int | None:
+        return None
 
     def pack(self, weight: Tensor) -> PackedWeight | None:
         return None

@@ -16,7 +16,7 @@ dequantised once while the engine is busy (not once per token, nor once per requ
 `release`); each group preallocates the self-attention cache it can need.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from torch.nn import functional
 
 from app.engine.adaptation.lora.bank import Factors
 from app.engine.adaptation.rows import BankSlot, RowAdapter
-from app.engine.backend import ComputeBackend, PackedWeight
+from app.engine.backend import ComputeBackend
 from app.engine.projections import BaseWeights, Projection, fused, fused_factors, slot_factors
 from app.engine.row_adapters import LayerFactors, RowAdapters, RowSpan
 
@@ -45,7 +45,7 @@ class OutputHead:
     def __init__(self, model: Any, dtype: torch.dtype, backend: ComputeBackend) -> None:
         weight: Tensor = model.proj_out.weight
         weight = weight if weight.dtype == dtype else weight.detach().to(dtype)
-        self._projection = Projection(weight, None, packed=backend.pack(weight))
+        self._projection = Projection(weight, None, backend.pack(weight), backend.max_rows)
         self._own = weight is model.proj_out.weight
 
     @property
@@ -75,16 +75,17 @@ def _modules(layer: Any) -> dict[str, Any]:
 
 
 def _base_projections(
-    layer: Any, dtype: torch.dtype, pack: Callable[[Tensor], PackedWeight | None]
+    layer: Any, dtype: torch.dtype, backend: ComputeBackend
 ) -> dict[str, Projection]:
     """One layer's dense compute weights; q/k/v of self-attention stacked into one; the
     projections of every step packed by the backend."""
     own = layer.self_attn
     qkv = fused([BaseWeights.of(m) for m in (own.q_proj, own.k_proj, own.v_proj)])
-    built = {"self_qkv": Projection.build(qkv, dtype, pack=pack)}
+    rows = backend.max_rows
+    built = {"self_qkv": Projection.build(qkv, dtype, pack=backend.pack, max_rows=rows)}
     for name, module in _modules(layer).items():
-        stepped = pack if name in _STEPPED else None
-        built[name] = Projection.build(BaseWeights.of(module), dtype, pack=stepped)
+        pack = backend.pack if name in _STEPPED else None
+        built[name] = Projection.build(BaseWeights.of(module), dtype, pack=pack, max_rows=rows)
     return built
 
 
@@ -286,8 +287,8 @@ class DecodeBatch:
 
     def _dense_weights(self) -> list[dict[str, Projection]]:
         if self._weights is None:
-            pack = self._backend.pack
-            self._weights = [_base_projections(layer, self._dtype, pack) for layer in self._layers]
+            dtype, backend = self._dtype, self._backend
+            self._weights = [_base_projections(layer, dtype, backend) for layer in self._layers]
         return self._weights
 
     def _forward(

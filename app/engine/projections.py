@@ -60,6 +60,8 @@ class Projection:
     bias: Tensor | None
     packed: PackedWeight | None = None
     """`weight` packed for repeated small products (decoder steps), where the backend does."""
+    max_rows: int | None = INVARIANT_ROWS
+    """Most rows of different requests one matmul may take (None: any), as the backend says."""
 
     @classmethod
     def build(
@@ -69,18 +71,19 @@ class Projection:
         merged: Tensor | None = None,
         *,
         pack: Callable[[Tensor], PackedWeight | None] | None = None,
+        max_rows: int | None = INVARIANT_ROWS,
     ) -> "Projection":
         """`merged`: an adapter's [out, in] update folded into the weight (one request).
         `pack`: the backend's packing, for a projection applied many times to few rows."""
         weight = (base.weight if merged is None else base.weight + merged).to(dtype)
         bias = None if base.bias is None else base.bias.to(dtype)
-        return cls(weight, bias, None if pack is None else pack(weight))
+        return cls(weight, bias, None if pack is None else pack(weight), max_rows)
 
     def __call__(self, x: Tensor, *, chunked: bool = True, lora: Sequence[RowSpan] = ()) -> Tensor:
         """[rows, tokens, in] float32 -> [rows, tokens, out] float32
 
         `chunked`: the rows belong to different requests, so no matmul may see more than
-        `INVARIANT_ROWS` of them; one request's rows (an encoder window) go through whole.
+        `max_rows` of them; one request's rows (an encoder window) go through whole.
         `lora`: the adapted requests' rows and factors (rows of no span get the base model).
         """
         output = self._base(x, chunked)
@@ -103,8 +106,8 @@ class Projection:
         inputs = x.to(self.weight.dtype)
         if self.packed is not None:
             output = self._packed(inputs)
-        elif chunked:
-            output = _linear(inputs, self.weight, self.bias)
+        elif chunked and self.max_rows is not None:
+            output = _linear(inputs, self.weight, self.bias, self.max_rows)
         else:
             output = functional.linear(inputs, self.weight, self.bias)
         return output.float()
@@ -117,12 +120,12 @@ class Projection:
         return output.reshape(*x.shape[:-1], self.weight.shape[0])
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """`x @ weight.T + bias`, in chunks of at most `INVARIANT_ROWS` rows."""
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, max_rows: int) -> Tensor:
+    """`x @ weight.T + bias`, in chunks of at most `max_rows` rows."""
     rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] <= INVARIANT_ROWS:
+    if rows.shape[0] <= max_rows:
         return functional.linear(x, weight, bias)
-    chunks = [functional.linear(chunk, weight, bias) for chunk in torch.split(rows, INVARIANT_ROWS)]
+    chunks = [functional.linear(chunk, weight, bias) for chunk in torch.split(rows, max_rows)]
     return torch.cat(chunks).reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -5,6 +5,7 @@ import torch
 from torch.nn import functional
 
 from app.engine.backend import CpuBackend, CudaBackend, OneDnnWeight, backend_for
+from app.engine.dense import INVARIANT_ROWS
 from app.engine.row_adapters import Gathered, PerRequest
 
 
@@ -13,6 +14,7 @@ def test_the_cpu_packs_for_onednn_and_adds_adapters_per_request() -> None:
     assert isinstance(backend, CpuBackend)
     assert isinstance(backend.row_adapters(), PerRequest)
     assert isinstance(backend.pack(torch.randn(8, 16)), OneDnnWeight)
+    assert backend.max_rows == INVARIANT_ROWS
 
 
 def test_cuda_packs_nothing_and_gathers_the_rows_adapters() -> None:
@@ -21,6 +23,7 @@ def test_cuda_packs_nothing_and_gathers_the_rows_adapters() -> None:
     assert isinstance(backend, CudaBackend)
     assert backend.device == torch.device("cuda", 1)
     assert backend.pack(torch.randn(8, 16)) is None
+    assert backend.max_rows is None, "one matmul over the whole batch"
     assert isinstance(backend.row_adapters(), Gathered)
 
 
