@@ -8,8 +8,8 @@ The passes and the engine ask their backend, never the device type, for:
 * how many rows of different requests one matmul may take (`max_rows`): on the CPU as many as
   oneDNN keeps independent of each other (`dense.INVARIANT_ROWS`), on CUDA all of them;
 * how a decode batch adds its rows' adapters (`row_adapters`): gathered into batched matmuls
-  on CUDA; per request on the CPU. On a CPU gathered measured faster per step at one request
-  and mostly from four, slower at two, and far dearer whenever the batch's rows change
+  on CUDA; per request on the CPU. On a CPU gathered measured faster per step at every batch
+  size but two (even there), and far dearer whenever the batch's rows change
   (`docs/benchmarks/adapter_matmul.json`); but there a row's bits vary with the batch's row
   count and padded rank (shape cases counted in the same file), and the CPU promises a request
   the very bits it gets alone, which per request keeps: a request's own shapes in any batch;
