@@ -152,6 +152,7 @@ def model_files(dest: Path) -> Path:
 
 def load_engine(model_dir: Path, device: str, batch: int) -> Any:
     """As `WhisperEngine.load` with the service's pool sizing, without fallback temperatures."""
+    from app.engine.backend import backend_for
     from app.engine.dense import compute_dtype
     from app.engine.device_slots import resident_slots_for
     from app.engine.loading import load_model, weight_bytes
@@ -172,7 +173,9 @@ def load_engine(model_dir: Path, device: str, batch: int) -> Any:
         description=model_description(manifest, "nf4"),
     )
     sizing = SlotSizing(rows=batch, minimum=batch)
-    slots = resident_slots_for(loaded, compute_dtype("nf4", loaded.device, "auto"), sizing)
+    slots = resident_slots_for(
+        loaded, compute_dtype("nf4", backend_for(loaded.device).fast_bf16(), "auto"), sizing
+    )
     policy = DecodingPolicy(fallback_temperatures=())
     return WhisperEngine(loaded, info, policy, resident_slots=slots)
 

@@ -4,10 +4,11 @@ The batch is a sequence of *groups*: the rows of one request (its beam hypothese
 joined together and so share a prefix length, a cache length and an encoder length. Every
 step feeds one token per row. The projections, nearly all of the work, run over all rows at
 once, each row with its adapter's low-rank factors (a LoRA adapter's, or a SAML adapter's mixture,
-resolved while the request's prefix runs); attention runs per group, so no row ever sees
-padding or another row's lengths. With row-independent matmuls (see `projections`), a row's
-logits are the same bits whether it is decoded alone or with others, whenever it joined:
-batching never changes a transcript.
+resolved while the request's prefix runs, then added as the backend's `row_adapters` add them);
+attention runs per group, so no row ever sees padding or another row's lengths. On the CPU,
+with row-independent matmuls (see `projections`), a row's logits are the same bits whether it
+is decoded alone or with others, whenever it joined: batching never changes a transcript. On
+CUDA they are the same within a bound (`tests/engine/test_cuda.py` states and tests it).
 
 A request joins with a prefix pass over its own rows (`add`), leaves when its search ends
 (`keep` drops its rows, or reorders them for beam search). The decoder's weights are
@@ -25,39 +26,35 @@ from torch.nn import functional
 
 from app.engine.adaptation.lora.bank import Factors
 from app.engine.adaptation.rows import BankSlot, RowAdapter
-from app.engine.dense import prepack
-from app.engine.projections import (
-    BaseWeights,
-    Projection,
-    RowSpan,
-    fused,
-    fused_factors,
-    slot_factors,
-)
+from app.engine.backend import ComputeBackend
+from app.engine.projections import BaseWeights, Projection, fused, fused_factors, slot_factors
+from app.engine.row_adapters import LayerFactors, RowAdapters, RowSpan
 
 __all__ = ["DecodeBatch", "OutputHead"]
 
 _MODULES = ("self_out", "cross_q", "cross_k", "cross_v", "cross_out", "fc1", "fc2")
-_PROJECTIONS = ("self_qkv", *_MODULES)
+_STEPPED = ("self_qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2")
+"""The projections a decoder step runs (cross-attention keys and values are computed once, when
+a request joins)."""
 
 
 class OutputHead:
     """The final projection to the vocabulary, tied to the token embeddings, held once in the
     compute dtype (for bf16 a half-size copy: this matrix is read at every decoded token)."""
 
-    def __init__(self, model: Any, dtype: torch.dtype) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype, backend: ComputeBackend) -> None:
         weight: Tensor = model.proj_out.weight
         weight = weight if weight.dtype == dtype else weight.detach().to(dtype)
-        self._projection = Projection(weight, None, packed=prepack(weight))
+        self._projection = Projection(weight, None, backend.pack(weight), backend.max_rows)
         self._own = weight is model.proj_out.weight
 
     @property
     def nbytes(self) -> int:
         """Bytes held beyond the model's own weights (a converted copy, a prepacked one)."""
-        held = [] if self._own else [self._projection.weight]
-        if self._projection.packed is not None:
-            held.append(self._projection.packed)
-        return sum(tensor.numel() * tensor.element_size() for tensor in held)
+        weight = self._projection.weight
+        held = 0 if self._own else weight.numel() * weight.element_size()
+        packed = self._projection.packed
+        return held + (0 if packed is None else packed.nbytes)
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """[rows, n, d_model] -> [rows, n, vocab] float32 logits"""
@@ -77,15 +74,18 @@ def _modules(layer: Any) -> dict[str, Any]:
     }
 
 
-def _base_projections(layer: Any, dtype: torch.dtype) -> dict[str, Projection]:
-    """One layer's dense compute weights; q/k/v of self-attention stacked into one."""
+def _base_projections(
+    layer: Any, dtype: torch.dtype, backend: ComputeBackend
+) -> dict[str, Projection]:
+    """One layer's dense compute weights; q/k/v of self-attention stacked into one; the
+    projections of every step packed by the backend."""
     own = layer.self_attn
     qkv = fused([BaseWeights.of(m) for m in (own.q_proj, own.k_proj, own.v_proj)])
-    built = {"self_qkv": Projection.build(qkv, dtype, pack=True)}
+    rows = backend.max_rows
+    built = {"self_qkv": Projection.build(qkv, dtype, pack=backend.pack, max_rows=rows)}
     for name, module in _modules(layer).items():
-        # Cross-attention keys and values are computed once per request, over many frames.
-        pack = name not in ("cross_k", "cross_v")
-        built[name] = Projection.build(BaseWeights.of(module), dtype, pack=pack)
+        pack = backend.pack if name in _STEPPED else None
+        built[name] = Projection.build(BaseWeights.of(module), dtype, pack=pack, max_rows=rows)
     return built
 
 
@@ -153,20 +153,26 @@ class _Group:
     cross_v: list[Tensor]
     factors: list[dict[str, Factors | None]]
     """Per layer, the request's factors of each projection (the same for all its rows)."""
+    slot: int = 0
+    """Its slot in the batch's `RowAdapters`, once it joined."""
 
 
 class DecodeBatch:
-    def __init__(self, model: Any, head: OutputHead, dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: Any, head: OutputHead, dtype: torch.dtype, backend: ComputeBackend
+    ) -> None:
         self._decoder = model.model.decoder
         self._layers = list(self._decoder.layers)
         self._head = head
         self._dtype = dtype
+        self._backend = backend
         self._heads = self._layers[0].self_attn.num_heads
         self._scaling = self._layers[0].self_attn.scaling
         self._weights: list[dict[str, Projection]] | None = None
         self._groups: list[_Group] = []
-        self._lora: list[dict[str, list[RowSpan]]] | None = None
-        """Per layer and projection, the adapted requests' rows; rebuilt when rows change."""
+        self._adapters: RowAdapters = backend.row_adapters()
+        self._arranged = True
+        """Whether `_adapters` knows the rows as they are."""
 
     @property
     def rows(self) -> int:
@@ -190,8 +196,10 @@ class DecodeBatch:
         `encoded`: its window's encoder output [frames, d_model]; `adapter`: its adapter."""
         joining = self._joining(encoded, len(prefix) + capacity, adapter)
         hidden = self._forward(torch.tensor([prefix], device=encoded.device), [], joining)
-        self._groups.append(joining.group)
-        self._lora = None
+        group = joining.group
+        group.slot = self._adapters.admit([_stepped(factors) for factors in group.factors])
+        self._groups.append(group)
+        self._arranged = False
         picked = hidden[0, torch.tensor(wanted, device=encoded.device)]
         logits: Tensor = self._head(self._decoder.layer_norm(picked)[None])[0]
         return logits
@@ -252,6 +260,7 @@ class DecodeBatch:
         kept: list[_Group] = []
         for group, local in zip(self._groups, rows, strict=True):
             if not local:
+                self._adapters.release(group.slot)
                 continue
             if local != list(range(group.rows)):
                 index = torch.tensor(local, device=group.self_k[0].device)
@@ -263,7 +272,7 @@ class DecodeBatch:
                 group.rows = len(local)
             kept.append(group)
         self._groups = kept
-        self._lora = None
+        self._arranged = False
 
     @property
     def holds_weights(self) -> bool:
@@ -274,10 +283,12 @@ class DecodeBatch:
         if self._groups:
             raise RuntimeError("the decode batch is busy")
         self._weights = None
+        self._adapters = self._backend.row_adapters()
 
     def _dense_weights(self) -> list[dict[str, Projection]]:
         if self._weights is None:
-            self._weights = [_base_projections(layer, self._dtype) for layer in self._layers]
+            dtype, backend = self._dtype, self._backend
+            self._weights = [_base_projections(layer, dtype, backend) for layer in self._layers]
         return self._weights
 
     def _forward(
@@ -288,6 +299,9 @@ class DecodeBatch:
         states [rows, new, d]."""
         if joining is not None:
             groups = [joining.group]
+        elif not self._arranged:
+            self._adapters.arrange([(group.slot, group.rows) for group in groups])
+            self._arranged = True
         decoder = self._decoder
         weights = self._dense_weights()
         new = tokens.shape[1]
@@ -300,38 +314,25 @@ class DecodeBatch:
             h = layer.self_attn_layer_norm(hidden)
             if joining is not None:
                 joining.group.factors.append(_self_factors(layer, index, joining.adapter, h))
-            spans = self._spans(groups, index, joining)
-            qkv = layer_weights["self_qkv"](h, lora=spans["self_qkv"])
-            attended = self._self_attention(qkv, groups, index, new)
-            hidden = hidden + layer_weights["self_out"](attended, lora=spans["self_out"])
+            project = _Projector(layer_weights, index, joining, self._adapters)
+            attended = self._self_attention(project("self_qkv", h), groups, index, new)
+            hidden = hidden + project("self_out", attended)
             h = layer.encoder_attn_layer_norm(hidden)
             if joining is not None:
                 self._join_cross(joining, layer, index, h)
-                spans = self._spans(groups, index, joining)
-            q = self._split(layer_weights["cross_q"](h, lora=spans["cross_q"]))
+            q = self._split(project("cross_q", h))
             if joining is not None and index in joining.heads:
                 joining.attention.append(
                     self._attention_weights(q, joining.group, index, joining.heads[index])
                 )
             attended = self._cross_attention(q, groups, index)
-            hidden = hidden + layer_weights["cross_out"](attended, lora=spans["cross_out"])
+            hidden = hidden + project("cross_out", attended)
             h = layer.final_layer_norm(hidden)
-            ffn = layer.activation_fn(layer_weights["fc1"](h, lora=spans["fc1"]))
-            hidden = hidden + layer_weights["fc2"](ffn, lora=spans["fc2"])
+            ffn = layer.activation_fn(project("fc1", h))
+            hidden = hidden + project("fc2", ffn)
         for group in groups:
             group.length += new
         return hidden
-
-    def _spans(
-        self, groups: list[_Group], index: int, joining: _Joining | None
-    ) -> dict[str, list[RowSpan]]:
-        """Layer `index`'s spans of adapted rows: of the joining group as resolved so far, or
-        of the whole batch (kept until its rows change)."""
-        if joining is not None:
-            return _spans(groups, index)
-        if self._lora is None:
-            self._lora = [_spans(self._groups, layer) for layer in range(len(self._layers))]
-        return self._lora[index]
 
     def _join_cross(
         self, joining: _Joining, layer: Any, index: int, attention_input: Tensor
@@ -406,14 +407,25 @@ def _rows_of(cache: Tensor, rows: int) -> Tensor:
     return cache[:1].expand(rows, -1, -1, -1).contiguous()
 
 
-def _spans(groups: list[_Group], layer: int) -> dict[str, list[RowSpan]]:
-    """Per projection, the rows of each adapted request of `groups` (numbered as in the batch
-    they form; a request's rows share its factors)."""
-    spans: dict[str, list[RowSpan]] = {name: [] for name in _PROJECTIONS}
-    first = 0
-    for group in groups:
-        for name, factors in group.factors[layer].items():
-            if factors is not None:
-                spans[name].append(RowSpan(first, group.rows, factors))
-        first += group.rows
-    return spans
+def _stepped(factors: dict[str, Factors | None]) -> LayerFactors:
+    """A layer's factors of the projections every step runs."""
+    return {name: factors.get(name) for name in _STEPPED}
+
+
+@dataclass(frozen=True, slots=True)
+class _Projector:
+    """One layer's projections with the rows' adapters: the joining request's own factors in
+    its prefix pass, the batch's `RowAdapters` in a step."""
+
+    weights: dict[str, Projection]
+    layer: int
+    joining: _Joining | None
+    adapters: RowAdapters
+
+    def __call__(self, name: str, x: Tensor) -> Tensor:
+        if self.joining is not None:
+            own = self.joining.group.factors[self.layer].get(name)
+            return self.weights[name](x, lora=[] if own is None else [RowSpan(0, 1, own)])
+        output = self.weights[name](x)
+        self.adapters.apply(self.layer, name, x, output)
+        return output

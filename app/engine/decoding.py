@@ -18,6 +18,7 @@ from torch import Tensor
 from transformers import WhisperForConditionalGeneration
 
 from app.engine.adaptation.rows import BASE_ROW, RowAdapter, is_base
+from app.engine.backend import ComputeBackend, backend_for
 from app.engine.decoder_pass import DecodeBatch, OutputHead
 from app.engine.encoder_pass import EncoderWeights, encode_window
 from app.engine.errors import AdapterNumericError
@@ -76,13 +77,16 @@ class BatchDecoder:
         model: WhisperForConditionalGeneration,
         tokens: SpecialTokens,
         dtype: torch.dtype = torch.float32,
+        backend: ComputeBackend | None = None,
     ) -> None:
+        """`backend`: the model's device's own unless given."""
         self._model = model
         self._tokens = tokens
         self._dtype = dtype
-        self._head = OutputHead(model, dtype)
+        self._backend = backend or backend_for(model.device)
+        self._head = OutputHead(model, dtype, self._backend)
         self._rules = LogitRules(tokens, model.config.vocab_size, model.device)
-        self._batch = DecodeBatch(model, self._head, dtype)
+        self._batch = DecodeBatch(model, self._head, dtype, self._backend)
         self._alignment_heads = alignment_heads(model)
         self._encoder_weights: EncoderWeights | None = None
         self._live: list[tuple[int, _Decode]] = []
@@ -132,7 +136,7 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def detect_language(self, encoded: list[Tensor], adapters: list[RowAdapter]) -> list[str]:
-        batch = DecodeBatch(self._model, self._head, self._dtype)
+        batch = DecodeBatch(self._model, self._head, self._dtype, self._backend)
         codes = list(self._tokens.language_ids)
         ids = torch.tensor([self._tokens.language_ids[code] for code in codes])
         found = []
@@ -144,8 +148,10 @@ class BatchDecoder:
     @torch.inference_mode()
     def alignment(self, encoded: Tensor, tokens: list[int], adapter: RowAdapter) -> Tensor:
         """The alignment heads' cross-attention weights while `tokens` run through the decoder
-        with `adapter`: [heads, len(tokens), frames] (the batch in flight is left alone)."""
-        return self._batch.cross_attention(encoded, tokens, adapter, self._alignment_heads)
+        with `adapter`: [heads, len(tokens), frames], on the CPU (the batch in flight is left
+        alone)."""
+        weights = self._batch.cross_attention(encoded, tokens, adapter, self._alignment_heads)
+        return weights.cpu()
 
     @torch.inference_mode()
     def start(self, row: DecodeRow) -> int:

@@ -6,11 +6,12 @@ with the platform's matmul: bfloat16 on CPUs with AVX512-BF16/AMX and on CUDA, f
 elsewhere. bitsandbytes' own CPU kernels dequantise inside every call (once per decoded token)
 and run at a fraction of oneDNN's speed.
 
-Batch invariance: with a weight `prepack`ed for oneDNN (bf16 where the CPU has it, fp32 on
-any x86 CPU), a row's result does not depend on the other rows of the matmul (from two up to
-`INVARIANT_ROWS` rows, checked by the engine tests), which is what lets a request be decoded
-alone or in any batch with the same transcript. A plain fp32 `linear` (MKL) switches kernels
-with the row count, so its rows are deterministic per batch, not across batches."""
+Batch invariance on the CPU: with a weight packed for oneDNN (`backend.OneDnnWeight`; bf16
+where the CPU has it, fp32 on any x86 CPU), a row's result does not depend on the other rows of
+the matmul (from two up to `INVARIANT_ROWS` rows, checked by the engine tests), which is what
+lets a request be decoded alone or in any batch with the same transcript. A plain fp32 `linear`
+(MKL) switches kernels with the row count, so its rows are deterministic per batch, not across
+batches."""
 
 from typing import Any
 
@@ -26,26 +27,23 @@ __all__ = [
     "compute_dtype",
     "dense_weight",
     "linear",
-    "packed_linear",
-    "prepack",
 ]
 
 INVARIANT_ROWS = 32
 """Largest row count for which oneDNN's bf16 matmul gives every row the bits it gets alone."""
 
 
-def compute_dtype(precision: Precision, device: torch.device, choice: ComputeDtype) -> torch.dtype:
+def compute_dtype(precision: Precision, fast_bf16: bool, choice: ComputeDtype) -> torch.dtype:
     """The dtype projections compute in. `auto`: bf16 for quantised weights where the hardware
-    has fast bf16 matmuls, fp32 otherwise (and always for the fp32 reference precision)."""
+    has fast bf16 matmuls (`fast_bf16`, the backend's word), fp32 otherwise (and always for the
+    fp32 reference precision)."""
     if choice == "float32":
         return torch.float32
     if choice == "bfloat16":
         return torch.bfloat16
     if precision == "fp32":
         return torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
+    return torch.bfloat16 if fast_bf16 else torch.float32
 
 
 def dense_weight(module: nn.Module) -> Tensor:
@@ -90,35 +88,3 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     dtype = weight.dtype
     output = functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype))
     return output.float()
-
-
-def prepack(weight: Tensor, rows_hint: int = 8) -> Tensor | None:
-    """`weight` reordered once into oneDNN's blocked layout, or None where that does not apply.
-
-    A plain bf16 matmul on CPU reorders its weight on every call, which for a decoder step (a
-    handful of rows) costs more than the product itself; a weight used for a whole decode is
-    reordered once instead. bf16 products are bit-identical to `functional.linear`; fp32 ones
-    differ from MKL's in the last bits, and unlike MKL's do not depend on the row count.
-    """
-    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
-        return None
-    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
-        return None
-    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return None  # oneDNN has no bf16 kernels for this CPU (no AVX512BW/VL/DQ)
-    packed: Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
-    return packed
-
-
-def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    """`x @ weight.T + bias` ([rows, in] -> [rows, out]) with a `prepack`ed weight.
-
-    A lone row goes through as the first of two: oneDNN's one-row kernel may sum in another
-    order than its kernel for several rows (seen for K = 1536 on an AMD EPYC with AVX512-BF16,
-    in about one row in ten), and a request decoded alone would then not get the bits it gets
-    in a batch."""
-    if x.shape[0] == 1:
-        pair = torch.cat([x, x.new_zeros(1, x.shape[1])])
-        return packed_linear(pair, packed, bias)[:1]
-    output: Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    return output

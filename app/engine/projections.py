@@ -6,19 +6,18 @@ that use an adapter, that row's low-rank factors from the adapter bank.
 
 Row independence (the transcript of a request must not depend on its neighbours):
 * the base product never sees more than `INVARIANT_ROWS` rows in one matmul (nor one row
-  alone, see `dense.packed_linear`);
-* LoRA runs in float32, one pair of matmuls per request over exactly that request's rows
-  (`RowSpan`): the same shapes, so the same kernel and bits, whether the request runs alone
-  or in any batch. (A matmul over several requests' rows changes a row's bits with the row
-  count: measured, for fp32 between one and two rows.) Against the fixed-size, zero-padded
-  batched matmul it replaced, it costs less per decoder step at one request (measured 164 vs
-  410 us) and more at eight (1615 vs 390 us); a CPU server's batches mostly hold one or two;
+  alone on the CPU, see `backend.OneDnnWeight`);
+* LoRA runs in float32; in a decode batch, as the backend's `row_adapters` add it (on the
+  CPU one pair of matmuls per request over exactly that request's rows: the same shapes, so
+  the same kernel and bits, whether the request runs alone or in any batch), and for one
+  request's own pass, as `RowSpan`s here;
 * attention (in the passes) runs per group of rows with identical shapes.
 Rows are views at offsets that are multiples of the model width (a multiple of 16 floats in
-every Whisper), so every row starts as aligned as a tensor of its own.
+every Whisper), so every row starts as aligned as a tensor of its own. (On CUDA these rules do
+not make a row's bits independent of its batch: cuBLAS picks kernels by shape.)
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,26 +26,17 @@ from torch.nn import functional
 
 from app.engine.adaptation.lora.bank import Factors
 from app.engine.adaptation.lora.layer import LoraLinear
-from app.engine.dense import INVARIANT_ROWS, dense_weight, packed_linear, prepack
+from app.engine.backend import PackedWeight
+from app.engine.dense import INVARIANT_ROWS, dense_weight
+from app.engine.row_adapters import RowSpan, add_span
 
 __all__ = [
     "BaseWeights",
     "Projection",
-    "RowSpan",
     "fused",
     "fused_factors",
     "slot_factors",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class RowSpan:
-    """Consecutive rows of a batch that belong to one request (its beam hypotheses), with
-    that request's adapter factors for one projection."""
-
-    first: int
-    rows: int
-    factors: Factors
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +58,10 @@ class Projection:
     weight: Tensor
     """[out, in] in the compute dtype."""
     bias: Tensor | None
-    packed: Tensor | None = None
-    """`weight` prepacked for repeated small products (decoder steps), where supported."""
+    packed: PackedWeight | None = None
+    """`weight` packed for repeated small products (decoder steps), where the backend does."""
+    max_rows: int | None = INVARIANT_ROWS
+    """Most rows of different requests one matmul may take (None: any), as the backend says."""
 
     @classmethod
     def build(
@@ -78,24 +70,25 @@ class Projection:
         dtype: torch.dtype,
         merged: Tensor | None = None,
         *,
-        pack: bool = False,
+        pack: Callable[[Tensor], PackedWeight | None] | None = None,
+        max_rows: int | None = INVARIANT_ROWS,
     ) -> "Projection":
         """`merged`: an adapter's [out, in] update folded into the weight (one request).
-        `pack`: the projection will be applied many times to few rows."""
+        `pack`: the backend's packing, for a projection applied many times to few rows."""
         weight = (base.weight if merged is None else base.weight + merged).to(dtype)
         bias = None if base.bias is None else base.bias.to(dtype)
-        return cls(weight, bias, prepack(weight) if pack else None)
+        return cls(weight, bias, None if pack is None else pack(weight), max_rows)
 
     def __call__(self, x: Tensor, *, chunked: bool = True, lora: Sequence[RowSpan] = ()) -> Tensor:
         """[rows, tokens, in] float32 -> [rows, tokens, out] float32
 
         `chunked`: the rows belong to different requests, so no matmul may see more than
-        `INVARIANT_ROWS` of them; one request's rows (an encoder window) go through whole.
+        `max_rows` of them; one request's rows (an encoder window) go through whole.
         `lora`: the adapted requests' rows and factors (rows of no span get the base model).
         """
         output = self._base(x, chunked)
         for span in lora:
-            _add_lora(output, x, span)
+            add_span(output, x, span)
         return output
 
     def in_compute_dtype(self, x: Tensor, factors: Factors | None = None) -> Tensor:
@@ -113,8 +106,8 @@ class Projection:
         inputs = x.to(self.weight.dtype)
         if self.packed is not None:
             output = self._packed(inputs)
-        elif chunked:
-            output = _linear(inputs, self.weight, self.bias)
+        elif chunked and self.max_rows is not None:
+            output = _linear(inputs, self.weight, self.bias, self.max_rows)
         else:
             output = functional.linear(inputs, self.weight, self.bias)
         return output.float()
@@ -122,29 +115,17 @@ class Projection:
     def _packed(self, x: Tensor) -> Tensor:
         assert self.packed is not None
         rows = x.reshape(-1, x.shape[-1])
-        chunks = [
-            packed_linear(chunk, self.packed, self.bias)
-            for chunk in torch.split(rows, INVARIANT_ROWS)
-        ]
+        chunks = [self.packed(chunk, self.bias) for chunk in torch.split(rows, INVARIANT_ROWS)]
         output = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return output.reshape(*x.shape[:-1], self.weight.shape[0])
 
 
-def _add_lora(output: Tensor, x: Tensor, span: RowSpan) -> None:
-    """Adds one request's low-rank update of its rows of `x` to its rows of `output`."""
-    rows = slice(span.first, span.first + span.rows)
-    a, b = span.factors
-    inputs = x[rows].reshape(-1, x.shape[-1])
-    # A leading-dimension slice of a contiguous tensor: the view writes into `output`.
-    output[rows].view(-1, output.shape[-1]).addmm_(inputs @ a, b)
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """`x @ weight.T + bias`, in chunks of at most `INVARIANT_ROWS` rows."""
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, max_rows: int) -> Tensor:
+    """`x @ weight.T + bias`, in chunks of at most `max_rows` rows."""
     rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] <= INVARIANT_ROWS:
+    if rows.shape[0] <= max_rows:
         return functional.linear(x, weight, bias)
-    chunks = [functional.linear(chunk, weight, bias) for chunk in torch.split(rows, INVARIANT_ROWS)]
+    chunks = [functional.linear(chunk, weight, bias) for chunk in torch.split(rows, max_rows)]
     return torch.cat(chunks).reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -43,6 +43,7 @@ from app.engine.adaptation.saml.config import ROUTES, Route
 from app.engine.adaptation.saml.file import check_saml_bounds, check_saml_compatible
 from app.engine.adaptation.slots import SlotStats
 from app.engine.audio import DecodedAudio
+from app.engine.backend import ComputeBackend, backend_for
 from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeResult, DecodeRow
 from app.engine.dense import ComputeDtype, compute_dtype, dense_weight
 from app.engine.device_slots import resident_slots_for
@@ -56,9 +57,9 @@ from app.engine.features import (
     pad_or_trim,
 )
 from app.engine.loading import LoadedModel, load_model, weight_bytes
-from app.engine.memory import release_free_memory
 from app.engine.memory_plan import SlotSizing
 from app.engine.model_import import describe_model_dir, model_description
+from app.engine.row_adapters import AdapterRowsKind
 from app.engine.speech_regions import (
     SpeechDetector,
     SpeechScan,
@@ -232,8 +233,12 @@ class WhisperEngine:
         dtype: ComputeDtype = "auto",
         base_window: EncoderWindow = "full",
         longform: LongformPolicy | None = None,
+        adapter_rows: AdapterRowsKind | None = None,
     ) -> None:
+        """`adapter_rows`: how a decode batch applies its rows' adapters, if not the device's
+        own way (`backend`)."""
         self._loaded = loaded
+        self._backend: ComputeBackend = backend_for(loaded.device, adapter_rows)
         self._info = info
         self._policy = policy or DecodingPolicy()
         self._tokens = SpecialTokens.from_tokenizer(
@@ -245,11 +250,11 @@ class WhisperEngine:
         self._resident = (
             ResidentAdapters(self._lora_layers, loaded.device, resident_slots) if lora else None
         )
-        self._dtype = compute_dtype(loaded.precision, loaded.device, dtype)
+        self._dtype = compute_dtype(loaded.precision, self._backend.fast_bf16(), dtype)
         self._base_window = base_window
         """The encoder window of requests served by the base model (an adapter brings its own:
         the one it was trained on)."""
-        self._decoder = BatchDecoder(loaded.model, self._tokens, self._dtype)
+        self._decoder = BatchDecoder(loaded.model, self._tokens, self._dtype, self._backend)
         self._decoding: dict[int, TranscriptionTask] = {}
         """Decode handle -> the task whose job it is."""
         self._base_norms: dict[str, float] | None = None
@@ -269,6 +274,7 @@ class WhisperEngine:
         dtype: ComputeDtype = "auto",
         base_window: EncoderWindow = "full",
         longform: LongformPolicy | None = None,
+        adapter_rows: AdapterRowsKind | None = None,
     ) -> "WhisperEngine":
         """`resident_slots`: the adapter pool's capacity, or how to size it once the model is
         loaded (`device_slots`)."""
@@ -286,7 +292,7 @@ class WhisperEngine:
             description=model_description(manifest, precision),
         )
         if isinstance(resident_slots, SlotSizing):
-            compute = compute_dtype(precision, loaded.device, dtype)
+            compute = compute_dtype(precision, backend_for(loaded.device).fast_bf16(), dtype)
             resident_slots = resident_slots_for(loaded, compute, resident_slots)
         if manifest.source_quantisation and precision != "fp32":
             logger.warning("model quantised twice", extra={"model": info.description})
@@ -298,6 +304,7 @@ class WhisperEngine:
             dtype=dtype,
             base_window=base_window,
             longform=longform,
+            adapter_rows=adapter_rows,
         )
 
     @property
@@ -460,12 +467,13 @@ class WhisperEngine:
                 self._release_if_done(task)
 
     def tidy(self, *, idle: bool = True) -> None:
-        """Gives freed memory back to the OS (see `memory`); when `idle`, also drops the
-        compute weights kept while busy (rebuilt by the next request, in a few milliseconds)."""
+        """Gives freed memory back (to the OS, or on CUDA to the device: see `backend`); when
+        `idle`, also drops the compute weights kept while busy (rebuilt by the next request, in
+        a few milliseconds)."""
         with self._lock:
             if idle and not self._decoder.active:
                 self._decoder.release()
-            release_free_memory()
+            self._backend.release_free_memory(idle=idle)
 
     def _start_jobs(self, tasks: list[TranscriptionTask]) -> None:
         new = [t for t in tasks if t.job is not None and not t.decoding and not t.done]

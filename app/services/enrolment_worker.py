@@ -99,6 +99,7 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
             dev=[],
             config=config,
             precision=self._ctx.precision,
+            device=self._ctx.device,
             priority=settings.training_priority,
             gated=gated,
         )

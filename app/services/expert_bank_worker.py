@@ -62,6 +62,7 @@ class ExpertBankWorker(JobWorker[ExpertBank]):
             speakers=await self._speakers(job),
             config=requested_build(job).config(threads=settings.training_threads),
             precision=self._ctx.precision,
+            device=self._ctx.device,
             priority=settings.training_priority,
         )
 

@@ -70,6 +70,8 @@ class WorkerContext:
     """The served model: adapters are checked against it before they are stored."""
     model_dir: Path
     precision: Precision
+    device: str
+    """The served model's device setting (`auto`, `cpu`, `cuda`): training runs there too."""
     numerics: ServingNumerics
     """How serving computes: the gate transcribes the same way."""
     settings: EnrolmentSettings
@@ -88,6 +90,7 @@ class WorkerContext:
             engine=engine,
             model_dir=resolve_model_dir(settings),
             precision=settings.model.precision,
+            device=settings.model.device,
             numerics=ServingNumerics(
                 compute_dtype=settings.model.compute_dtype,
                 base_window=settings.model.encoder_window,

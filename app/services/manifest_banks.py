@@ -74,6 +74,7 @@ def build_from_manifest(
         speakers=speakers,
         config=build.config(threads=settings.enrolment.training_threads),
         precision=settings.model.precision,
+        device=settings.model.device,
         priority=settings.enrolment.training_priority,
     )
     result = run_in_subprocess(request)

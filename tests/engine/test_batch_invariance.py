@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional
 
 from app.engine.adaptation.residency import AnyAdapter
+from app.engine.backend import CpuBackend
 from app.engine.dense import INVARIANT_ROWS
 from app.engine.projections import BaseWeights, Projection
 from app.engine.types import Transcription, TranscriptionOptions
@@ -74,7 +75,7 @@ def test_projection_rows_do_not_depend_on_their_neighbours(
         pytest.skip("this CPU has no oneDNN bf16 kernels; the engine computes in float32 here")
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(out_features, in_features, generator=generator).to(dtype)
-    projection = Projection.build(BaseWeights(weight.float(), None), dtype, pack=True)
+    projection = Projection.build(BaseWeights(weight.float(), None), dtype, pack=CpuBackend().pack)
     assert projection.packed is not None
     # Activations as the decoder feeds them (fc2 reads GELU outputs): one-row kernels that sum
     # in another order showed on such inputs, one row in ten.

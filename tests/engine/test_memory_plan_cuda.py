@@ -14,6 +14,7 @@ from app.engine.adaptation.lora.file import AdapterWeights
 from app.engine.adaptation.lora.layer import inject_lora
 from app.engine.adaptation.registry import adaptable_projections
 from app.engine.adaptation.rows import BASE_ROW
+from app.engine.backend import backend_for
 from app.engine.decoder_pass import DecodeBatch, OutputHead
 from app.engine.dense import compute_dtype
 from app.engine.device_slots import KV_BYTES, resident_slots_for, slot_costs
@@ -85,7 +86,7 @@ def test_a_lora_bank_on_the_device_matches_the_plan(checkpoint: tuple[Path, Whis
 def test_the_pool_is_sized_from_free_device_memory(checkpoint: tuple[Path, WhisperShape]) -> None:
     model_dir, shape = checkpoint
     loaded = load_model(model_dir, precision="nf4", device="cuda")
-    dtype = compute_dtype("nf4", loaded.device, "auto")
+    dtype = compute_dtype("nf4", backend_for(loaded.device).fast_bf16(), "auto")
     sizing = SlotSizing(rows=64, minimum=8)
 
     free, _ = torch.cuda.mem_get_info()
@@ -100,8 +101,9 @@ def test_a_decoder_rows_kv_on_the_device_matches_the_plan(
 ) -> None:
     model_dir, shape = checkpoint
     model: Any = load_model(model_dir, precision="nf4", device="cuda").model
-    dtype = compute_dtype("nf4", torch.device("cuda"), "auto")
-    batch = DecodeBatch(model, OutputHead(model, dtype), dtype)
+    backend = backend_for(torch.device("cuda"))
+    dtype = compute_dtype("nf4", backend.fast_bf16(), "auto")
+    batch = DecodeBatch(model, OutputHead(model, dtype, backend), dtype, backend)
     encoded = torch.randn(shape.source_positions, shape.d_model, device="cuda")
     prefix, capacity = [50257, 50362], 100
     batch.add(encoded, prefix, BASE_ROW, capacity, [1])  # builds the compute weights once

@@ -1,7 +1,8 @@
 import torch
 
 from app.engine.adaptation.lora.bank import Factors
-from app.engine.projections import BaseWeights, Projection, RowSpan, fused_factors
+from app.engine.projections import BaseWeights, Projection, fused_factors
+from app.engine.row_adapters import RowSpan
 
 
 def _factors(in_features: int, out_features: int, rank: int, seed: int = 0) -> Factors:

@@ -166,7 +166,8 @@ def build_example(
 
 
 def collate(examples: Sequence[Example], pad_token: int) -> Batch:
-    """Stacks examples of equal window length; labels are the next tokens of the transcript."""
+    """Stacks examples of equal window length; labels are the next tokens of the transcript.
+    Everything on the examples' device."""
     frames = {example.frames for example in examples}
     if len(frames) != 1:
         raise ValueError(f"examples of one batch must share a window length, got {frames}")
@@ -180,7 +181,7 @@ def collate(examples: Sequence[Example], pad_token: int) -> Batch:
         labels[row, :size] = sequence[1:]
         labels[row, : example.prefix_length - 1] = IGNORE_INDEX
     mel = torch.stack([example.mel for example in examples])
-    return Batch(mel=mel, input_ids=input_ids, labels=labels)
+    return Batch(mel=mel, input_ids=input_ids.to(mel.device), labels=labels.to(mel.device))
 
 
 def step_batches(

@@ -79,6 +79,7 @@ class TrainingRequest:
     config: TrainingConfig = field(default_factory=TrainingConfig)
     precision: str = "nf4"
     device: str = "cpu"
+    """Where it trains: the served model's device (`cpu`, `cuda`, `cuda:N`) or `auto`."""
     priority: TrainingPriority = "normal"
     gated: GatedTraining | None = None
     """Set: every utterance (train and dev alike) goes through the gate's folds."""

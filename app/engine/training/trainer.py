@@ -148,6 +148,7 @@ def train_adapter(
             "stacks": list(config.stacks),
         },
         "precision": precision,
+        "device": trainer.info.device,
         "torch_threads": torch.get_num_threads(),
     }
     return TrainingResult(adapter=adapter, metrics=metrics)
@@ -259,6 +260,7 @@ def train_with_gate(
         },
         "precision": precision,
         "compute_dtype": numerics.compute_dtype,
+        "device": trainer.info.device,
         "torch_threads": torch.get_num_threads(),
     }
     return TrainingResult(adapter=adapter, metrics=metrics)
