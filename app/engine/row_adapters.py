@@ -181,7 +181,7 @@ class Gathered:
 
     def arrange(self, requests: Sequence[tuple[int, int]]) -> None:
         slots = [slot for slot, rows in requests for _ in range(rows)]
-        index = torch.tensor(slots, device=self._device)
+        index = torch.tensor(slots, dtype=torch.long, device=self._device)
         self._rows = {
             key: (bank.a.index_select(0, index), bank.b.index_select(0, index))
             for key, bank in self._banks.items()
