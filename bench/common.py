@@ -10,7 +10,8 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,36 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
     return str(value)
+
+
+def serve(engine: Any, audio: Sequence[np.ndarray], adapters: Sequence[Any], batch: int) -> float:
+    """Seconds to transcribe every clip, at most `batch` in flight (as the scheduler admits)."""
+    from app.engine.types import TranscriptionOptions
+
+    options = TranscriptionOptions(language="en", with_timestamps=False)
+    waiting = list(zip(audio, adapters, strict=True))
+    live: list[Any] = []
+    synchronise = _synchroniser(engine)
+    started = time.perf_counter()
+    while waiting or live:
+        while waiting and len(live) < batch:
+            clip, adapter = waiting.pop(0)
+            task = engine.open(clip, options, adapter)
+            if task is None:
+                waiting.insert(0, (clip, adapter))
+                break
+            live.append(task)
+        engine.run_round(live)
+        for task in [t for t in live if t.done]:
+            task.outcome()
+            live.remove(task)
+    synchronise()
+    return time.perf_counter() - started
+
+
+def _synchroniser(engine: Any) -> Callable[[], None]:
+    import torch
+
+    if engine.loaded.device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from app.engine.memory_plan import WhisperShape, lora_slot_bytes, nf4_weight_bytes
-from bench.common import RESULTS_DIR, SAMPLE_RATE, print_table, write_json
+from bench.common import RESULTS_DIR, SAMPLE_RATE, print_table, serve, write_json
 from bench.memory_report import SHAPES
 
 DEFAULT_OUT = RESULTS_DIR / "gpu_bench.json"
@@ -203,39 +203,6 @@ def lora_adapters(engine: Any, count: int) -> list[Any]:
         )
         for index in range(count)
     ]
-
-
-def serve(engine: Any, audio: Sequence[np.ndarray], adapters: Sequence[Any], batch: int) -> float:
-    """Seconds to transcribe every clip, at most `batch` in flight (as the scheduler admits)."""
-    from app.engine.types import TranscriptionOptions
-
-    options = TranscriptionOptions(language="en", with_timestamps=False)
-    waiting = list(zip(audio, adapters, strict=True))
-    live: list[Any] = []
-    synchronise = _synchroniser(engine)
-    started = time.perf_counter()
-    while waiting or live:
-        while waiting and len(live) < batch:
-            clip, adapter = waiting.pop(0)
-            task = engine.open(clip, options, adapter)
-            if task is None:
-                waiting.insert(0, (clip, adapter))
-                break
-            live.append(task)
-        engine.run_round(live)
-        for task in [t for t in live if t.done]:
-            task.outcome()
-            live.remove(task)
-    synchronise()
-    return time.perf_counter() - started
-
-
-def _synchroniser(engine: Any) -> Callable[[], None]:
-    import torch
-
-    if engine.loaded.device.type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
 
 
 def device_memory(engine: Any) -> dict[str, int]:

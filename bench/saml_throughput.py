@@ -20,7 +20,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -31,7 +30,14 @@ import numpy as np
 import torch
 
 from bench import speakers
-from bench.common import RESULTS_DIR, SAMPLE_RATE, load_audio_16k, print_table, write_json
+from bench.common import (
+    RESULTS_DIR,
+    SAMPLE_RATE,
+    load_audio_16k,
+    print_table,
+    serve,
+    write_json,
+)
 from bench.serving import LOAD_VOICES
 
 DEFAULT_OUT = RESULTS_DIR / "saml_throughput.json"
@@ -98,29 +104,6 @@ def saml_adapters(bank_path: Path, count: int) -> list[Any]:
         }
         adapters.append(replace(bank, tensors=tensors, kind="adapter", encoder_window="full"))
     return adapters
-
-
-def serve(engine: Any, audio: Sequence[np.ndarray], adapters: Sequence[Any], batch: int) -> float:
-    """Seconds to transcribe every clip, at most `batch` in flight (as the scheduler admits)."""
-    from app.engine.types import TranscriptionOptions
-
-    options = TranscriptionOptions(language="en", with_timestamps=False)
-    waiting = list(zip(audio, adapters, strict=True))
-    live: list[Any] = []
-    started = time.perf_counter()
-    while waiting or live:
-        while waiting and len(live) < batch:
-            clip, adapter = waiting.pop(0)
-            task = engine.open(clip, options, adapter)
-            if task is None:
-                waiting.insert(0, (clip, adapter))
-                break
-            live.append(task)
-        engine.run_round(live)
-        for task in [t for t in live if t.done]:
-            task.outcome()
-            live.remove(task)
-    return time.perf_counter() - started
 
 
 def run(bank: Path, rounds: int, requests: int, threads: int, batch: int) -> dict[str, Any]:

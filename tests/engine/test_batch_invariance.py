@@ -16,10 +16,11 @@ from app.engine.adaptation.residency import AnyAdapter
 from app.engine.backend import CpuBackend
 from app.engine.dense import INVARIANT_ROWS
 from app.engine.projections import BaseWeights, Projection
-from app.engine.types import Transcription, TranscriptionOptions
+from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 from tests.support.adapters import random_adapter, random_saml
 from tests.support.audio import speech_16k
+from tests.support.batches import transcribe_together
 
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
 TIMESTAMPED = TranscriptionOptions(language="en", with_timestamps=True)
@@ -52,18 +53,6 @@ def adapters(nf4_engine: WhisperEngine) -> list[AnyAdapter | None]:
         random_saml(nf4_engine, 4),
         random_saml(nf4_engine, 5, router="depthwise", window="fit"),
     ]
-
-
-def _batched(
-    engine: WhisperEngine,
-    requests: list[tuple[np.ndarray, TranscriptionOptions, AnyAdapter | None]],
-) -> list[Transcription]:
-    tasks = [engine.open(audio, options, adapter) for audio, options, adapter in requests]
-    assert all(task is not None for task in tasks)
-    live = [task for task in tasks if task is not None]
-    while not all(task.done for task in live):
-        engine.run_round(live)
-    return [task.outcome() for task in live]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -106,7 +95,7 @@ def test_every_request_gets_its_solo_result_in_a_mixed_batch(
         (audio[2], BEAMS, adapters[5]),
     ]
     alone = [nf4_engine.transcribe(a, options, adapter) for a, options, adapter in requests]
-    together = _batched(nf4_engine, requests)
+    together = transcribe_together(nf4_engine, requests)
 
     assert together == alone
     texts = {result.text for result in alone[:4]}
@@ -118,7 +107,7 @@ def test_the_same_request_repeated_in_one_batch_gets_the_same_result(
     nf4_engine: WhisperEngine, audio: list[np.ndarray], adapters: list[AnyAdapter | None]
 ) -> None:
     requests = [(audio[1], GREEDY, adapters[1])] * 5 + [(audio[1], GREEDY, None)] * 3
-    results = _batched(nf4_engine, requests)
+    results = transcribe_together(nf4_engine, requests)
     assert results[:5] == [nf4_engine.transcribe(audio[1], GREEDY, adapters[1])] * 5
     assert results[5:] == [nf4_engine.transcribe(audio[1], GREEDY, None)] * 3
 

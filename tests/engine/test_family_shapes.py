@@ -10,7 +10,6 @@ ids openai-whisper numbers them with. Real weights are tested on tiny.en and bas
 """
 
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -19,16 +18,16 @@ import pytest
 import torch
 from transformers import WhisperFeatureExtractor
 
-from app.engine.adaptation.residency import AnyAdapter
 from app.engine.adaptation.rows import BASE_ROW
 from app.engine.decoding import BatchDecoder, DecodeRow
 from app.engine.features import WINDOW_FRAMES, log_mel, pad_or_trim
 from app.engine.loading import quantized_linear_count
 from app.engine.tokens import SpecialTokens
-from app.engine.types import Transcription, TranscriptionOptions
+from app.engine.types import TranscriptionOptions
 from app.engine.whisper import WhisperEngine, max_window_tokens
 from tests.support.adapters import random_adapter
 from tests.support.audio import sine
+from tests.support.batches import transcribe_together
 from tests.support.whisper_family import (
     FAMILIES,
     MEL_FILTERS,
@@ -72,18 +71,6 @@ def reference_engine(model_dir: Path) -> WhisperEngine:
 def noise() -> np.ndarray:
     """Two seconds of white noise: random weights decode anything to arbitrary tokens."""
     return (np.random.default_rng(0).standard_normal(2 * RATE) * 0.1).astype(np.float32)
-
-
-def _batched(
-    engine: WhisperEngine,
-    requests: Sequence[tuple[np.ndarray, TranscriptionOptions, AnyAdapter | None]],
-) -> list[Transcription]:
-    tasks = [engine.open(audio, options, adapter) for audio, options, adapter in requests]
-    live = [task for task in tasks if task is not None]
-    assert len(live) == len(tasks)
-    while not all(task.done for task in live):
-        engine.run_round(live)
-    return [task.outcome() for task in live]
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
@@ -144,7 +131,7 @@ def test_decoding_ends_within_its_bound_and_batching_changes_nothing(
     requests = [(noise, TIMESTAMPED, None), (noise, TIMESTAMPED, adapter), (tone, PLAIN, adapter)]
 
     alone = [engine.transcribe(audio, options, a) for audio, options, a in requests]
-    together = _batched(engine, requests)
+    together = transcribe_together(engine, requests)
 
     assert together == alone
     assert alone[0] != alone[1], "the adapter must change the decode"
@@ -162,7 +149,7 @@ def test_words_are_timed_with_the_checkpoints_alignment_heads(
     alone and in a batch."""
     words = TranscriptionOptions(language="en", word_timestamps=True)
     alone = engine.transcribe(noise, words)
-    [batched, _] = _batched(engine, [(noise, words, None), (noise[:RATE], PLAIN, None)])
+    [batched, _] = transcribe_together(engine, [(noise, words, None), (noise[:RATE], PLAIN, None)])
     timed = [word for segment in alone.segments for word in segment.words or []]
     assert timed, "arbitrary text is words"
     assert batched == alone

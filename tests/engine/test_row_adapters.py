@@ -35,6 +35,7 @@ from app.engine.types import Transcription, TranscriptionOptions
 from app.engine.whisper import WhisperEngine
 from tests.support.adapters import random_adapter, random_saml
 from tests.support.audio import speech_16k
+from tests.support.batches import transcribe_together
 
 IN, OUT = 48, 40
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
@@ -222,18 +223,6 @@ def test_the_decoder_gets_the_same_logits_through_either_path_step_by_step(
         engine.run_round(live)
 
 
-def _batched(
-    engine: WhisperEngine,
-    requests: list[tuple[np.ndarray, TranscriptionOptions, AnyAdapter | None]],
-) -> list[Transcription]:
-    tasks = [engine.open(audio, options, adapter) for audio, options, adapter in requests]
-    live = [task for task in tasks if task is not None]
-    assert len(live) == len(tasks)
-    while not all(task.done for task in live):
-        engine.run_round(live)
-    return [task.outcome() for task in live]
-
-
 @pytest.mark.slow
 def test_transcripts_are_the_same_through_either_path(
     fp32_engines: dict[AdapterRowsKind, WhisperEngine],
@@ -248,8 +237,8 @@ def test_transcripts_are_the_same_through_either_path(
         (audio[1], GREEDY, adapters[1]),
         (audio[2], TIMESTAMPED, adapters[3]),
     ]
-    per_request = _batched(fp32_engines["per_request"], requests)
-    gathered = _batched(fp32_engines["gathered"], requests)
+    per_request = transcribe_together(fp32_engines["per_request"], requests)
+    gathered = transcribe_together(fp32_engines["gathered"], requests)
 
     def tokens(results: list[Transcription]) -> list[list[list[int]]]:
         return [[segment.tokens for segment in result.segments] for result in results]
