@@ -10,6 +10,7 @@ from app.config import Settings
 from app.engine.adaptation.lora.bank import LoraBanks
 from app.engine.adaptation.lora.layer import inject_lora
 from app.engine.adaptation.registry import adaptable_projections
+from app.engine.adaptation.saml.config import RouterKind
 from app.engine.adaptation.saml.routing import SamlRouting
 from app.engine.device_slots import resident_slots_for
 from app.engine.loading import load_model, weight_bytes
@@ -67,8 +68,8 @@ def test_lora_slots_match_a_real_bank(tiny_en_dir: Path, nf4_engine: WhisperEngi
 
 
 @pytest.mark.parametrize("router", ["depthwise", "conv"])
-def test_saml_slots_match_a_real_routing(nf4_engine: WhisperEngine, router: str) -> None:
-    adapter = random_saml(nf4_engine, seed=0, experts=10, router=router)  # type: ignore[arg-type]
+def test_saml_slots_match_a_real_routing(nf4_engine: WhisperEngine, router: RouterKind) -> None:
+    adapter = random_saml(nf4_engine, seed=0, experts=10, router=router)
     routing = SamlRouting(adapter, torch.device("cpu"))
 
     planned = saml_slot_bytes(_shape(nf4_engine), 10, 1, depthwise=router == "depthwise")

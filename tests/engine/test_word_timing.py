@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from faster_whisper import WhisperModel
 
+from app.engine.adaptation.residency import AnyAdapter
 from app.engine.types import TranscriptionOptions, Word
 from app.engine.whisper import WhisperEngine
 from app.engine.word_timing import dtw_path, split_words
@@ -87,8 +88,10 @@ def faster_whisper_words(sentences_16k: np.ndarray) -> list[Word]:
     return [Word(w.word, w.start, w.end) for s in segments for w in s.words or []]
 
 
-def _words(engine: WhisperEngine, audio: np.ndarray, **kw: object) -> list[Word]:
-    result = engine.transcribe(audio, WORDS, **kw)  # type: ignore[arg-type]
+def _words(
+    engine: WhisperEngine, audio: np.ndarray, adapter: AnyAdapter | None = None
+) -> list[Word]:
+    result = engine.transcribe(audio, WORDS, adapter)
     return [word for segment in result.segments for word in segment.words or []]
 
 
