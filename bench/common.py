@@ -210,3 +210,16 @@ def _synchroniser(engine: Any) -> Callable[[], None]:
     if engine.loaded.device.type == "cuda":
         return torch.cuda.synchronize
     return lambda: None
+
+
+def pyplot() -> Any | None:
+    """matplotlib's pyplot drawing to files only, or None where matplotlib is not installed (the
+    `bench` extra brings it): a benchmark then writes its JSON without a chart."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

@@ -49,6 +49,7 @@ from bench.common import (
     SAMPLE_RATE,
     load_audio_16k,
     print_table,
+    pyplot,
     synthesise,
     wer,
     write_json,
@@ -224,12 +225,8 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     sources = sorted({row["source"] for row in report["recordings"]})
     if not sources:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from bench import speechocean
-from bench.common import RESULTS_DIR, load_audio_16k, print_table, write_json
+from bench.common import RESULTS_DIR, load_audio_16k, print_table, pyplot, write_json
 
 DEFAULT_OUT = RESULTS_DIR / "word_timestamps.json"
 DEFAULT_ADAPTERS = RESULTS_DIR / "enrolment-cache" / "adapters"
@@ -222,12 +222,8 @@ def cost_table(report: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     bins = np.linspace(0, 0.5, 26)
