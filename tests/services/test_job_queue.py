@@ -209,16 +209,21 @@ async def test_a_procrastinate_worker_runs_a_deferred_enrolment(
     assert (await stored_job(sessions, job.id)).activated
 
 
-async def test_a_failed_job_fails_its_queue_job(
-    sessions: async_sessionmaker[AsyncSession],
-    context: WorkerContext,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def training_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every enrolment's training raises `RuntimeError: boom`."""
+
     def fails(*_: object) -> TrainingResult:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(enrolment_worker, "run_in_subprocess", fails)
 
+
+async def test_a_failed_job_fails_its_queue_job(
+    sessions: async_sessionmaker[AsyncSession],
+    context: WorkerContext,
+    training_fails: None,
+) -> None:
     async with _worker(context):
         async with transaction(sessions) as session:
             job = await _queue_job(session)
@@ -231,12 +236,8 @@ async def test_a_failed_job_fails_its_queue_job(
 async def test_procrastinates_records_of_long_finished_jobs_are_pruned(
     sessions: async_sessionmaker[AsyncSession],
     context: WorkerContext,
-    monkeypatch: pytest.MonkeyPatch,
+    training_fails: None,
 ) -> None:
-    def fails(*_: object) -> TrainingResult:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(enrolment_worker, "run_in_subprocess", fails)
     async with _worker(context):
         async with transaction(sessions) as session:
             old = await _queue_job(session)
