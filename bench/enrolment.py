@@ -2,7 +2,7 @@
 
     python -m bench.enrolment [--quick] [--suite synthetic|fsdd|speechocean|all] [--speakers a,b]
                               [--methods lora|lora,saml,auto] [--threads 2] [--jobs 1]
-                              [--no-train]
+                              [--no-train] [--enrol-recordings N]
                               [--no-cross] [--no-cache] [--out bench/results/enrolment.json]
 
 Per speaker, and averaged over speakers, on the speaker's test sentences:
@@ -580,6 +580,8 @@ class Options:
     """`bench.methods.METHODS` to compare; SAML starts from each suite's expert bank."""
     jobs: int = 1
     """Enrolments trained side by side, each with `threads // jobs` threads."""
+    enrol_recordings: int | None = None
+    """Each speaker enrols with only the first this many of their enrolment recordings."""
 
     @property
     def training_threads(self) -> int:
@@ -607,7 +609,16 @@ def build_suites(options: Options) -> tuple[list[Suite], dict[str, str]]:
         except speechocean.SpeechoceanUnavailable as exc:
             skipped["speechocean"] = str(exc)
             log(f"speechocean762 skipped: {exc}")
+    if options.enrol_recordings is not None:
+        for suite in suites:
+            for data in suite.speakers.values():
+                cap_enrolment(data, options.enrol_recordings)
     return suites, skipped
+
+
+def cap_enrolment(data: SpeakerData, recordings: int) -> None:
+    """Keeps the first `recordings` of the speaker's enrolment (train, then dev) as its train."""
+    data.train, data.dev = [*data.train, *data.dev][:recordings], []
 
 
 def load_engine(
@@ -1189,6 +1200,11 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         default="lora",
         help="adaptation methods to compare: lora, saml, auto (auto trains both others)",
     )
+    parser.add_argument(
+        "--enrol-recordings",
+        type=int,
+        help="enrol each speaker with only the first N of their recordings (a smaller enrolment)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     parser.add_argument(
         "--report", type=Path, help="only print the tables (and chart) of an earlier JSON report"
@@ -1235,7 +1251,10 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path]:
         cache=not args.no_cache,
         methods=compared,
         jobs=max(1, args.jobs),
+        enrol_recordings=args.enrol_recordings,
     )
+    if args.enrol_recordings is not None and args.enrol_recordings < 2:
+        parser.error("--enrol-recordings needs at least 2 (the gate's folds)")
     return options, args.out
 
 
