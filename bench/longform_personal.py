@@ -17,7 +17,7 @@ Gains are relative WER reductions of the adapter against the base on the same au
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,61 +58,82 @@ def _gain(base: float, adapted: float) -> float | None:
 
 
 def speaker_gains(
-    engines: dict[str, Any], adapter: Any, utterances: Sequence[Utterance], name: str
-) -> dict[str, Any]:
-    """`engines`: `sequential`, and `batched-<window>` per adapter window, sharing weights."""
+    engines: dict[str, Any],
+    adapters: dict[str, Any],
+    utterances: Sequence[Utterance],
+    name: str,
+    score_text: Callable[[str], str] = str,
+) -> dict[str, dict[str, Any]]:
+    """Per adapter label, its gains over the base on `utterances` alone and read as two long
+    recordings. `engines`: `sequential`, and `batched-<window>` per adapter window, sharing
+    weights; `score_text` turns a hypothesis into the reference's writing (FSDD's digits)."""
     from app.engine.types import TranscriptionOptions
 
     options = TranscriptionOptions(language="en", with_timestamps=False)
-    single = engines["sequential"]
+
+    def score(engine: Any, clips: Sequence[Any], refs: Sequence[str], adapter: Any) -> float:
+        hypotheses = [engine.transcribe(a, options, adapter=adapter).text for a in clips]
+        return wer(list(refs), [score_text(h) for h in hypotheses])
+
     refs = [u.text for u in utterances]
     audio = [load(u) for u in utterances]
-    base = wer(refs, [single.transcribe(a, options).text for a in audio])
-    tuned = wer(refs, [single.transcribe(a, options, adapter=adapter).text for a in audio])
-    result: dict[str, Any] = {
-        "single": {"base": base, "adapter": tuned, "gain": _gain(base, tuned)}
-    }
     halves = [utterances[: len(utterances) // 2], utterances[len(utterances) // 2 :]]
     recordings = [_long(half, f"{name}-{index}") for index, half in enumerate(halves)]
-    result["long_seconds"] = [round(len(a) / SAMPLE_RATE, 1) for a, _ in recordings]
-    for mode, engine in engines.items():
-        texts = [r for _, r in recordings]
-        base_long = wer(texts, [engine.transcribe(a, options).text for a, _ in recordings])
-        tuned_long = wer(
-            texts, [engine.transcribe(a, options, adapter=adapter).text for a, _ in recordings]
-        )
-        gain = _gain(base_long, tuned_long)
-        single_gain = result["single"]["gain"]
-        result[mode] = {
-            "base": base_long,
-            "adapter": tuned_long,
-            "gain": gain,
-            "retained": None if gain is None or not single_gain else round(gain / single_gain, 3),
+    long_audio, long_refs = [a for a, _ in recordings], [r for _, r in recordings]
+    base_single = score(engines["sequential"], audio, refs, None)
+    base_long = {mode: score(e, long_audio, long_refs, None) for mode, e in engines.items()}
+    rows: dict[str, dict[str, Any]] = {}
+    for label, adapter in adapters.items():
+        tuned = score(engines["sequential"], audio, refs, adapter)
+        single_gain = _gain(base_single, tuned)
+        row: dict[str, Any] = {
+            "single": {"base": base_single, "adapter": tuned, "gain": single_gain},
+            "long_seconds": [round(len(a) / SAMPLE_RATE, 1) for a in long_audio],
         }
-    return result
+        for mode, engine in engines.items():
+            tuned_long = score(engine, long_audio, long_refs, adapter)
+            gain = _gain(base_long[mode], tuned_long)
+            row[mode] = {
+                "base": base_long[mode],
+                "adapter": tuned_long,
+                "gain": gain,
+                "retained": None
+                if gain is None or not single_gain
+                else round(gain / single_gain, 3),
+            }
+        rows[label] = row
+    return rows
+
+
+def load_engines(model_dir: Path, threads: int, windows: Sequence[float]) -> dict[str, Any]:
+    """`sequential`, and `batched-<window>s` per adapter window (NF4, CPU)."""
+    from app.engine.whisper import LongformPolicy, WhisperEngine
+
+    engines: dict[str, Any] = {
+        "sequential": WhisperEngine.load(model_dir, precision="nf4", device="cpu", threads=threads)
+    }
+    for window in windows:
+        policy = LongformPolicy("batched", adapter_window_s=window)
+        engines[f"batched-{window:.0f}s"] = WhisperEngine.load(
+            model_dir, precision="nf4", device="cpu", threads=threads, longform=policy
+        )
+    return engines
 
 
 def run(model_dir: Path, folder: Path, threads: int, log: Any) -> dict[str, Any]:
     from app.engine.adaptation.lora.file import load_adapter
-    from app.engine.whisper import LongformPolicy, WhisperEngine
 
     found = adapters_in(folder)
     if not found:
         return {"skipped": f"no synthetic speaker's adapter in {folder}"}
     suite = speakers.build_suite(speakers.DEFAULT_OUT, speakers.select_speakers(list(found)))
-    engines: dict[str, Any] = {
-        "sequential": WhisperEngine.load(model_dir, precision="nf4", device="cpu", threads=threads)
-    }
-    for window in ADAPTER_WINDOWS_S:
-        policy = LongformPolicy("batched", adapter_window_s=window)
-        engines[f"batched-{window:.0f}s"] = WhisperEngine.load(
-            model_dir, precision="nf4", device="cpu", threads=threads, longform=policy
-        )
+    engines = load_engines(model_dir, threads, ADAPTER_WINDOWS_S)
     rows = {}
     for name, path in found.items():
         data = suite.speakers[name]
         adapter = load_adapter(path.read_bytes())
-        rows[name] = speaker_gains(engines, adapter, [*data.test, *data.heldout], name)
+        utterances = [*data.test, *data.heldout]
+        rows[name] = speaker_gains(engines, {"adapter": adapter}, utterances, name)["adapter"]
         log(f"personal {name}: {rows[name]}")
     return {"adapters": str(folder), "windows_s": list(ADAPTER_WINDOWS_S), "speakers": rows}
 

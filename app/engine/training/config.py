@@ -58,6 +58,9 @@ class TrainingConfig:
     alone keep the bank's experts (fewer free parameters for a small enrolment)."""
     language: str = "en"
     """Language token of the decoder prefix (multilingual models only)."""
+    joined_windows: bool = False
+    """Also train on the recordings joined into long-form windows (`joined`), so the adapter
+    sees what serving long audio shows it."""
 
     def __post_init__(self) -> None:
         problems = [

@@ -75,6 +75,8 @@ class Example:
     prefix_length: int
     base: BaseTargets | None = None
     """What the base model predicts, where training is KL-regularised."""
+    utterances: int = 1
+    """Recordings in the window (`joined`): the work an example counts for in progress."""
 
     @property
     def frames(self) -> int:
@@ -125,14 +127,16 @@ def training_window(
     return pad_or_trim(mel[:, :chunk], window_frames(chunk, window))
 
 
-def prompt_tokens(tokens: SpecialTokens, language: str) -> list[int]:
-    """The decoder prefix serving uses without timestamps and without a prompt."""
+def prompt_tokens(tokens: SpecialTokens, language: str, *, timestamps: bool = False) -> list[int]:
+    """The decoder prefix serving uses without a prompt (and, unless `timestamps`, without
+    timestamps)."""
     prefix = [tokens.sot]
     if tokens.multilingual:
         prefix.append(tokens.language_ids.get(language, tokens.language_ids["en"]))
         if tokens.transcribe is not None:
             prefix.append(tokens.transcribe)
-    prefix.append(tokens.no_timestamps)
+    if not timestamps:
+        prefix.append(tokens.no_timestamps)
     return prefix
 
 

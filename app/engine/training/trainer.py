@@ -46,6 +46,7 @@ from app.engine.training.data import (
 )
 from app.engine.training.errors import TrainingCancelled, TrainingDataError
 from app.engine.training.gate import GateConfig, HeldOutScore, decide, fold_assignment
+from app.engine.training.joined import join_utterances, joined_example
 from app.engine.training.kld import regularised_loss_sum, with_base_targets
 from app.engine.training.methods import Adaptation, LoraAdaptation, SamlAdaptation, Schedule
 from app.engine.types import ComputeDtype, Precision, TranscriptionOptions
@@ -115,7 +116,7 @@ def train_adapter(
     for index, utterance in enumerate([*train, *dev]):
         check_utterance(utterance, index)
     started = time.monotonic()
-    epoch_units = len(train) + len(dev) * (_DECODE_COST + 0.2)
+    epoch_units = _units(len(train), config) + len(dev) * (_DECODE_COST + 0.2)
     run = _Run(len(dev) * _DECODE_COST + config.epochs * epoch_units, progress, should_stop)
     run.advance(0.0, "loading the model")
     _seed_everything(config.seed)
@@ -125,7 +126,7 @@ def train_adapter(
     )
     base_parameters = base_parameter_count(trainer.model)
     wer_before = _dev_wer(evaluator, dev, None, config, run) if dev else None
-    examples = _examples(trainer, train, config)
+    examples = _examples(trainer, train, config) + _joined(trainer, train, config, config.seed)
     dev_examples = _examples(trainer, dev, config)
     adaptation = _start(trainer, config, bank, examples)
     history, best = _fit(trainer, evaluator, adaptation, examples, dev_examples, dev, config, run)
@@ -202,7 +203,9 @@ def train_with_gate(
     started = time.monotonic()
     held_in = count - count / folds
     run = _Run(
-        config.epochs * (folds * held_in + count) + 2 * count * _DECODE_COST, progress, should_stop
+        config.epochs * _units(folds * held_in + count, config) + 2 * count * _DECODE_COST,
+        progress,
+        should_stop,
     )
     run.advance(0.0, "loading the model")
     trainer = WhisperEngine.load(
@@ -223,7 +226,9 @@ def train_with_gate(
     new_errors: dict[int, tuple[int, int]] = {}
     for fold in range(folds):
         inside = [i for i in range(count) if assignment[i] != fold]
-        inside_examples = [examples[i] for i in inside]
+        inside_examples = [examples[i] for i in inside] + _joined(
+            trainer, [utterances[i] for i in inside], config, config.seed + 1 + fold
+        )
         adaptation, _, best = _fit_fresh(
             trainer, evaluator, inside_examples, config, bank, fold, run
         )
@@ -236,6 +241,7 @@ def train_with_gate(
         for index, (served_count, words) in enumerate(served_errors)
     ]
     evidence = decide(scores, gate, folds=folds, served=served.label)
+    examples += _joined(trainer, utterances, config, config.seed)
     adaptation, history, best = _fit_fresh(trainer, evaluator, examples, config, bank, None, run)
     adapter = _adapter(adaptation, config, evaluator.info.fingerprint, best, count, 0)
     evaluator.check_adapter(adapter)
@@ -426,6 +432,34 @@ def _examples(
     ]
 
 
+def _joined(
+    engine: WhisperEngine, utterances: Sequence[Utterance], config: TrainingConfig, seed: int
+) -> list[Example]:
+    """The long-form windows `config.joined_windows` adds (none without it)."""
+    if not config.joined_windows:
+        return []
+    loaded = engine.loaded
+    windows = join_utterances(utterances, seed, timestamps=config.method == "lora")
+    return [
+        joined_example(
+            window,
+            feature_extractor=loaded.feature_extractor,
+            tokenizer=loaded.tokenizer,
+            tokens=_special_tokens(engine),
+            device=loaded.device,
+            encoder_window=config.encoder_window,
+            language=config.language,
+        )
+        for window in windows
+    ]
+
+
+def _units(recordings: float, config: TrainingConfig) -> float:
+    """Progress units of one epoch over `recordings`: each is trained on alone and, with joined
+    windows, at most once more inside one."""
+    return recordings * (2 if config.joined_windows else 1)
+
+
 def _special_tokens(engine: WhisperEngine) -> SpecialTokens:
     loaded = engine.loaded
     return SpecialTokens.from_tokenizer(loaded.tokenizer, loaded.model.generation_config)
@@ -525,7 +559,7 @@ def _train_epoch(
         schedule.step()
         run.step += 1
         run.advance(
-            sum(len(indices) for indices in micro_batches),
+            sum(examples[i].utterances for indices in micro_batches for i in indices),
             run.say(f"epoch {run.epoch}/{config.epochs}: step {run.step}"),
         )
     return total_loss / max(1.0, total_tokens)
