@@ -55,6 +55,9 @@ class LongformSettings(SettingsGroup):
     """Batched, for a speaker with an adapter: the longest window."""
     batch_windows: int = Field(default=8, ge=1)
     """Batched: windows of one request decoded together (bounds a request's memory)."""
+    condition_on_previous_text: bool = False
+    """Sequential: each window's prefix carries the text of the windows before it (Whisper's
+    default, off here: one window's error or loop runs on into the next)."""
 
 
 class QueueSettings(SettingsGroup):

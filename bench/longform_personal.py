@@ -105,13 +105,21 @@ def speaker_gains(
     return rows
 
 
-def load_engines(model_dir: Path, threads: int, windows: Sequence[float]) -> dict[str, Any]:
-    """`sequential`, and `batched-<window>s` per adapter window (NF4, CPU)."""
+def load_engines(
+    model_dir: Path, threads: int, windows: Sequence[float], *, conditioned: bool = False
+) -> dict[str, Any]:
+    """`sequential`, `conditioned` (sequential conditioned on the previous windows' text) if
+    asked, and `batched-<window>s` per adapter window (NF4, CPU)."""
     from app.engine.whisper import LongformPolicy, WhisperEngine
 
     engines: dict[str, Any] = {
         "sequential": WhisperEngine.load(model_dir, precision="nf4", device="cpu", threads=threads)
     }
+    if conditioned:
+        policy = LongformPolicy("sequential", condition_on_previous_text=True)
+        engines["conditioned"] = WhisperEngine.load(
+            model_dir, precision="nf4", device="cpu", threads=threads, longform=policy
+        )
     for window in windows:
         policy = LongformPolicy("batched", adapter_window_s=window)
         engines[f"batched-{window:.0f}s"] = WhisperEngine.load(

@@ -13,10 +13,10 @@ folds are left out, they choose nothing here):
   (`TrainingConfig(joined_windows=True)`, `app.engine.training.joined`).
 
 Each adapter and the NF4 base transcribe the speaker's test utterances alone and read one after
-another as two long recordings (`bench.longform_personal.speaker_gains`), sequential and batched
-long-form. `kept` is the long-form relative gain over the single-utterance gain of the same
-adapter (the long-audio issue's target: at least 0.9). Adapters are cached like
-`bench.enrolment`'s, so a run resumes. Writes JSON.
+another as two long recordings (`bench.longform_personal.speaker_gains`): sequential long-form,
+sequential conditioned on the previous windows' text, and batched. `kept` is the long-form
+relative gain over the single-utterance gain of the same adapter (the long-audio issue's target:
+at least 0.9). Adapters are cached like `bench.enrolment`'s, so a run resumes. Writes JSON.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def run(synthetic: Sequence[str], digits: Sequence[str], threads: int) -> dict[s
                     trained = train(model_dir, data, variant, threads)
                     cache.put(suite.kind, data, threads, trained, key)
                 adapters.setdefault((suite.kind, name), {})[variant] = trained
-    engines = longform_personal.load_engines(model_dir, threads, WINDOWS_S)
+    engines = longform_personal.load_engines(model_dir, threads, WINDOWS_S, conditioned=True)
     rows: dict[str, Any] = {}
     for suite in suites:
         for name, data in suite.speakers.items():

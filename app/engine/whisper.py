@@ -112,6 +112,11 @@ class LongformPolicy:
     batch_windows: int = 8
     """Batched: windows of one request decoded together (bounds a request's memory)."""
     vad: VadPolicy = field(default_factory=VadPolicy)
+    condition_on_previous_text: bool = False
+    """Sequential: each window's prefix carries the text decoded since the last reset, after
+    the request's prompt (Whisper's default), reset after a window that needed a fallback hotter
+    than `PROMPT_RESET_TEMPERATURE`. Off by default: one window's error or loop then runs on into
+    the next (`docs/benchmarks/longform_conditioning.json`)."""
 
     def __post_init__(self) -> None:
         windows_ok = all(1.0 <= s <= 30.0 for s in (self.window_s, self.adapter_window_s))
@@ -568,11 +573,12 @@ class WhisperEngine:
 
     def _sequential(self, walk: "_Walk") -> WindowSteps:
         """Whisper's long-form algorithm: a window at a time, moved to the end of its last
-        complete segment. The prefix stays fixed (no previous text): conditioning on it lets one
-        window's error or loop run on into the next, and the batched mode cannot have it."""
+        complete segment; the prefix carries the previous windows' text only where the policy
+        conditions on it (see `LongformPolicy.condition_on_previous_text`)."""
         audio, with_timestamps = walk.audio, walk.with_timestamps
         content_frames = len(audio) // HOP_LENGTH
         segments: list[Segment] = []
+        context: list[int] = []
         seek = 0
         while seek < content_frames:
             chunk = min(WINDOW_FRAMES, content_frames - seek)  # mel frames of audio in view
@@ -580,11 +586,14 @@ class WhisperEngine:
                 seek += chunk
                 continue
             window = self._window(walk, seek, chunk)
-            [(result, job)] = yield from self._decode_with_fallback(walk, [window])
+            prefix = self._conditioned(walk.prefix, context)
+            [(result, job)] = yield from self._decode_with_fallback(walk, [window], prefix)
             if self._is_silence(result, audio, seek, chunk):
                 seek += self._advance_past_silence(result, chunk)
                 continue
             new_segments, advance = self._split(result, seek, chunk, with_timestamps)
+            if self._longform.condition_on_previous_text:
+                context = next_context(context, new_segments, result.temperature)
             if walk.options.word_timestamps:
                 [new_segments] = yield from self._timed(walk, [(job, seek, chunk, new_segments)])
             segments.extend(_renumber(new_segments, start_id=len(segments)))
@@ -694,8 +703,21 @@ class WhisperEngine:
             prefix.append(tokens.no_timestamps)
         return prefix
 
+    def _conditioned(self, prefix: list[int], context: list[int]) -> list[int]:
+        """`prefix` with `context` (earlier windows' tokens) after the request's own prompt,
+        as Whisper's `<|startofprev|>` section holds it (its last `MAX_TEXT_TOKENS - 1`)."""
+        if not context:
+            return prefix
+        sot = prefix.index(self._tokens.sot)
+        prompt = prefix[1:sot]  # after <|startofprev|>, when the request has a prompt
+        previous = [*prompt, *context][-(MAX_TEXT_TOKENS - 1) :]
+        return [self._tokens.sot_prev, *previous, *prefix[sot:]]
+
     def _decode_with_fallback(
-        self, walk: "_Walk", windows: list[tuple[Tensor, int]]
+        self,
+        walk: "_Walk",
+        windows: list[tuple[Tensor, int]],
+        prefix: list[int] | None = None,
     ) -> Generator[list[WindowJob], Any, list[tuple[DecodeResult, WindowJob]]]:
         """Decodes each (window, token limit) greedily (or with beams, or at the requested
         temperature), re-sampling hotter the windows that failed, all windows as rows of one
@@ -710,7 +732,7 @@ class WhisperEngine:
         jobs = [
             WindowJob(
                 mel=window,
-                prefix=walk.prefix,
+                prefix=walk.prefix if prefix is None else prefix,
                 with_timestamps=walk.with_timestamps,
                 generator=torch.Generator(device=self._loaded.device).manual_seed(policy.seed),
                 beam_size=options.beam_size,
@@ -882,6 +904,19 @@ def _compression_ratio(text: str) -> float:
     """High for repetitive text: Whisper's signal that decoding got stuck in a loop."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+PROMPT_RESET_TEMPERATURE = 0.5
+"""Whisper's: a window decoded hotter than this is not carried into the next one's prefix."""
+
+
+def next_context(context: list[int], segments: Sequence[Segment], temperature: float) -> list[int]:
+    """What the next window is conditioned on, given this window's segments and the temperature
+    they were decoded at: their tokens after the context so far, or nothing after a hot window."""
+    if temperature > PROMPT_RESET_TEMPERATURE:
+        return []
+    decoded = [token for segment in segments for token in segment.tokens]
+    return [*context, *decoded][-(MAX_TEXT_TOKENS - 1) :]
 
 
 def _renumber(segments: list[Segment], start_id: int) -> list[Segment]:

@@ -65,6 +65,7 @@ def load_recognizer(settings: Settings) -> SpeechRecognizer:
             window_s=settings.longform.window_s,
             adapter_window_s=settings.longform.adapter_window_s,
             batch_windows=settings.longform.batch_windows,
+            condition_on_previous_text=settings.longform.condition_on_previous_text,
         ),
     )
 
