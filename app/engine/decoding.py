@@ -11,7 +11,7 @@ A request's failure is its own: a row whose logits (or encoder output) go non-fi
 adapter, or whose search raises, leaves the batch alone and every other row goes on.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -158,7 +158,8 @@ class BatchDecoder:
         """Adds a request to the batch (its prefix runs now); returns its handle. It is
         advanced by `step` and reported there when it ends."""
         sot = row.prefix.index(self._tokens.sot)
-        limit = min(row.max_tokens, MAX_TEXT_TOKENS)
+        room = self._model.config.max_target_positions - len(row.prefix)  # a long prompt's
+        limit = min(row.max_tokens, MAX_TEXT_TOKENS, room)
         logits = self._batch.add(
             row.encoded, row.prefix, row.adapter, limit, [sot, len(row.prefix) - 1]
         )
@@ -175,7 +176,8 @@ class BatchDecoder:
             self._batch.drop_newest()
             raise
         self._handles += 1
-        self._live.append((self._handles, _Decode(row, search, no_speech, [_own(logits[1])])))
+        bounded = replace(row, max_tokens=limit)
+        self._live.append((self._handles, _Decode(bounded, search, no_speech, [_own(logits[1])])))
         return self._handles
 
     @torch.inference_mode()

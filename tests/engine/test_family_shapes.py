@@ -19,7 +19,7 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 from app.engine.adaptation.rows import BASE_ROW
-from app.engine.decoding import BatchDecoder, DecodeRow
+from app.engine.decoding import MAX_TEXT_TOKENS, BatchDecoder, DecodeRow
 from app.engine.features import WINDOW_FRAMES, log_mel, pad_or_trim
 from app.engine.loading import quantized_linear_count
 from app.engine.tokens import SpecialTokens
@@ -140,6 +140,29 @@ def test_decoding_ends_within_its_bound_and_batching_changes_nothing(
         assert result.segments, "arbitrary tokens are text, not silence"
         assert len(tokens) <= max_window_tokens(len(audio) // 160)
         assert max(tokens) < engine.loaded.model.config.vocab_size
+
+
+@pytest.mark.parametrize(
+    "family",
+    [f for f in FAMILIES if f.name in ("tiny.en", "large-v3-turbo")],  # both prefix lengths
+    indirect=True,
+    ids=lambda family: str(family.name),
+)
+def test_the_longest_prompt_and_a_decode_to_its_bound_fit_the_decoders_positions(
+    engine: WhisperEngine,
+) -> None:
+    """A 30 s window bounds its decode at the most text tokens, and the prompt (the request's,
+    or the previous windows' text in conditioned long-form) at one fewer: with the prefix the
+    two would run past the decoder's positions, so the decode stops where they end."""
+    long_noise = (np.random.default_rng(1).standard_normal(30 * RATE) * 0.1).astype(np.float32)
+    options = TranscriptionOptions(language="en", with_timestamps=False, prompt="word " * 400)
+
+    result = engine.transcribe(long_noise, options)
+
+    positions = engine.loaded.model.config.max_target_positions
+    tokens = [token for segment in result.segments for token in segment.tokens]
+    assert tokens, "arbitrary tokens are text, not silence"
+    assert len(tokens) <= positions - MAX_TEXT_TOKENS - 1  # <|startofprev|>, prompt, <|sot|>
 
 
 def test_words_are_timed_with_the_checkpoints_alignment_heads(
