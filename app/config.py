@@ -112,6 +112,10 @@ class EnrolmentSettings(SettingsGroup):
     training_priority: TrainingPriority = "idle"
     """CPU priority of the training process: `idle` (Linux SCHED_IDLE: it runs only on CPU time
     serving leaves unused), `low` (nice 19) or `normal`."""
+    joined_windows: bool = False
+    """Also train each adapter on the recordings joined into long-form windows, with and without
+    timestamps: it then keeps its gain on long audio, which an adapter trained on single
+    recordings may lose (README, Long audio), at about twice the training time."""
     worker: bool = True
     """Run the job worker inside the API process (`pqm worker` runs it separately): with
     PostgreSQL a procrastinate worker, with SQLite a loop over the queued rows."""

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import EnrolmentSettings
 from app.db.job_queue import ENROLMENT_TASK
 from app.db.models import EnrolmentJob
 from app.db.repositories.adapters import AdapterRepository
@@ -92,7 +93,7 @@ class EnrolmentWorker(JobWorker[EnrolmentJob]):
         utterances = [await stored_utterance(self._ctx.store, r) for r in recordings]
         settings = self._ctx.settings
         gated = self._gated(served)
-        config = _training_config(job.params, settings.training_threads)
+        config = training_config(job.params, settings)
         base = TrainingRequest(
             model_dir=self._ctx.model_dir,
             train=utterances,
@@ -281,11 +282,16 @@ def _new_adapter(
     )
 
 
-def _training_config(params: dict[str, Any], threads: int) -> TrainingConfig:
-    """The tuned defaults, with what the user asked for; a custom rank keeps alpha / rank (the
-    update's scale) as tuned."""
+def training_config(params: dict[str, Any], settings: EnrolmentSettings) -> TrainingConfig:
+    """The tuned defaults and the service's training settings, with what the user asked for; a
+    custom rank keeps alpha / rank (the update's scale) as tuned."""
     default = TrainingConfig()
-    config = replace(default, threads=threads, seed=int(params.get("seed") or 0))
+    config = replace(
+        default,
+        threads=settings.training_threads,
+        joined_windows=settings.joined_windows,
+        seed=int(params.get("seed") or 0),
+    )
     if params.get("epochs"):
         config = replace(config, epochs=int(params["epochs"]))
     if params.get("rank"):

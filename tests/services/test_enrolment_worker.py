@@ -258,3 +258,13 @@ async def test_a_user_held_back_by_the_cap_is_queued_when_room_frees(
         assert await jobs.finish(job, S.SUCCEEDED)
     await worker.queue_waiting_retrainings()
     assert await _automatic_jobs(sessions) == [(alice, S.SUCCEEDED), (bob, S.QUEUED)]
+
+
+def test_the_training_config_takes_the_services_settings_and_the_users_choices() -> None:
+    settings = EnrolmentSettings(training_threads=3, joined_windows=True)
+
+    config = enrolment_worker.training_config({"rank": 4, "epochs": 2, "seed": 5}, settings)
+
+    assert (config.threads, config.joined_windows, config.seed) == (3, True, 5)
+    assert (config.rank, config.epochs, config.lora_alpha) == (4, 2, 8.0)
+    assert not enrolment_worker.training_config({}, EnrolmentSettings()).joined_windows
