@@ -12,29 +12,16 @@ from app.engine.types import Transcription, TranscriptionOptions
 from app.engine.whisper import SCANNING, LongformPolicy, WhisperEngine
 from tests.support.adapters import random_adapter
 from tests.support.audio import SAMPLE_RATE, silence, sine, speech_16k
-from tests.support.speech import ReadAloud, read_aloud, real_reading, speechocean_on_disk
+from tests.support.speech import (
+    HOUSEHOLD,
+    ReadAloud,
+    read_household,
+    real_reading,
+    speechocean_on_disk,
+)
 
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
 TIMED = TranscriptionOptions(language="en", with_timestamps=True)
-SENTENCES = (
-    ("Please close the kitchen window before you go to bed tonight.", "kitchen"),
-    ("Could you help me carry these heavy boxes up to the attic?", "attic"),
-    ("We painted the living room a pale shade of green last spring.", "painted"),
-    ("Remember to take the rubbish out on Tuesday evening.", "tuesday"),
-    ("My grandmother keeps her old photographs in a tin under the stairs.", "grandmother"),
-    ("The cat likes to sleep on the warm radiator in the hallway.", "hallway"),
-    ("Where did you put the spare key for the garden shed?", "garden"),
-    ("I need to fix the dripping tap in the upstairs bathroom.", "bathroom"),
-    ("The vacuum cleaner is in the cupboard next to the boiler.", "vacuum"),
-    ("Please fold the towels and put them in the second drawer.", "towels"),
-    ("The smoke alarm beeps every few minutes because the battery is low.", "minutes"),
-    ("We finally bought a new sofa after looking for three months.", "sofa"),
-)
-PAUSE_S = 1.5
-
-
-def read_sentences(level_dbfs: float = -3.0) -> ReadAloud:
-    return read_aloud([text for text, _ in SENTENCES], PAUSE_S, level_dbfs)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +33,7 @@ def batched_engine(tiny_en_dir: Path) -> WhisperEngine:
 
 @pytest.fixture(scope="module")
 def recording() -> ReadAloud:
-    return read_sentences()
+    return read_household()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +69,7 @@ def test_batched_and_sequential_agree_and_no_sentence_is_lost_or_repeated(
     assert wer([recording.reference], [sequential.text]) <= 0.15, sequential.text
     assert wer([sequential.text], [batched.text]) <= 0.15
     words = normalise_text(batched.text).split()
-    for _, keyword in SENTENCES:
+    for _, keyword in HOUSEHOLD:
         assert words.count(keyword) == 1, (keyword, batched.text)
 
 
@@ -94,7 +81,7 @@ def test_segment_times_place_each_sentence_across_windows(
     assert all(
         0.0 <= s.start <= s.end <= len(recording.audio) / SAMPLE_RATE for s in batched.segments
     )
-    for (_, keyword), (start, end) in zip(SENTENCES, recording.spans, strict=True):
+    for (_, keyword), (start, end) in zip(HOUSEHOLD, recording.spans, strict=True):
         [segment] = [s for s in batched.segments if keyword in normalise_text(s.text).split()]
         assert segment.start <= start + 1.0, (keyword, segment)
         assert segment.end >= end - 1.0, (keyword, segment)
@@ -105,7 +92,7 @@ def test_a_request_decodes_its_windows_as_rows_of_one_batch_and_as_it_would_alon
 ) -> None:
     alone = batched_engine.transcribe(recording.audio, GREEDY)
     task = batched_engine.open(recording.audio, GREEDY)
-    short = batched_engine.open(speech_16k(SENTENCES[0][0], speed=130), GREEDY)
+    short = batched_engine.open(speech_16k(HOUSEHOLD[0][0], speed=130), GREEDY)
     assert task is not None
     assert short is not None
     widest = 0
@@ -116,7 +103,7 @@ def test_a_request_decodes_its_windows_as_rows_of_one_batch_and_as_it_would_alon
 
     assert widest > 1
     assert task.outcome() == alone
-    assert wer([SENTENCES[0][0]], [short.outcome().text]) <= 0.2
+    assert wer([HOUSEHOLD[0][0]], [short.outcome().text]) <= 0.2
 
 
 def test_noise_and_music_alone_make_no_text(batched_engine: WhisperEngine) -> None:
@@ -130,7 +117,7 @@ def test_noise_and_music_alone_make_no_text(batched_engine: WhisperEngine) -> No
 
 
 def test_quiet_speech_is_still_transcribed(batched_engine: WhisperEngine) -> None:
-    quiet = read_sentences(level_dbfs=-40.0)
+    quiet = read_household(level_dbfs=-40.0)
     result = batched_engine.transcribe(quiet.audio, GREEDY)
 
     assert wer([quiet.reference], [result.text]) <= 0.2, result.text
@@ -150,8 +137,8 @@ def test_a_speakers_adapter_gets_windows_of_its_own_length(
 
     adapted = engine.transcribe(recording.audio, TIMED, adapter=neutral)
 
-    assert len({segment.seek for segment in adapted.segments}) == len(SENTENCES)
-    assert len({segment.seek for segment in batched.segments}) < len(SENTENCES) / 2
+    assert len({segment.seek for segment in adapted.segments}) == len(HOUSEHOLD)
+    assert len({segment.seek for segment in batched.segments}) < len(HOUSEHOLD) / 2
     assert wer([batched.text], [adapted.text]) <= 0.1
 
 

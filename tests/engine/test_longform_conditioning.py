@@ -18,7 +18,7 @@ from app.engine.whisper import (
     WindowJob,
     next_context,
 )
-from tests.engine.test_longform import SENTENCES, read_sentences
+from tests.support.speech import HOUSEHOLD, read_household
 
 GREEDY = TranscriptionOptions(language="en", with_timestamps=False)
 
@@ -53,7 +53,7 @@ def special(engine: WhisperEngine) -> SpecialTokens:
 
 def _prefixes(engine: WhisperEngine, options: TranscriptionOptions) -> tuple[list[list[int]], str]:
     """The prefix of every window a request decodes, and its text."""
-    task = engine.open(read_sentences().audio, options)
+    task = engine.open(read_household().audio, options)
     assert task is not None
     jobs: list[WindowJob] = []  # a job stays in view for every round of its decode
     while not task.done:
@@ -81,7 +81,7 @@ def test_each_window_after_the_first_is_prefixed_with_the_text_before_it(
         assert carried.strip()
         assert carried.strip() in text
         assert len(prefix) > len(earlier) or len(prefix) >= MAX_TEXT_TOKENS
-    assert wer([" ".join(s for s, _ in SENTENCES)], [text]) <= 0.25
+    assert wer([" ".join(s for s, _ in HOUSEHOLD)], [text]) <= 0.25
 
 
 def test_the_requests_prompt_stays_first_in_a_conditioned_prefix(

@@ -75,3 +75,26 @@ def real_reading(speaker: str, pause_s: float = 0.8) -> ReadAloud:
         position += len(speech) + int(pause_s * SAMPLE_RATE)
     text = " ".join(u.text for u in [*data.train, *data.dev, *data.test])
     return ReadAloud(np.concatenate(parts), spans, text)
+
+
+HOUSEHOLD = (
+    # (sentence, a word of it that only it holds)
+    ("Please close the kitchen window before you go to bed tonight.", "kitchen"),
+    ("Could you help me carry these heavy boxes up to the attic?", "attic"),
+    ("We painted the living room a pale shade of green last spring.", "painted"),
+    ("Remember to take the rubbish out on Tuesday evening.", "tuesday"),
+    ("My grandmother keeps her old photographs in a tin under the stairs.", "grandmother"),
+    ("The cat likes to sleep on the warm radiator in the hallway.", "hallway"),
+    ("Where did you put the spare key for the garden shed?", "garden"),
+    ("I need to fix the dripping tap in the upstairs bathroom.", "bathroom"),
+    ("The vacuum cleaner is in the cupboard next to the boiler.", "vacuum"),
+    ("Please fold the towels and put them in the second drawer.", "towels"),
+    ("The smoke alarm beeps every few minutes because the battery is low.", "minutes"),
+    ("We finally bought a new sofa after looking for three months.", "sofa"),
+)
+HOUSEHOLD_PAUSE_S = 1.5
+
+
+def read_household(level_dbfs: float = -3.0) -> ReadAloud:
+    """Twelve household sentences read one after another: about a minute, two 30 s windows."""
+    return read_aloud([text for text, _ in HOUSEHOLD], HOUSEHOLD_PAUSE_S, level_dbfs)
