@@ -40,6 +40,8 @@ Base-model scores and trained adapters are cached under `bench/results/enrolment
 by the exact audio, the model and the engine's source (training's too, for adapters): an
 interrupted suite resumes where it stopped, and repeated runs only pay for what changed;
 `--no-cache` re-measures and retrains everything.
+`--enrol-recordings N`: every speaker enrols with only the first N of their recordings (FSDD and
+the synthetic voices were compared at 14, as many as a speechocean762 speaker enrols with).
 `--quick`: two synthetic speakers and FSDD's george, for tuning (about 20 minutes on two busy
 cores). The run sets OMP_WAIT_POLICY=PASSIVE unless it is set: on a shared machine spinning
 OpenMP workers starve each other.
